@@ -1,0 +1,154 @@
+//! What every tool's `main` shares: signal set-up, pipe sizing, key options,
+//! and turning an error into one line on stderr and a documented exit status.
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::keys::SecretSource;
+
+/// Runs a tool's body and exits: 0 on success, the error's class status otherwise.
+pub fn main(tool: &str, body: impl FnOnce() -> Result<()>) -> ! {
+    prepare_process();
+    match body() {
+        Ok(()) => std::process::exit(0),
+        Err(err) => {
+            if !err.is_broken_pipe() {
+                eprintln!("{tool}: {err}");
+            }
+            std::process::exit(err.kind().exit_code())
+        }
+    }
+}
+
+/// Restores the default SIGPIPE action, so a tool whose reader went away
+/// stops quietly as Unix filters do, and widens pipes on stdin and stdout to
+/// 1 MiB so frames move in few system calls.
+fn prepare_process() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler code; nothing runs at signal time.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
+    for fd in [0, 1] {
+        let is_pipe = nix::sys::stat::fstat(fd)
+            .map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFIFO)
+            .unwrap_or(false);
+        if is_pipe {
+            // Best effort: a smaller pipe only costs speed.
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
+    }
+}
+
+/// The key options shared by tools that encrypt or decrypt. At most one may be given.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(multiple = false)]
+pub struct KeyArgs {
+    /// Key file made by `keygen`.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Read the passphrase from this file (one trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Read the passphrase from this open file descriptor, e.g. `3<secret`.
+    #[arg(long, value_name = "FD")]
+    pub passphrase_fd: Option<i32>,
+    /// Read the passphrase from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub passphrase_env: Option<String>,
+}
+
+impl KeyArgs {
+    /// The chosen secret source, if any.
+    pub fn source(&self) -> Option<SecretSource> {
+        if let Some(path) = &self.key_file {
+            Some(SecretSource::KeyFile(path.clone()))
+        } else if let Some(path) = &self.passphrase_file {
+            Some(SecretSource::PassphraseFile(path.clone()))
+        } else if let Some(fd) = self.passphrase_fd {
+            Some(SecretSource::PassphraseFd(fd))
+        } else {
+            self.passphrase_env
+                .as_ref()
+                .map(|name| SecretSource::PassphraseEnv(name.clone()))
+        }
+    }
+}
+
+/// Standard output for a stream, unbuffered by std (the stream writer buffers
+/// in whole frames). Refuses a terminal, where binary frames would only
+/// garble the screen.
+pub fn stream_stdout() -> Result<std::fs::File> {
+    use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        return Err(crate::Error::usage(
+            "refusing to write a binary stream to a terminal; pipe it into the next tool or redirect it to a file",
+        ));
+    }
+    let fd = stdout
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| crate::Error::io("cannot use stdout", e))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Standard input, unbuffered by std (the stream reader buffers).
+pub fn stream_stdin() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| crate::Error::io("cannot use stdin", e))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Parses a byte size such as `1048576`, `256K`, `1M`, `4MiB` (K, M, G are powers of 1024).
+pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (try 1M or 256K)"))?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in '{text}' (use K, M or G)")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// The secret named by `keys`, or from the `BACKPIPE_PASSPHRASE` environment
+/// variable when no option is given.
+pub fn require_secret(keys: &KeyArgs) -> Result<crate::keys::Secret> {
+    let source = keys.source().or_else(|| {
+        std::env::var_os(PASSPHRASE_ENV)
+            .map(|_| SecretSource::PassphraseEnv(PASSPHRASE_ENV.to_string()))
+    });
+    match source {
+        Some(source) => source.load(),
+        None => Err(crate::Error::usage(format!(
+            "no key given: use --key-file, --passphrase-file, --passphrase-fd or --passphrase-env, or set {PASSPHRASE_ENV}"
+        ))),
+    }
+}
+
+/// The environment variable read for a passphrase when no key option is given.
+pub const PASSPHRASE_ENV: &str = "BACKPIPE_PASSPHRASE";
+
+/// The exit status table, for every tool's `--help`.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  other error (I/O, permissions, unsupported input)
+  2  usage error (bad option, missing or unusable key)
+  3  incomplete input (truncated, no End frame, or aborted upstream)
+  4  integrity failure (checksum, digest, order or authentication)";

@@ -1,0 +1,157 @@
+//! `chunk`: cuts each entry's content into content-defined chunks named by
+//! their (optionally keyed) BLAKE3 hash, and `chunk -d`, which joins them.
+
+use crate::cdc::{ChunkSizes, Cutter, GearTable};
+use crate::error::{Error, Result};
+use crate::filter::{split_item, Job, Output, Planner, Step};
+use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
+use crate::reader::Item;
+
+/// How chunk IDs are computed.
+#[derive(Clone)]
+pub enum ChunkIdKey {
+    /// Plain BLAKE3 of the chunk: anyone can compute it.
+    Public,
+    /// Keyed BLAKE3: without the key, IDs reveal nothing about content.
+    Keyed([u8; 32]),
+}
+
+impl ChunkIdKey {
+    /// The ID of a chunk body.
+    pub fn id(&self, body: &[u8]) -> [u8; CHUNK_ID_LEN] {
+        match self {
+            ChunkIdKey::Public => *blake3::hash(body).as_bytes(),
+            ChunkIdKey::Keyed(key) => *blake3::keyed_hash(key, body).as_bytes(),
+        }
+    }
+}
+
+/// The sequential half of `chunk`: feeds entry content to the cutter.
+pub struct Chunker {
+    cutter: Cutter,
+    key: ChunkIdKey,
+    /// The chunk being filled: a reserved ID slot, then body bytes.
+    current: Vec<u8>,
+    max: usize,
+}
+
+/// Names one cut chunk: fills the ID slot at the front of its buffer.
+pub struct NameChunk {
+    buffer: Vec<u8>,
+    key: ChunkIdKey,
+}
+
+impl Job for NameChunk {
+    fn run(mut self) -> Result<Frame> {
+        let id = self.key.id(&self.buffer[CHUNK_ID_LEN..]);
+        self.buffer[..CHUNK_ID_LEN].copy_from_slice(&id);
+        Ok(Frame {
+            kind: Kind::Data,
+            encodings: Encodings(Encodings::CHUNKED),
+            payload: self.buffer,
+        })
+    }
+}
+
+impl Chunker {
+    /// A chunker with the given gear table (public or keyed), sizes and ID key.
+    pub fn new(gear: GearTable, sizes: ChunkSizes, key: ChunkIdKey) -> Chunker {
+        Chunker {
+            cutter: Cutter::new(gear, sizes),
+            key,
+            current: Self::fresh(sizes.max),
+            max: sizes.max,
+        }
+    }
+
+    fn fresh(max: usize) -> Vec<u8> {
+        let mut buffer = Vec::with_capacity(CHUNK_ID_LEN + max);
+        buffer.resize(CHUNK_ID_LEN, 0);
+        buffer
+    }
+
+    /// Emits the chunk being filled, if it holds any bytes.
+    fn flush(&mut self, out: &mut Vec<Step<NameChunk>>) {
+        if self.current.len() > CHUNK_ID_LEN {
+            let buffer = std::mem::replace(&mut self.current, Self::fresh(self.max));
+            out.push(Step::Work(NameChunk {
+                buffer,
+                key: self.key.clone(),
+            }));
+        }
+        self.cutter.restart();
+    }
+}
+
+impl Planner for Chunker {
+    type Job = NameChunk;
+
+    fn plan(&mut self, item: Item, out: &mut Vec<Step<NameChunk>>) -> Result<()> {
+        let Some(frame) = split_item(item, out) else {
+            return Ok(());
+        };
+        if frame.kind == Kind::Data && frame.encodings.0 == 0 {
+            let mut data = &frame.payload[..];
+            while let Some(cut) = self.cutter.find_cut(data) {
+                self.current.extend_from_slice(&data[..cut]);
+                data = &data[cut..];
+                let buffer = std::mem::replace(&mut self.current, Self::fresh(self.max));
+                out.push(Step::Work(NameChunk {
+                    buffer,
+                    key: self.key.clone(),
+                }));
+            }
+            self.current.extend_from_slice(data);
+            return Ok(());
+        }
+        // Any other frame ends the run of chunkable content before it.
+        self.flush(out);
+        out.push(Step::Ready(Output::Frame(frame)));
+        Ok(())
+    }
+}
+
+/// The sequential half of `chunk -d`: strips chunk IDs, leaving plain Data.
+pub struct Joiner;
+
+/// Removes the ID from one chunked Data frame.
+pub struct StripId(Frame);
+
+impl Job for StripId {
+    fn run(self) -> Result<Frame> {
+        let mut frame = self.0;
+        frame.payload.drain(..CHUNK_ID_LEN);
+        frame.encodings = frame.encodings.without(Encodings::CHUNKED);
+        Ok(frame)
+    }
+}
+
+impl Planner for Joiner {
+    type Job = StripId;
+
+    fn plan(&mut self, item: Item, out: &mut Vec<Step<StripId>>) -> Result<()> {
+        let Some(frame) = split_item(item, out) else {
+            return Ok(());
+        };
+        if frame.kind != Kind::Data || !frame.encodings.has(Encodings::CHUNKED) {
+            out.push(Step::Ready(Output::Frame(frame)));
+            return Ok(());
+        }
+        super::refuse_unknown_encodings(&frame, "chunk -d")?;
+        super::refuse_outer_layers(
+            &frame,
+            "chunk -d",
+            &[
+                (Encodings::ENCRYPTED, "encrypt -d"),
+                (Encodings::ZSTD, "squeeze -d"),
+            ],
+        )?;
+        if frame.payload.len() < CHUNK_ID_LEN {
+            return Err(Error::integrity(
+                "chunked Data frame is shorter than its chunk ID",
+            ));
+        }
+        out.push(Step::Work(StripId(frame)));
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! The filters' codecs: each a [`Planner`](crate::filter::Planner) that owns
+//! one payload encoding and passes every other frame through untouched.
+
+pub mod chunk;
+pub mod crypt;
+pub mod squeeze;
+
+use crate::error::{Error, Result};
+use crate::format::{Encodings, Frame};
+
+/// Refuses a frame whose payload carries an encoding bit this build does not know.
+pub fn refuse_unknown_encodings(frame: &Frame, tool: &str) -> Result<()> {
+    if frame.encodings.has_unknown() {
+        return Err(Error::other(format!(
+            "{tool}: {} frame has an encoding this version does not know ({}); use a newer backpipe",
+            frame.kind.name(),
+            frame.encodings.describe()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to undo `bit` on a frame that still carries an outer encoding.
+pub fn refuse_outer_layers(frame: &Frame, tool: &str, outer: &[(u8, &str)]) -> Result<()> {
+    for (bit, undo) in outer {
+        if frame.encodings.has(*bit) {
+            return Err(Error::other(format!(
+                "{tool}: {} frame is still {}; run `{undo}` before `{tool}`",
+                frame.kind.name(),
+                Encodings(*bit).describe(),
+            )));
+        }
+    }
+    Ok(())
+}

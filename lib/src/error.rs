@@ -1,0 +1,122 @@
+//! One error type for every tool, carrying the exit status class it maps to.
+//!
+//! Every failure ends as a single line on stderr and a non-zero exit. The
+//! [`ErrorKind`] decides which status: operators and scripts can tell a damaged
+//! stream from an incomplete one from a plain usage mistake.
+
+use std::fmt;
+
+/// The class of a failure; each class has its own documented exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Anything not covered below: I/O errors, permissions, unsupported input.
+    Other,
+    /// The command line or its inputs were wrong (bad option, missing key file).
+    Usage,
+    /// The stream is incomplete: truncated, no End frame, or aborted upstream.
+    Incomplete,
+    /// The stream is damaged or forged: checksum, digest, order or authentication failure.
+    Integrity,
+}
+
+impl ErrorKind {
+    /// The process exit status for this class (see the README's table).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Other => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Incomplete => 3,
+            ErrorKind::Integrity => 4,
+        }
+    }
+}
+
+/// A failure with its class and a one-line, human-readable cause.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// An error of the given class.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A general failure (exit status 1).
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Other, message)
+    }
+
+    /// A usage mistake (exit status 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, message)
+    }
+
+    /// An incomplete stream (exit status 3).
+    pub fn incomplete(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Incomplete, message)
+    }
+
+    /// A damaged or forged stream (exit status 4).
+    pub fn integrity(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Integrity, message)
+    }
+
+    /// Wraps an I/O error with what was being done when it happened.
+    pub fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
+        Self::other(format!("{context}: {}", describe_io(&err)))
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The one-line cause, without the tool name.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Prefixes the cause with more context, keeping the class.
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        Error {
+            kind: self.kind,
+            message: format!("{context}: {}", self.message),
+        }
+    }
+
+    /// True when the error is a closed downstream pipe, which is not worth a message.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.message.ends_with(BROKEN_PIPE)
+    }
+}
+
+const BROKEN_PIPE: &str = "broken pipe (the next command in the pipeline exited)";
+
+/// Renders an I/O error without Rust's "(os error N)" suffix.
+fn describe_io(err: &std::io::Error) -> String {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        return BROKEN_PIPE.to_string();
+    }
+    let text = err.to_string();
+    match text.find(" (os error") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The result type used throughout backpipe.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,150 @@
+//! The driver every filter runs on: read checked frames, plan work in stream
+//! order, do the work in parallel, write results in order, and on any failure
+//! end the output with an Abort frame so nothing downstream commits it.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+
+use crate::error::{Error, Result};
+use crate::format::{Frame, Kind, StreamId};
+use crate::meta::Abort;
+use crate::parallel;
+use crate::progress::Progress;
+use crate::reader::{Item, StreamReader};
+use crate::writer::StreamWriter;
+
+/// Buffer size for stream input and output.
+pub const IO_BUFFER: usize = 1 << 20;
+
+/// One unit of output, in stream order.
+pub enum Output {
+    /// Start an output stream with this ID (write its preamble).
+    Start(StreamId),
+    /// Write this frame.
+    Frame(Frame),
+}
+
+/// What a planner emits for each input item: output that is ready now, or a
+/// job to run on the worker pool that yields one frame.
+pub enum Step<J> {
+    /// Output to write as is.
+    Ready(Output),
+    /// Work whose resulting frame is written in this position.
+    Work(J),
+}
+
+/// A self-contained piece of work that yields one output frame.
+pub trait Job: Send {
+    /// Does the work.
+    fn run(self) -> Result<Frame>;
+}
+
+/// The sequential half of a filter: sees every input item in order and
+/// decides what to emit.
+pub trait Planner {
+    /// The filter's job type.
+    type Job: Job;
+    /// Handles one input item, appending zero or more steps to `out`.
+    fn plan(&mut self, item: Item, out: &mut Vec<Step<Self::Job>>) -> Result<()>;
+}
+
+/// Passes a stream start straight through to `out`; returns the frame otherwise.
+pub fn split_item<J>(item: Item, out: &mut Vec<Step<J>>) -> Option<Frame> {
+    match item {
+        Item::Start(id) => {
+            out.push(Step::Ready(Output::Start(id)));
+            None
+        }
+        Item::Frame(frame) => Some(frame),
+    }
+}
+
+/// Runs a filter named `tool` from `input` to `output`.
+///
+/// On failure the output receives an Abort frame carrying the cause (unless
+/// the failure is a closed output pipe or an Abort that already came from
+/// upstream), then the error is returned for the exit status.
+pub fn run<P: Planner>(
+    tool: &str,
+    mut planner: P,
+    input: impl Read,
+    output: impl Write + Send,
+) -> Result<()> {
+    let progress = Progress::for_stage(tool);
+    let mut reader = StreamReader::new(BufReader::with_capacity(IO_BUFFER, input));
+    let mut writer = StreamWriter::new(BufWriter::with_capacity(IO_BUFFER, output));
+    let mut started = false;
+    let mut upstream_abort: Option<String> = None;
+    let result = parallel::run_ordered(
+        parallel::default_threads(),
+        |send| {
+            let mut steps = Vec::new();
+            while let Some(item) = reader.next_item()? {
+                planner.plan(item, &mut steps)?;
+                for step in steps.drain(..) {
+                    if !send(step) {
+                        return Ok(());
+                    }
+                }
+                progress.set(reader.offset());
+            }
+            Ok(())
+        },
+        |step: Step<P::Job>| match step {
+            Step::Ready(output) => Ok(output),
+            Step::Work(job) => job.run().map(Output::Frame),
+        },
+        |output| match output {
+            Output::Start(id) => {
+                started = true;
+                writer.start(id)
+            }
+            Output::Frame(frame) => {
+                if frame.kind == Kind::Abort {
+                    upstream_abort = Some(describe_abort(&frame));
+                }
+                writer.write(&frame)
+            }
+        },
+    )
+    .and_then(|()| writer.flush());
+    progress.finish();
+    match (result, upstream_abort) {
+        (Ok(()), None) => Ok(()),
+        (Ok(()), Some(reason)) => Err(Error::incomplete(format!(
+            "the stream was aborted upstream: {reason}"
+        ))),
+        (Err(err), abort) => {
+            if abort.is_none() && !err.is_broken_pipe() {
+                send_abort(&mut writer, started, tool, &err);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The cause an Abort frame carries, for messages.
+pub fn describe_abort(frame: &Frame) -> String {
+    if frame.encodings.0 != 0 {
+        return "(the reason is encrypted)".to_string();
+    }
+    match frame.parse_json::<Abort>() {
+        Ok(abort) => format!("{}: {}", abort.producer, abort.reason),
+        Err(_) => "(the Abort frame's reason is unreadable)".to_string(),
+    }
+}
+
+/// Ends `writer`'s output with an Abort frame describing `err`; best effort,
+/// since the output may itself be what failed.
+pub fn send_abort<W: Write>(writer: &mut StreamWriter<W>, started: bool, tool: &str, err: &Error) {
+    let abort = Abort {
+        producer: tool.to_string(),
+        reason: err.message().to_string(),
+    };
+    let _ = (|| -> Result<()> {
+        if !started {
+            writer.start(crate::format::new_stream_id())?;
+        }
+        writer.write(&Frame::json(Kind::Abort, &abort))?;
+        writer.flush()
+    })();
+}

@@ -1,0 +1,159 @@
+//! The JSON payloads of the metadata frames: Begin, Entry, EntryEnd, End, Abort.
+//!
+//! Readers ignore fields they do not know, so producers can add fields
+//! without breaking older consumers.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// Payload of the Begin frame that opens every stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Begin {
+    /// The tool that produced the stream ("dump-files").
+    pub producer: String,
+    /// The producer's version.
+    pub version: String,
+    /// Host name of the machine the data came from.
+    pub host: String,
+    /// The engine ("files", "mysql", "exchange", ...).
+    pub engine: String,
+    /// The backup kind ("full", "incremental", "differential", "log").
+    pub kind: String,
+    /// When the backup started, RFC 3339 in UTC.
+    pub started: String,
+    /// The engine's positions at the start (log generation, LSN, binlog coordinates).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub positions: Map<String, Value>,
+    /// The backup this one continues (for incrementals), as an engine-defined reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Total content bytes the producer expects to send, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_bytes: Option<u64>,
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    /// A regular file (or any byte content: a dump, a log): Data frames follow.
+    File,
+    /// A directory: no Data frames.
+    Dir,
+    /// A symbolic link: no Data frames; the target is in the metadata.
+    Symlink,
+}
+
+/// A path as raw bytes; UTF-8 paths serialize as JSON strings, others as `{"hex": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPath(pub Vec<u8>);
+
+impl RawPath {
+    /// The path for display, with invalid UTF-8 replaced.
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawPathRepr {
+    Text(String),
+    Hex { hex: String },
+}
+
+impl Serialize for RawPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => RawPathRepr::Text(text.to_string()).serialize(s),
+            Err(_) => RawPathRepr::Hex {
+                hex: hex::encode(&self.0),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match RawPathRepr::deserialize(d)? {
+            RawPathRepr::Text(text) => Ok(RawPath(text.into_bytes())),
+            RawPathRepr::Hex { hex } => hex::decode(hex)
+                .map(RawPath)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Payload of an Entry frame: one file, directory, symlink, log or dump.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// Relative path, `/`-separated.
+    pub path: RawPath,
+    /// What the entry is.
+    #[serde(rename = "type")]
+    pub entry_type: EntryType,
+    /// The entry's role for its engine ("file", "database", "log", "checkpoint", ...).
+    pub role: String,
+    /// Content size the producer expects; EntryEnd carries the size actually sent.
+    pub size: u64,
+    /// Unix permission bits (including setuid, setgid, sticky).
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Nanoseconds part of the modification time.
+    #[serde(default)]
+    pub mtime_ns: u32,
+    /// Numeric owner, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Numeric group, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// A symlink's target, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RawPath>,
+    /// Engine-specific attributes (page size, log generation, checksums verified).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub attrs: Map<String, Value>,
+}
+
+/// Payload of an EntryEnd frame: what the producer actually sent for the entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryEnd {
+    /// Content bytes sent.
+    pub size: u64,
+    /// BLAKE3 digest of the content, lowercase hex.
+    pub blake3: String,
+}
+
+/// Payload of the End frame that closes a complete stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct End {
+    /// Number of entries in the stream.
+    pub entries: u64,
+    /// Total content bytes of all entries.
+    pub bytes: u64,
+}
+
+/// Payload of an Abort frame: why the stream is incomplete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Abort {
+    /// The tool that gave up.
+    pub producer: String,
+    /// The one-line cause.
+    pub reason: String,
+}
+
+/// The current time as RFC 3339 in UTC, to the second.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// This machine's host name, or "unknown".
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}

@@ -1,0 +1,244 @@
+//! `dump-files`: the generic source. Regular files, directories and symlinks
+//! under the given paths become entries, with modes, owners and mtimes, in a
+//! stable order (depth first, names sorted bytewise).
+
+use std::fs::{File, Metadata};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::filter::send_abort;
+use crate::format::{new_stream_id, Frame, Kind};
+use crate::meta::{self, Begin, End, Entry, EntryEnd, EntryType, RawPath};
+use crate::progress::Progress;
+use crate::writer::StreamWriter;
+
+/// Content bytes per Data frame.
+pub const BLOCK: usize = 1 << 20;
+
+/// A path to dump and the name it gets in the stream.
+struct Root {
+    path: PathBuf,
+    /// Stream name of the root itself; empty when its contents go at the top level.
+    name: Vec<u8>,
+}
+
+/// Works out stream names: the final component of each path, or the contents
+/// at the top level for `.`, `/` and the like. Refuses missing paths and clashes.
+fn roots(paths: &[PathBuf]) -> Result<Vec<Root>> {
+    let mut roots: Vec<Root> = Vec::new();
+    for path in paths {
+        std::fs::symlink_metadata(path)
+            .map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        if roots.iter().any(|r| r.name == name) {
+            return Err(Error::usage(format!(
+                "two paths would be stored under the same name ('{}'); dump them separately",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        roots.push(Root {
+            path: path.clone(),
+            name,
+        });
+    }
+    Ok(roots)
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+/// Children of a directory, sorted by name.
+fn sorted_children(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names = std::fs::read_dir(dir)
+        .and_then(|it| {
+            it.map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .map_err(|e| Error::io(format!("cannot list directory '{}'", dir.display()), e))?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// Visits every path under the roots depth first, calling `visit` with the
+/// filesystem path, stream name and metadata. Only one directory listing per
+/// level is held at a time.
+fn walk(
+    roots: &[Root],
+    visit: &mut dyn FnMut(&Path, &[u8], &Metadata) -> Result<()>,
+) -> Result<()> {
+    for root in roots {
+        let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.path.clone(), root.name.clone())];
+        while let Some((path, name)) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&path)
+                .map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
+            if !name.is_empty() {
+                visit(&path, &name, &meta)?;
+            }
+            if meta.is_dir() {
+                for child in sorted_children(&path)?.into_iter().rev() {
+                    let child_name = join(&name, child.as_bytes());
+                    stack.push((path.join(&child), child_name));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Total size of the regular files under the roots (for progress).
+fn total_size(roots: &[Root]) -> Result<u64> {
+    let mut total = 0;
+    walk(roots, &mut |_, _, meta| {
+        if meta.is_file() {
+            total += meta.len();
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Writes a complete stream of `paths` to `output`. On any failure the stream
+/// ends with an Abort frame and the error is returned.
+pub fn dump(paths: &[PathBuf], output: impl Write) -> Result<()> {
+    let roots = roots(paths)?;
+    let mut writer = StreamWriter::new(std::io::BufWriter::with_capacity(
+        crate::filter::IO_BUFFER,
+        output,
+    ));
+    writer.start(new_stream_id())?;
+    let result = (|| {
+        let expected = total_size(&roots)?;
+        let progress = Progress::for_stage("dump-files");
+        progress.set_total(expected);
+        let begin = Begin {
+            producer: "dump-files".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            host: meta::host_name(),
+            engine: "files".into(),
+            kind: "full".into(),
+            started: meta::now_rfc3339(),
+            positions: Default::default(),
+            parent: None,
+            expected_bytes: Some(expected),
+        };
+        writer.write(&Frame::json(Kind::Begin, &begin))?;
+        let mut totals = End {
+            entries: 0,
+            bytes: 0,
+        };
+        walk(&roots, &mut |path, name, meta| {
+            if let Some(sent) = dump_one(&mut writer, path, name, meta, &progress)? {
+                totals.entries += 1;
+                totals.bytes += sent;
+            }
+            Ok(())
+        })?;
+        writer.write(&Frame::json(Kind::End, &totals))?;
+        progress.finish();
+        writer.flush()
+    })();
+    if let Err(err) = &result {
+        if !err.is_broken_pipe() {
+            send_abort(&mut writer, true, "dump-files", err);
+        }
+    }
+    result
+}
+
+/// Writes one entry; returns the content bytes sent, or `None` for a skipped special file.
+fn dump_one<W: Write>(
+    writer: &mut StreamWriter<W>,
+    path: &Path,
+    name: &[u8],
+    meta: &Metadata,
+    progress: &Progress,
+) -> Result<Option<u64>> {
+    let file_type = meta.file_type();
+    let (entry_type, target) = if file_type.is_file() {
+        (EntryType::File, None)
+    } else if file_type.is_dir() {
+        (EntryType::Dir, None)
+    } else if file_type.is_symlink() {
+        let target = std::fs::read_link(path)
+            .map_err(|e| Error::io(format!("cannot read symlink '{}'", path.display()), e))?;
+        (
+            EntryType::Symlink,
+            Some(RawPath(target.as_os_str().as_bytes().to_vec())),
+        )
+    } else {
+        let what = if file_type.is_fifo() {
+            "FIFO"
+        } else if file_type.is_socket() {
+            "socket"
+        } else {
+            "device"
+        };
+        eprintln!(
+            "dump-files: skipping {what} '{}': only files, directories and symlinks are stored",
+            path.display()
+        );
+        return Ok(None);
+    };
+    let entry = Entry {
+        path: RawPath(name.to_vec()),
+        entry_type,
+        role: "file".into(),
+        size: if entry_type == EntryType::File {
+            meta.len()
+        } else {
+            0
+        },
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        mtime_ns: meta.mtime_nsec() as u32,
+        uid: Some(meta.uid()),
+        gid: Some(meta.gid()),
+        target,
+        attrs: Default::default(),
+    };
+    writer.write(&Frame::json(Kind::Entry, &entry))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut sent = 0u64;
+    if entry_type == EntryType::File {
+        let mut file = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open '{}'", path.display()), e))?;
+        loop {
+            let mut block = Vec::with_capacity(BLOCK);
+            let got = (&mut file)
+                .take(BLOCK as u64)
+                .read_to_end(&mut block)
+                .map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
+            if got == 0 {
+                break;
+            }
+            hasher.update(&block);
+            sent += got as u64;
+            writer.write(&Frame::plain(Kind::Data, block))?;
+            progress.add(got as u64);
+        }
+        if sent != entry.size {
+            eprintln!(
+                "dump-files: warning: '{}' changed size while being read ({} bytes expected, {sent} sent)",
+                path.display(),
+                entry.size
+            );
+        }
+    }
+    let end = EntryEnd {
+        size: sent,
+        blake3: hasher.finalize().to_hex().to_string(),
+    };
+    writer.write(&Frame::json(Kind::EntryEnd, &end))?;
+    Ok(Some(sent))
+}

@@ -1,0 +1,3 @@
+//! Stream producers: the sources at the head of a pipeline.
+
+pub mod files;

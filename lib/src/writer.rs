@@ -1,0 +1,69 @@
+//! Writing a stream: preamble, then frames numbered and checksummed in order.
+
+use std::io::Write;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Frame, Header, StreamId};
+
+/// Writes frames to a byte sink, assigning sequence numbers and checksums.
+pub struct StreamWriter<W: Write> {
+    output: W,
+    stream: StreamId,
+    next_sequence: u64,
+    written: u64,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// A writer over `output`, which should be buffered. Call [`start`](Self::start) first.
+    pub fn new(output: W) -> Self {
+        StreamWriter {
+            output,
+            stream: [0; 16],
+            next_sequence: 0,
+            written: 0,
+        }
+    }
+
+    /// Opens a stream with the given ID by writing its preamble.
+    pub fn start(&mut self, stream: StreamId) -> Result<()> {
+        self.stream = stream;
+        self.next_sequence = 0;
+        self.put(&format::encode_preamble(&stream))
+    }
+
+    /// Writes one frame of the current stream.
+    pub fn write(&mut self, frame: &Frame) -> Result<()> {
+        debug_assert!(frame.payload.len() <= format::MAX_PAYLOAD);
+        let header = Header {
+            kind: frame.kind,
+            encodings: frame.encodings,
+            length: frame.payload.len() as u32,
+            sequence: self.next_sequence,
+            payload_crc: crc32c::crc32c(&frame.payload),
+        };
+        self.put(&header.encode(&self.stream))?;
+        self.put(&frame.payload)?;
+        self.next_sequence += 1;
+        Ok(())
+    }
+
+    /// Flushes buffered bytes to the sink.
+    pub fn flush(&mut self) -> Result<()> {
+        self.output
+            .flush()
+            .map_err(|e| Error::io("cannot write the output stream", e))
+    }
+
+    /// Bytes written so far, preambles included.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.output
+            .write_all(bytes)
+            .map_err(|e| Error::io("cannot write the output stream", e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
