@@ -13,11 +13,18 @@ pub fn main(tool: &str, body: impl FnOnce() -> Result<()>) -> ! {
         Ok(()) => std::process::exit(0),
         Err(err) => {
             if !err.is_broken_pipe() {
-                eprintln!("{tool}: {err}");
+                say(&format!("{tool}: {err}"));
             }
             std::process::exit(err.kind().exit_code())
         }
     }
+}
+
+/// Writes one line to stderr in a single write, so lines from the stages of a
+/// pipeline never interleave.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// Restores the default SIGPIPE action, so a tool whose reader went away

@@ -86,6 +86,15 @@ impl<R: Read> StreamReader<R> {
             }
             return Ok(None);
         }
+        if got < PREAMBLE_LEN
+            && bytes[..got.min(format::MAGIC.len())]
+                != format::MAGIC[..got.min(format::MAGIC.len())]
+        {
+            return Err(Error::integrity(format!(
+                "not a backpipe stream (bad magic at byte {})",
+                self.offset
+            )));
+        }
         if got < PREAMBLE_LEN {
             return Err(Error::incomplete(format!(
                 "input truncated inside the preamble at byte {}",

@@ -350,6 +350,13 @@ impl Stage {
                 open.written, end.size
             )));
         }
+        // Owner first: changing it clears setuid and setgid bits, which the mode then restores.
+        if nix::unistd::geteuid().is_root() {
+            if let (Some(uid), Some(gid)) = (open.entry.uid, open.entry.gid) {
+                std::os::unix::fs::lchown(self.path(&open.entry.path.0), Some(uid), Some(gid))
+                    .map_err(|e| Error::io(format!("cannot set the owner of '{name}'"), e))?;
+            }
+        }
         if let Some(file) = open.file {
             let mtime = std::time::UNIX_EPOCH
                 + std::time::Duration::new(open.entry.mtime.max(0) as u64, open.entry.mtime_ns);
@@ -367,12 +374,6 @@ impl Stage {
                     )
                 })
                 .map_err(|e| Error::io(format!("cannot finish '{name}'"), e))?;
-        }
-        if nix::unistd::geteuid().is_root() {
-            if let (Some(uid), Some(gid)) = (open.entry.uid, open.entry.gid) {
-                std::os::unix::fs::lchown(self.path(&open.entry.path.0), Some(uid), Some(gid))
-                    .map_err(|e| Error::io(format!("cannot set the owner of '{name}'"), e))?;
-            }
         }
         self.entries += 1;
         self.bytes += open.written;
@@ -409,7 +410,7 @@ impl Stage {
             std::fs::rename(self.path(&name), &to)
                 .map_err(|e| Error::io(format!("cannot move '{}' into place", lossy(&name)), e))?;
             if verbose {
-                eprintln!("{}", to.display());
+                crate::cli::say(&to.display().to_string());
             }
             replaceable.insert(name);
         }

@@ -184,10 +184,10 @@ fn dump_one<W: Write>(
         } else {
             "device"
         };
-        eprintln!(
+        crate::cli::say(&format!(
             "dump-files: skipping {what} '{}': only files, directories and symlinks are stored",
             path.display()
-        );
+        ));
         return Ok(None);
     };
     let entry = Entry {
@@ -228,11 +228,11 @@ fn dump_one<W: Write>(
             progress.add(got as u64);
         }
         if sent != entry.size {
-            eprintln!(
+            crate::cli::say(&format!(
                 "dump-files: warning: '{}' changed size while being read ({} bytes expected, {sent} sent)",
                 path.display(),
                 entry.size
-            );
+            ));
         }
     }
     let end = EntryEnd {
