@@ -502,3 +502,40 @@ fn a_source_killed_mid_stream_fails_the_whole_pipeline() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn hostile_frames_are_refused_without_a_crash() {
+    let dir = scratch();
+    sample(dir.path());
+    // A chunked Data frame too short to hold its chunk ID, with valid checksums.
+    let short = forge(&std::fs::read(dir.path().join("plain.bp")).unwrap(), |f| {
+        let i = data_indexes(f)[0];
+        f[i].encodings.0 = 0x01;
+        f[i].payload.truncate(5);
+    });
+    for tool in ["squeeze", "chunk -d", "encrypt --key-file k"] {
+        let err = expect_failure(dir.path(), &short, tool, 4, "short chunk");
+        assert!(err.contains("shorter than its chunk ID"), "{tool}: {err}");
+    }
+    // Garbage after a complete stream: the filter's Abort opens a new stream,
+    // so the consumer after it reports the abort, not a damaged preamble.
+    let mut trailing = std::fs::read(dir.path().join("plain.bp")).unwrap();
+    trailing.extend_from_slice(&[0u8; 10]);
+    std::fs::write(dir.path().join("trailing.bp"), &trailing).unwrap();
+    let out = sh(
+        dir.path(),
+        "squeeze < trailing.bp > s.bp; echo $? > status; inspect s.bp",
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("status"))
+            .unwrap()
+            .trim(),
+        "4"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -72,7 +72,6 @@ pub fn run<P: Planner>(
     let progress = Progress::for_stage(tool);
     let mut reader = StreamReader::new(BufReader::with_capacity(IO_BUFFER, input));
     let mut writer = StreamWriter::new(BufWriter::with_capacity(IO_BUFFER, output));
-    let mut started = false;
     let mut upstream_abort: Option<String> = None;
     let result = parallel::run_ordered(
         parallel::default_threads(),
@@ -94,10 +93,7 @@ pub fn run<P: Planner>(
             Step::Work(job) => job.run().map(Output::Frame),
         },
         |output| match output {
-            Output::Start(id) => {
-                started = true;
-                writer.start(id)
-            }
+            Output::Start(id) => writer.start(id),
             Output::Frame(frame) => {
                 if frame.kind == Kind::Abort {
                     upstream_abort = Some(describe_abort(&frame));
@@ -115,7 +111,7 @@ pub fn run<P: Planner>(
         ))),
         (Err(err), abort) => {
             if abort.is_none() && !err.is_broken_pipe() {
-                send_abort(&mut writer, started, tool, &err);
+                send_abort(&mut writer, tool, &err);
             }
             Err(err)
         }
@@ -133,15 +129,15 @@ pub fn describe_abort(frame: &Frame) -> String {
     }
 }
 
-/// Ends `writer`'s output with an Abort frame describing `err`; best effort,
-/// since the output may itself be what failed.
-pub fn send_abort<W: Write>(writer: &mut StreamWriter<W>, started: bool, tool: &str, err: &Error) {
+/// Ends `writer`'s output with an Abort frame describing `err` (in a new
+/// stream if none is open); best effort, since the output may itself be what failed.
+pub fn send_abort<W: Write>(writer: &mut StreamWriter<W>, tool: &str, err: &Error) {
     let abort = Abort {
         producer: tool.to_string(),
         reason: err.message().to_string(),
     };
     let _ = (|| -> Result<()> {
-        if !started {
+        if !writer.is_open() {
             writer.start(crate::format::new_stream_id())?;
         }
         writer.write(&Frame::json(Kind::Abort, &abort))?;

@@ -319,6 +319,15 @@ impl Frame {
         Ok((id.try_into().unwrap(), body))
     }
 
+    /// The encodable body: after the chunk ID for chunked Data frames, the
+    /// whole payload otherwise. Fails for a chunked frame too short to hold its ID.
+    pub fn body(&self) -> Result<&[u8]> {
+        if self.body_start() > 0 {
+            return self.chunk_parts().map(|(_, body)| body);
+        }
+        Ok(&self.payload)
+    }
+
     /// The offset where the encodable body starts: after the chunk ID for
     /// chunked frames, at 0 otherwise. Codecs transform only `payload[body_start()..]`.
     pub fn body_start(&self) -> usize {

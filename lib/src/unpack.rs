@@ -82,6 +82,17 @@ fn timespec(secs: i64, nanos: u32) -> TimeSpec {
     TimeSpec::new(secs, nanos as i64)
 }
 
+/// A wall-clock time from seconds (possibly before 1970) and nanoseconds.
+fn system_time(secs: i64, nanos: u32) -> std::time::SystemTime {
+    let epoch = std::time::UNIX_EPOCH;
+    if secs >= 0 {
+        epoch + std::time::Duration::new(secs as u64, nanos)
+    } else {
+        epoch - std::time::Duration::from_secs(secs.unsigned_abs())
+            + std::time::Duration::from_nanos(nanos as u64)
+    }
+}
+
 fn lossy(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
@@ -344,7 +355,7 @@ impl Stage {
             .expect("the reader checks EntryEnd closes an entry");
         let name = open.entry.path.display();
         let digest = open.hasher.finalize().to_hex().to_string();
-        if open.written != end.size || digest != end.blake3 {
+        if open.written != end.size || !digest.eq_ignore_ascii_case(&end.blake3) {
             return Err(Error::integrity(format!(
                 "'{name}': content does not match its digest ({} bytes received, {} expected); the data was altered after the source read it",
                 open.written, end.size
@@ -358,8 +369,7 @@ impl Stage {
             }
         }
         if let Some(file) = open.file {
-            let mtime = std::time::UNIX_EPOCH
-                + std::time::Duration::new(open.entry.mtime.max(0) as u64, open.entry.mtime_ns);
+            let mtime = system_time(open.entry.mtime, open.entry.mtime_ns);
             file.set_len(open.written)
                 .and_then(|()| {
                     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
@@ -431,6 +441,7 @@ impl Drop for Stage {
 
 /// Refuses a frame unpack cannot read as plain content.
 fn require_plain(frame: &Frame) -> Result<()> {
+    crate::codec::refuse_unknown_encodings(frame)?;
     if frame.encodings.0 != 0 {
         let undo = if frame.encodings.has(crate::format::Encodings::ENCRYPTED) {
             "encrypt -d"

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Frame, Header, StreamId};
+use crate::format::{self, Frame, Header, Kind, StreamId};
 
 /// Writes frames to a byte sink, assigning sequence numbers and checksums.
 pub struct StreamWriter<W: Write> {
@@ -11,6 +11,8 @@ pub struct StreamWriter<W: Write> {
     stream: StreamId,
     next_sequence: u64,
     written: u64,
+    /// A stream is started and not yet closed by End or Abort.
+    open: bool,
 }
 
 impl<W: Write> StreamWriter<W> {
@@ -21,6 +23,7 @@ impl<W: Write> StreamWriter<W> {
             stream: [0; 16],
             next_sequence: 0,
             written: 0,
+            open: false,
         }
     }
 
@@ -28,12 +31,20 @@ impl<W: Write> StreamWriter<W> {
     pub fn start(&mut self, stream: StreamId) -> Result<()> {
         self.stream = stream;
         self.next_sequence = 0;
+        self.open = true;
         self.put(&format::encode_preamble(&stream))
     }
 
     /// Writes one frame of the current stream.
     pub fn write(&mut self, frame: &Frame) -> Result<()> {
-        debug_assert!(frame.payload.len() <= format::MAX_PAYLOAD);
+        if frame.payload.len() > format::MAX_PAYLOAD {
+            return Err(Error::other(format!(
+                "cannot write a {} frame of {} bytes: the limit is {}",
+                frame.kind.name(),
+                frame.payload.len(),
+                format::MAX_PAYLOAD
+            )));
+        }
         let header = Header {
             kind: frame.kind,
             encodings: frame.encodings,
@@ -44,7 +55,13 @@ impl<W: Write> StreamWriter<W> {
         self.put(&header.encode(&self.stream))?;
         self.put(&frame.payload)?;
         self.next_sequence += 1;
+        self.open = !matches!(frame.kind, Kind::End | Kind::Abort);
         Ok(())
+    }
+
+    /// True between a stream's preamble and its End or Abort frame.
+    pub fn is_open(&self) -> bool {
+        self.open
     }
 
     /// Flushes buffered bytes to the sink.

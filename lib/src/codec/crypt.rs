@@ -295,7 +295,7 @@ impl Planner for Encryptor {
         let index = self.index;
         self.index += 1;
         if frame.kind == Kind::Cipher || frame.encodings.has(Encodings::ENCRYPTED) {
-            return Err(Error::other("encrypt: the stream is already encrypted"));
+            return Err(Error::other("the stream is already encrypted"));
         }
         let keys = self
             .state
@@ -402,9 +402,7 @@ impl Planner for Decryptor {
         let index = self.index;
         self.index += 1;
         if frame.kind == Kind::Cipher {
-            return self
-                .open_stream(&frame)
-                .map_err(|e| e.context("encrypt -d"));
+            return self.open_stream(&frame);
         }
         let encrypted = frame.encodings.has(Encodings::ENCRYPTED);
         if frame.kind == Kind::Abort && !encrypted {

@@ -9,10 +9,10 @@ use crate::error::{Error, Result};
 use crate::format::{Encodings, Frame};
 
 /// Refuses a frame whose payload carries an encoding bit this build does not know.
-pub fn refuse_unknown_encodings(frame: &Frame, tool: &str) -> Result<()> {
+pub fn refuse_unknown_encodings(frame: &Frame) -> Result<()> {
     if frame.encodings.has_unknown() {
         return Err(Error::other(format!(
-            "{tool}: {} frame has an encoding this version does not know ({}); use a newer backpipe",
+            "{} frame has an encoding this version does not know ({}); use a newer backpipe",
             frame.kind.name(),
             frame.encodings.describe()
         )));
@@ -25,7 +25,7 @@ pub fn refuse_outer_layers(frame: &Frame, tool: &str, outer: &[(u8, &str)]) -> R
     for (bit, undo) in outer {
         if frame.encodings.has(*bit) {
             return Err(Error::other(format!(
-                "{tool}: {} frame is still {}; run `{undo}` before `{tool}`",
+                "{} frame is still {}; run `{undo}` before `{tool}`",
                 frame.kind.name(),
                 Encodings(*bit).describe(),
             )));

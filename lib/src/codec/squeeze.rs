@@ -120,9 +120,10 @@ impl Planner for Squeezer {
         let Some(frame) = split_item(item, out) else {
             return Ok(());
         };
+        let body_len = frame.body().map(<[u8]>::len)?;
         let ours = frame.kind == Kind::Data
             && frame.encodings.without(Encodings::CHUNKED).0 == 0
-            && frame.payload.len() - frame.body_start() >= MIN_COMPRESS;
+            && (MIN_COMPRESS..=MAX_PLAIN_PAYLOAD).contains(&body_len);
         out.push(if ours {
             let level = self.level;
             Step::Work(Recode::Compress(frame, level))
@@ -144,12 +145,13 @@ impl Planner for Unsqueezer {
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());
         }
-        super::refuse_unknown_encodings(&frame, "squeeze -d")?;
+        super::refuse_unknown_encodings(&frame)?;
         super::refuse_outer_layers(
             &frame,
             "squeeze -d",
             &[(Encodings::ENCRYPTED, "encrypt -d")],
         )?;
+        frame.body()?;
         out.push(Step::Work(Recode::Decompress(frame)));
         Ok(())
     }

@@ -150,7 +150,7 @@ pub fn dump(paths: &[PathBuf], output: impl Write) -> Result<()> {
     })();
     if let Err(err) = &result {
         if !err.is_broken_pipe() {
-            send_abort(&mut writer, true, "dump-files", err);
+            send_abort(&mut writer, "dump-files", err);
         }
     }
     result
