@@ -524,7 +524,7 @@ fn hostile_frames_are_refused_without_a_crash() {
     std::fs::write(dir.path().join("trailing.bp"), &trailing).unwrap();
     let out = sh(
         dir.path(),
-        "squeeze < trailing.bp > s.bp; echo $? > status; inspect s.bp",
+        "squeeze < trailing.bp > s.bp || echo $? > status\ninspect s.bp",
     );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("status"))
