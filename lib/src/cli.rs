@@ -28,13 +28,22 @@ pub fn say(line: &str) {
 }
 
 /// Restores the default SIGPIPE action, so a tool whose reader went away
-/// stops quietly as Unix filters do, and widens pipes on stdin and stdout to
+/// stops quietly as Unix filters do, tunes the allocator for frame-sized
+/// buffers, and widens pipes on stdin and stdout to
 /// 1 MiB so frames move in few system calls.
 fn prepare_process() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: SIG_DFL installs no handler code; nothing runs at signal time.
     unsafe {
         let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
+    // Frame buffers of a few MiB are allocated and freed all the time. By
+    // default glibc maps and unmaps each one (or trims the heap after it),
+    // and the page faults cost more than the work; keep them on the heap.
+    // SAFETY: mallopt only sets allocator parameters, before any threads start.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 32 << 20);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 256 << 20);
     }
     for fd in [0, 1] {
         let is_pipe = nix::sys::stat::fstat(fd)
