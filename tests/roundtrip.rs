@@ -34,7 +34,7 @@ fn make_tree(root: &Path) {
         .flat_map(|i| format!("INSERT INTO t VALUES ({i},'row {i}');\n").into_bytes())
         .collect();
     put(&root.join("dump.sql"), &text, 0o644, t + 4);
-    for i in 0..1500 {
+    for i in 0..2500 {
         put(
             &root.join(format!("many/d{}/f{i:04}", i % 15)),
             format!("small file {i}\n").as_bytes(),
