@@ -32,18 +32,8 @@ fn kind_at(stream: &[u8], offset: usize) -> u8 {
 
 /// A small tree whose stream has every frame kind: Begin, Entry, Data, EntryEnd, End.
 fn sample(dir: &Path) {
-    put(
-        &dir.join("tree/a.txt"),
-        &b"some text ".repeat(50_000),
-        0o644,
-        1_700_000_000,
-    );
-    put(
-        &dir.join("tree/b.bin"),
-        &noise(300_000, 5),
-        0o600,
-        1_700_000_000,
-    );
+    put(&dir.join("tree/a.txt"), &b"some text ".repeat(50_000), 0o644, 1_700_000_000);
+    put(&dir.join("tree/b.bin"), &noise(300_000, 5), 0o600, 1_700_000_000);
     std::os::unix::fs::symlink("a.txt", dir.join("tree/link")).unwrap();
     sh_ok(
         dir,
@@ -58,15 +48,8 @@ fn sample(dir: &Path) {
 fn consumers_for(name: &str) -> Vec<&'static str> {
     match name {
         "plain.bp" => vec!["inspect", "chunk", "unpack out"],
-        "chunked.bp" => vec![
-            "inspect",
-            "squeeze -d | chunk -d | unpack out",
-            "encrypt --key-file k",
-        ],
-        _ => vec![
-            "inspect",
-            "encrypt -d --key-file k | squeeze -d | chunk -d | unpack out",
-        ],
+        "chunked.bp" => vec!["inspect", "squeeze -d | chunk -d | unpack out", "encrypt --key-file k"],
+        _ => vec!["inspect", "encrypt -d --key-file k | squeeze -d | chunk -d | unpack out"],
     }
 }
 
@@ -80,15 +63,8 @@ fn expect_failure(dir: &Path, bytes: &[u8], consumer: &str, code: i32, what: &st
     let _ = std::fs::remove_dir_all(dir.join("out"));
     let out = sh(dir, &format!("< bad.bp {consumer} > /dev/null"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{what}, consumer `{consumer}`: {stderr}"
-    );
-    assert!(
-        stderr.lines().count() >= 1 && stderr.lines().all(|l| !l.is_empty()),
-        "{what}: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(code), "{what}, consumer `{consumer}`: {stderr}");
+    assert!(stderr.lines().count() >= 1 && stderr.lines().all(|l| !l.is_empty()), "{what}: {stderr}");
     if dir.join("out").exists() {
         let left: Vec<_> = std::fs::read_dir(dir.join("out")).unwrap().collect();
         assert!(left.is_empty(), "{what}: something was committed to out/");
@@ -104,26 +80,14 @@ fn truncation_anywhere_is_incomplete() {
         let stream = std::fs::read(dir.path().join(name)).unwrap();
         let mut cuts = vec![0, 1, PREAMBLE - 1, PREAMBLE, stream.len() - 1];
         for (offset, len) in frame_spans(&stream) {
-            cuts.extend([
-                offset,
-                offset + 1,
-                offset + HEADER - 1,
-                offset + HEADER,
-                offset + len / 2,
-            ]);
+            cuts.extend([offset, offset + 1, offset + HEADER - 1, offset + HEADER, offset + len / 2]);
         }
         cuts.extend((1..20).map(|i| stream.len() * i / 20));
         cuts.sort();
         cuts.dedup();
         for cut in cuts.into_iter().filter(|&c| c < stream.len()) {
             for consumer in consumers_for(name) {
-                let err = expect_failure(
-                    dir.path(),
-                    &stream[..cut],
-                    consumer,
-                    3,
-                    &format!("{name} cut at {cut}"),
-                );
+                let err = expect_failure(dir.path(), &stream[..cut], consumer, 3, &format!("{name} cut at {cut}"));
                 assert!(
                     err.contains("truncated")
                         || err.contains("ended")
@@ -147,31 +111,14 @@ fn a_flipped_byte_in_any_frame_is_an_integrity_failure() {
         for at in [0, 9, 20, 30] {
             let mut bad = stream.clone();
             bad[at] ^= 0x40;
-            let err = expect_failure(
-                dir.path(),
-                &bad,
-                "inspect",
-                4,
-                &format!("{name} preamble byte {at}"),
-            );
+            let err = expect_failure(dir.path(), &bad, "inspect", 4, &format!("{name} preamble byte {at}"));
             assert!(err.contains("preamble") || err.contains("magic"), "{err}");
         }
         for (index, (offset, len)) in frame_spans(&stream).into_iter().enumerate() {
             kinds_hit.insert(kind_at(&stream, offset));
-            let mut targets = vec![
-                offset,
-                offset + 1,
-                offset + 5,
-                offset + 9,
-                offset + 17,
-                offset + 22,
-            ];
+            let mut targets = vec![offset, offset + 1, offset + 5, offset + 9, offset + 17, offset + 22];
             if len > HEADER {
-                targets.extend([
-                    offset + HEADER,
-                    offset + HEADER + (len - HEADER) / 2,
-                    offset + len - 1,
-                ]);
+                targets.extend([offset + HEADER, offset + HEADER + (len - HEADER) / 2, offset + len - 1]);
             }
             for at in targets {
                 let mut bad = stream.clone();
@@ -183,16 +130,8 @@ fn a_flipped_byte_in_any_frame_is_an_integrity_failure() {
                 }
             }
         }
-        let expected: &[u8] = if name == "sealed.bp" {
-            &[1, 2, 3, 4, 5, 7]
-        } else {
-            &[1, 2, 3, 4, 5]
-        };
-        assert_eq!(
-            kinds_hit.into_iter().collect::<Vec<_>>(),
-            expected,
-            "{name} covers every frame kind"
-        );
+        let expected: &[u8] = if name == "sealed.bp" { &[1, 2, 3, 4, 5, 7] } else { &[1, 2, 3, 4, 5] };
+        assert_eq!(kinds_hit.into_iter().collect::<Vec<_>>(), expected, "{name} covers every frame kind");
     }
 }
 
@@ -210,13 +149,7 @@ fn dropped_reordered_and_spliced_frames_are_caught() {
         for i in 0..last {
             let (offset, len) = spans[i];
             let dropped = [&stream[..offset], &stream[offset + len..]].concat();
-            let err = expect_failure(
-                dir.path(),
-                &dropped,
-                "inspect",
-                4,
-                &format!("{name} without frame {i}"),
-            );
+            let err = expect_failure(dir.path(), &dropped, "inspect", 4, &format!("{name} without frame {i}"));
             assert!(err.contains("dropped"), "{err}");
             let (next_offset, next_len) = spans[i + 1];
             let swapped = [
@@ -226,37 +159,17 @@ fn dropped_reordered_and_spliced_frames_are_caught() {
                 &stream[next_offset + next_len..],
             ]
             .concat();
-            let err = expect_failure(
-                dir.path(),
-                &swapped,
-                "inspect",
-                4,
-                &format!("{name} frames {i},{} swapped", i + 1),
-            );
+            let err =
+                expect_failure(dir.path(), &swapped, "inspect", 4, &format!("{name} frames {i},{} swapped", i + 1));
             assert!(err.contains("reordered"), "{err}");
-            let spliced = [
-                &stream[..offset],
-                &other[foreign.0..foreign.0 + foreign.1],
-                &stream[offset + len..],
-            ]
-            .concat();
-            let err = expect_failure(
-                dir.path(),
-                &spliced,
-                "inspect",
-                4,
-                &format!("{name} frame {i} from another stream"),
-            );
+            let spliced =
+                [&stream[..offset], &other[foreign.0..foreign.0 + foreign.1], &stream[offset + len..]].concat();
+            let err =
+                expect_failure(dir.path(), &spliced, "inspect", 4, &format!("{name} frame {i} from another stream"));
             assert!(err.contains("another stream"), "{err}");
         }
         // Without its End frame the stream is incomplete, not damaged.
-        let err = expect_failure(
-            dir.path(),
-            &stream[..spans[last].0],
-            "inspect",
-            3,
-            &format!("{name} without End"),
-        );
+        let err = expect_failure(dir.path(), &stream[..spans[last].0], "inspect", 3, &format!("{name} without End"));
         assert!(err.contains("before the End frame"), "{err}");
     }
 }
@@ -301,19 +214,17 @@ fn frames_of(stream: &[u8]) -> Vec<Frame> {
 }
 
 fn data_indexes(frames: &[Frame]) -> Vec<usize> {
-    frames
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.kind == Kind::Data)
-        .map(|(i, _)| i)
-        .collect()
+    frames.iter().enumerate().filter(|(_, f)| f.kind == Kind::Data).map(|(i, _)| i).collect()
 }
 
 #[test]
 fn forged_encrypted_streams_fail_authentication() {
     let dir = scratch();
     sample(dir.path());
-    sh_ok(dir.path(), "dump-files tree | chunk --min-size 16K --avg-size 64K --max-size 256K | encrypt --key-file k > sealed2.bp");
+    sh_ok(
+        dir.path(),
+        "dump-files tree | chunk --min-size 16K --avg-size 64K --max-size 256K | encrypt --key-file k > sealed2.bp",
+    );
     let sealed = std::fs::read(dir.path().join("sealed.bp")).unwrap();
     let other = std::fs::read(dir.path().join("sealed2.bp")).unwrap();
     let decrypt = "encrypt -d --key-file k | squeeze -d | chunk -d | unpack out";
@@ -348,17 +259,11 @@ fn forged_encrypted_streams_fail_authentication() {
                 f[i].payload[n / 2] ^= 1;
             }),
         ),
-        (
-            "a metadata byte changed",
-            forge(&sealed, |f| f[1].payload[3] ^= 1),
-        ),
+        ("a metadata byte changed", forge(&sealed, |f| f[1].payload[3] ^= 1)),
         (
             "a chunk from another stream",
             forge(&sealed, |f| {
-                let foreign = frames_of(&other)
-                    .into_iter()
-                    .find(|x| x.kind == Kind::Data)
-                    .unwrap();
+                let foreign = frames_of(&other).into_iter().find(|x| x.kind == Kind::Data).unwrap();
                 let i = data_indexes(f)[0];
                 f[i] = foreign;
             }),
@@ -375,6 +280,35 @@ fn forged_encrypted_streams_fail_authentication() {
         let err = expect_failure(dir.path(), &bytes, decrypt, 4, what);
         assert!(err.contains("authentication failed"), "{what}: {err}");
     }
+    let replayed = forge(&sealed, |f| {
+        let i = f.iter().position(|x| x.kind == Kind::EntryEnd).unwrap();
+        let copy = f[i].clone();
+        f.insert(i + 1, copy);
+    });
+    let err = expect_failure(dir.path(), &replayed, "encrypt -d --key-file k", 4, "a metadata frame replayed");
+    assert!(err.contains("EntryEnd outside an entry"), "{err}");
+    let replayed_entry = forge(&sealed, |f| {
+        let i = f.iter().position(|x| x.kind == Kind::EntryEnd).unwrap();
+        let j = f.iter().rposition(|x| x.kind == Kind::EntryEnd).unwrap();
+        let (entry_end, entry) = (f[i].clone(), f[i - 1].clone());
+        f.splice(j + 1..j + 1, [entry, entry_end]);
+    });
+    let err = expect_failure(dir.path(), &replayed_entry, "encrypt -d --key-file k", 4, "an entry replayed");
+    assert!(err.contains("authentication failed"), "{err}");
+    let their_entry = frames_of(&other).into_iter().find(|x| x.kind == Kind::Entry).unwrap();
+    let foreign_meta = forge(&sealed, |f| {
+        let i = f.iter().position(|x| x.kind == Kind::Entry).unwrap();
+        f[i] = their_entry;
+    });
+    let err = expect_failure(dir.path(), &foreign_meta, "encrypt -d --key-file k", 4, "an Entry from another stream");
+    assert!(err.contains("authentication failed"), "{err}");
+    let new_salt = forge(&sealed, |f| {
+        let text = String::from_utf8(f[0].payload.clone()).unwrap();
+        let salt = text.split("\"salt\":\"").nth(1).unwrap()[..64].to_string();
+        f[0].payload = text.replace(&salt, &"ab".repeat(32)).into_bytes();
+    });
+    let err = expect_failure(dir.path(), &new_salt, "encrypt -d --key-file k", 4, "the Cipher frame's salt changed");
+    assert!(err.contains("wrong key"), "{err}");
     // Stripping the encryption is refused, not passed through as plaintext.
     let stripped = forge(&sealed, |f| {
         f.remove(0);
@@ -387,10 +321,7 @@ fn forged_encrypted_streams_fail_authentication() {
 fn a_wrong_key_is_reported_and_nothing_is_written_as_if_good() {
     let dir = scratch();
     sample(dir.path());
-    let out = sh(
-        dir.path(),
-        "keygen k2\nencrypt -d --key-file k2 < sealed.bp > dec.bp",
-    );
+    let out = sh(dir.path(), "keygen k2\nencrypt -d --key-file k2 < sealed.bp > dec.bp");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("wrong key"), "{stderr}");
@@ -398,15 +329,8 @@ fn a_wrong_key_is_reported_and_nothing_is_written_as_if_good() {
     let listing = sh(dir.path(), "inspect --json dec.bp");
     assert_eq!(listing.status.code(), Some(3));
     let text = String::from_utf8_lossy(&listing.stdout);
-    assert!(
-        !text.contains("\"entry\"") && text.contains("\"abort\""),
-        "{text}"
-    );
-    let err = sh_fails(
-        dir.path(),
-        "printf 'nope' > pw\nencrypt -d --passphrase-file pw < sealed.bp > /dev/null",
-        2,
-    );
+    assert!(!text.contains("\"entry\"") && text.contains("\"abort\""), "{text}");
+    let err = sh_fails(dir.path(), "printf 'nope' > pw\nencrypt -d --passphrase-file pw < sealed.bp > /dev/null", 2);
     assert!(err.contains("key file, not a passphrase"), "{err}");
 }
 
@@ -420,17 +344,9 @@ fn reverse_filters_refuse_what_is_not_theirs() {
     assert!(err.contains("squeeze -d"), "{err}");
     let err = sh_fails(dir.path(), "unpack out < chunked.bp", 1);
     assert!(err.contains("squeeze -d"), "{err}");
-    let err = sh_fails(
-        dir.path(),
-        "encrypt -d --key-file k < plain.bp > /dev/null",
-        4,
-    );
+    let err = sh_fails(dir.path(), "encrypt -d --key-file k < plain.bp > /dev/null", 4);
     assert!(err.contains("not encrypted"), "{err}");
-    let err = sh_fails(
-        dir.path(),
-        "encrypt --key-file k < sealed.bp > /dev/null",
-        1,
-    );
+    let err = sh_fails(dir.path(), "encrypt --key-file k < sealed.bp > /dev/null", 1);
     assert!(err.contains("already encrypted"), "{err}");
     let err = sh_fails(dir.path(), "echo 'not a stream at all' | inspect", 4);
     assert!(err.contains("not a backpipe stream"), "{err}");
@@ -443,24 +359,12 @@ fn an_unreadable_file_aborts_the_stream_and_the_pipeline_fails() {
     let dir = scratch();
     sample(dir.path());
     // Reading /proc/self/mem from offset 0 fails with EIO, even for root.
-    let out = sh(
-        dir.path(),
-        "dump-files tree /proc/self/mem | chunk | squeeze | squeeze -d | chunk -d | unpack out",
-    );
+    let out = sh(dir.path(), "dump-files tree /proc/self/mem | chunk | squeeze | squeeze -d | chunk -d | unpack out");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains("dump-files: cannot read '/proc/self/mem'"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("dump-files: cannot read '/proc/self/mem'"), "{stderr}");
     assert!(stderr.contains("aborted upstream"), "{stderr}");
-    assert!(
-        std::fs::read_dir(dir.path().join("out"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "nothing committed"
-    );
+    assert!(std::fs::read_dir(dir.path().join("out")).unwrap().next().is_none(), "nothing committed");
     let status = sh(dir.path(), "dump-files tree /proc/self/mem > s.bp").status;
     assert_eq!(status.code(), Some(1));
     let listing = sh(dir.path(), "inspect s.bp");
@@ -475,32 +379,17 @@ fn a_source_killed_mid_stream_fails_the_whole_pipeline() {
     big.set_len(3 << 30).unwrap();
     let out = sh(
         dir.path(),
-        "timeout -s KILL 0.5 dump-files big | chunk | squeeze | unpack out",
+        "timeout -s KILL 0.5 dump-files big | chunk | squeeze | squeeze -d | chunk -d | unpack out || echo \"${PIPESTATUS[*]}\" > statuses",
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("unpack") || stderr.contains("chunk"),
-        "{stderr}"
-    );
-    assert!(
-        std::fs::read_dir(dir.path().join("out"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "nothing committed"
-    );
+    let statuses = std::fs::read_to_string(dir.path().join("statuses")).unwrap();
+    // timeout reports the kill (137); every later stage sees a truncated or aborted stream.
+    assert_eq!(statuses.trim(), "137 3 3 3 3 3", "{stderr}");
+    assert!(stderr.contains("chunk: input ended") || stderr.contains("chunk: input truncated"), "{stderr}");
+    assert!(std::fs::read_dir(dir.path().join("out")).unwrap().next().is_none(), "nothing committed");
     // Each stage reports the incomplete input itself.
-    let out = sh(
-        dir.path(),
-        "timeout -s KILL 0.5 dump-files big > part.bp || true\nchunk < part.bp > /dev/null",
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sh(dir.path(), "timeout -s KILL 0.5 dump-files big > part.bp || true\nchunk < part.bp > /dev/null");
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -522,20 +411,7 @@ fn hostile_frames_are_refused_without_a_crash() {
     let mut trailing = std::fs::read(dir.path().join("plain.bp")).unwrap();
     trailing.extend_from_slice(&[0u8; 10]);
     std::fs::write(dir.path().join("trailing.bp"), &trailing).unwrap();
-    let out = sh(
-        dir.path(),
-        "squeeze < trailing.bp > s.bp || echo $? > status\ninspect s.bp",
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("status"))
-            .unwrap()
-            .trim(),
-        "4"
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sh(dir.path(), "squeeze < trailing.bp > s.bp || echo $? > status\ninspect s.bp");
+    assert_eq!(std::fs::read_to_string(dir.path().join("status")).unwrap().trim(), "4");
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -22,11 +22,7 @@ fn wait_with_peak(child: Child) -> (i32, u64) {
     let got = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(got, pid, "wait4 failed");
     std::mem::forget(child);
-    let code = if nix::libc::WIFEXITED(status) {
-        nix::libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
+    let code = if nix::libc::WIFEXITED(status) { nix::libc::WEXITSTATUS(status) } else { -1 };
     (code, usage.ru_maxrss as u64 * 1024)
 }
 
@@ -38,16 +34,9 @@ fn run_pipeline(cwd: &Path, stages: &[&str]) -> Vec<(String, i32, u64)> {
         let mut words = stage.split_whitespace();
         let program = bin_dir().join(words.next().unwrap());
         let mut command = Command::new(program);
-        command
-            .args(words)
-            .current_dir(cwd)
-            .stderr(Stdio::inherit());
+        command.args(words).current_dir(cwd).stderr(Stdio::inherit());
         command.stdin(previous.take().unwrap_or_else(Stdio::null));
-        command.stdout(if i + 1 < stages.len() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        command.stdout(if i + 1 < stages.len() { Stdio::piped() } else { Stdio::null() });
         let mut child = command.spawn().unwrap();
         previous = child.stdout.take().map(Stdio::from);
         children.push((stage.to_string(), child));
@@ -69,8 +58,7 @@ fn a_sparse_multi_gib_file_round_trips_in_bounded_memory() {
     big.set_len(size).unwrap();
     // Real data in a few places, including across a chunk-size boundary and at the very end.
     big.write_all_at(&noise(3 << 20, 1), 1 << 30).unwrap();
-    big.write_all_at(&noise(100_000, 2), (2 << 30) - 50_000)
-        .unwrap();
+    big.write_all_at(&noise(100_000, 2), (2 << 30) - 50_000).unwrap();
     big.write_all_at(b"the end", size - 7).unwrap();
     drop(big);
     sh_ok(dir.path(), "keygen k");
@@ -89,18 +77,12 @@ fn a_sparse_multi_gib_file_round_trips_in_bounded_memory() {
     );
     let inspect = run_pipeline(dir.path(), &["dump-files big", "chunk", "inspect"]);
     for (stage, code, peak) in results.iter().chain(&inspect) {
-        eprintln!(
-            "{stage:<28} exit {code}  peak {:.1} MiB",
-            *peak as f64 / 1048576.0
-        );
+        eprintln!("{stage:<28} exit {code}  peak {:.1} MiB", *peak as f64 / 1048576.0);
         assert_eq!(*code, 0, "{stage} failed");
         assert!(*peak < MEMORY_LIMIT, "{stage} used {peak} bytes at peak");
     }
     let restored = dir.path().join("out/big");
     assert_same_tree(&dir.path().join("big"), &restored);
     let allocated = std::fs::metadata(&restored).unwrap().blocks() * 512;
-    assert!(
-        allocated < 64 << 20,
-        "the restored file should be sparse, {allocated} bytes allocated"
-    );
+    assert!(allocated < 64 << 20, "the restored file should be sparse, {allocated} bytes allocated");
 }

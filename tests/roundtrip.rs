@@ -7,6 +7,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use backpipe::format::{Frame, Kind};
+use backpipe::meta::{Begin, End, Entry, EntryEnd, EntryType, RawPath};
+use backpipe::writer::StreamWriter;
 use common::*;
 
 /// A tree with the awkward cases: empty files, one byte, sizes on and around
@@ -16,39 +19,20 @@ fn make_tree(root: &Path) {
     let t = 1_600_000_000;
     put(&root.join("empty"), b"", 0o644, t);
     put(&root.join("one-byte"), b"x", 0o600, t + 1);
-    for (name, size) in [
-        ("min-chunk", 256 * 1024),
-        ("avg-chunk", 1 << 20),
-        ("max-chunk", 4 << 20),
-        ("max-plus-one", (4 << 20) + 1),
-    ] {
-        put(
-            &root.join("bounds").join(name),
-            &noise(size, size as u64),
-            0o644,
-            t + 2,
-        );
+    for (name, size) in
+        [("min-chunk", 256 * 1024), ("avg-chunk", 1 << 20), ("max-chunk", 4 << 20), ("max-plus-one", (4 << 20) + 1)]
+    {
+        put(&root.join("bounds").join(name), &noise(size, size as u64), 0o644, t + 2);
     }
     put(&root.join("random.bin"), &noise(12 << 20, 99), 0o640, t + 3);
-    let text: Vec<u8> = (0..200_000)
-        .flat_map(|i| format!("INSERT INTO t VALUES ({i},'row {i}');\n").into_bytes())
-        .collect();
+    let text: Vec<u8> =
+        (0..200_000).flat_map(|i| format!("INSERT INTO t VALUES ({i},'row {i}');\n").into_bytes()).collect();
     put(&root.join("dump.sql"), &text, 0o644, t + 4);
     for i in 0..2500 {
-        put(
-            &root.join(format!("many/d{}/f{i:04}", i % 15)),
-            format!("small file {i}\n").as_bytes(),
-            0o644,
-            t + i,
-        );
+        put(&root.join(format!("many/d{}/f{i:04}", i % 15)), format!("small file {i}\n").as_bytes(), 0o644, t + i);
     }
     put(&root.join("run.sh"), b"#!/bin/sh\necho hi\n", 0o4755, t + 5);
-    put(
-        &root.join("names/with space and ünïcode"),
-        b"name test",
-        0o644,
-        t + 6,
-    );
+    put(&root.join("names/with space and ünïcode"), b"name test", 0o644, t + 6);
     std::os::unix::fs::symlink("../one-byte", root.join("names/rel-link")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", root.join("names/abs-link")).unwrap();
     std::os::unix::fs::symlink("no/such/target", root.join("names/dangling")).unwrap();
@@ -56,11 +40,7 @@ fn make_tree(root: &Path) {
         set_mtime(&root.join("names").join(link), t + 7, 5);
     }
     std::fs::create_dir_all(root.join("empty-dir")).unwrap();
-    std::fs::set_permissions(
-        root.join("empty-dir"),
-        std::fs::Permissions::from_mode(0o750),
-    )
-    .unwrap();
+    std::fs::set_permissions(root.join("empty-dir"), std::fs::Permissions::from_mode(0o750)).unwrap();
     std::fs::set_permissions(root.join("bounds"), std::fs::Permissions::from_mode(0o555)).unwrap();
     for dir in ["empty-dir", "bounds", "names", "many", ""] {
         set_mtime(&root.join(dir), t + 8, 777);
@@ -74,31 +54,13 @@ const COMPOSITIONS: &[(&str, &str)] = &[
     ("| squeeze", "| squeeze -d"),
     ("| encrypt --key-file k", "| encrypt -d --key-file k"),
     ("| chunk | squeeze", "| squeeze -d | chunk -d"),
-    (
-        "| chunk | encrypt --key-file k",
-        "| encrypt -d --key-file k | chunk -d",
-    ),
-    (
-        "| squeeze | encrypt --key-file k",
-        "| encrypt -d --key-file k | squeeze -d",
-    ),
-    (
-        "| chunk | squeeze | encrypt --key-file k",
-        "| encrypt -d --key-file k | squeeze -d | chunk -d",
-    ),
-    (
-        "| chunk --key-file k | squeeze -l 9 | encrypt --key-file k",
-        "| encrypt -d --key-file k | squeeze -d | chunk -d",
-    ),
-    (
-        "| chunk --min-size 4K --avg-size 16K --max-size 64K | squeeze",
-        "| squeeze -d | chunk -d",
-    ),
+    ("| chunk | encrypt --key-file k", "| encrypt -d --key-file k | chunk -d"),
+    ("| squeeze | encrypt --key-file k", "| encrypt -d --key-file k | squeeze -d"),
+    ("| chunk | squeeze | encrypt --key-file k", "| encrypt -d --key-file k | squeeze -d | chunk -d"),
+    ("| chunk --key-file k | squeeze -l 9 | encrypt --key-file k", "| encrypt -d --key-file k | squeeze -d | chunk -d"),
+    ("| chunk --min-size 4K --avg-size 16K --max-size 64K | squeeze", "| squeeze -d | chunk -d"),
     // Orders other than the usual one still compose: filters pass what is not theirs.
-    (
-        "| encrypt --key-file k | squeeze",
-        "| squeeze -d | encrypt -d --key-file k",
-    ),
+    ("| encrypt --key-file k | squeeze", "| squeeze -d | encrypt -d --key-file k"),
     ("| squeeze | chunk", "| chunk -d | squeeze -d"),
 ];
 
@@ -109,14 +71,8 @@ fn every_composition_round_trips_a_tree() {
     sh_ok(dir.path(), "keygen k");
     for (i, (forward, reverse)) in COMPOSITIONS.iter().enumerate() {
         let out = format!("out{i}");
-        sh_ok(
-            dir.path(),
-            &format!("dump-files tree {forward} > s{i}.bp\ncat s{i}.bp {reverse} | unpack {out}"),
-        );
-        assert_same_tree(
-            &dir.path().join("tree"),
-            &dir.path().join(&out).join("tree"),
-        );
+        sh_ok(dir.path(), &format!("dump-files tree {forward} > s{i}.bp\ncat s{i}.bp {reverse} | unpack {out}"));
+        assert_same_tree(&dir.path().join("tree"), &dir.path().join(&out).join("tree"));
         // The stream file is intact and complete as inspect sees it.
         sh_ok(dir.path(), &format!("inspect s{i}.bp > /dev/null"));
     }
@@ -154,12 +110,7 @@ fn shared_fixtures_round_trip() {
 #[test]
 fn passphrases_come_from_a_file_a_descriptor_or_the_environment() {
     let dir = scratch();
-    put(
-        &dir.path().join("tree/a"),
-        b"secret content",
-        0o644,
-        1_700_000_000,
-    );
+    put(&dir.path().join("tree/a"), b"secret content", 0o644, 1_700_000_000);
     sh_ok(
         dir.path(),
         "printf 'pass one\\n' > pw
@@ -193,36 +144,17 @@ fn an_encrypted_stream_holds_no_plaintext_names_included() {
     let dir = scratch();
     let marker_name = "QUARTERLY-SALARIES-FILE";
     let content: Vec<u8> = b"TOPSECRET-PAYLOAD-MARKER ".repeat(40_000);
-    put(
-        &dir.path().join("tree").join(marker_name),
-        &content,
-        0o644,
-        1_700_000_000,
-    );
-    put(
-        &dir.path().join("tree/DIRECTORY-MARKER/x"),
-        &content,
-        0o644,
-        1_700_000_000,
-    );
+    put(&dir.path().join("tree").join(marker_name), &content, 0o644, 1_700_000_000);
+    put(&dir.path().join("tree/DIRECTORY-MARKER/x"), &content, 0o644, 1_700_000_000);
     std::os::unix::fs::symlink("LINK-TARGET-MARKER", dir.path().join("tree/l")).unwrap();
     for forward in [
         "| encrypt --key-file k",
         "| chunk | squeeze | encrypt --key-file k",
         "| chunk --key-file k | encrypt --key-file k",
     ] {
-        let stream = sh_ok(
-            dir.path(),
-            &format!("keygen k 2>/dev/null || true\ndump-files tree {forward}"),
-        );
+        let stream = sh_ok(dir.path(), &format!("keygen k 2>/dev/null || true\ndump-files tree {forward}"));
         let host = backpipe::meta::host_name();
-        let mut markers = vec![
-            marker_name,
-            "TOPSECRET",
-            "DIRECTORY-MARKER",
-            "LINK-TARGET-MARKER",
-            "dump-files",
-        ];
+        let mut markers = vec![marker_name, "TOPSECRET", "DIRECTORY-MARKER", "LINK-TARGET-MARKER", "dump-files"];
         if host.len() >= 6 {
             markers.push(&host); // shorter names turn up in random bytes by chance
         }
@@ -246,34 +178,119 @@ fn an_encrypted_stream_holds_no_plaintext_names_included() {
 #[test]
 fn unpack_refuses_to_overwrite_without_force() {
     let dir = scratch();
-    put(
-        &dir.path().join("tree/a"),
-        b"new content",
-        0o644,
-        1_700_000_000,
-    );
-    put(
-        &dir.path().join("out/tree/a"),
-        b"old content",
-        0o644,
-        1_600_000_000,
-    );
+    put(&dir.path().join("tree/a"), b"new content", 0o644, 1_700_000_000);
+    put(&dir.path().join("out/tree/a"), b"old content", 0o644, 1_600_000_000);
     let err = sh_fails(dir.path(), "dump-files tree > s.bp\nunpack out < s.bp", 1);
-    assert!(
-        err.contains("already exists") && err.contains("--force"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(dir.path().join("out/tree/a")).unwrap(),
-        b"old content"
-    );
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("out/tree/a")).unwrap(), b"old content");
     sh_ok(dir.path(), "unpack --force out < s.bp");
     assert_same_tree(&dir.path().join("tree"), &dir.path().join("out/tree"));
     // No staging directory is left behind.
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("out"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("tree")]);
+}
+
+/// Writes a plain stream with the given entries (path, type, symlink target);
+/// files hold five bytes.
+fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(&mut out);
+    w.start([9; 16]).unwrap();
+    let begin = Begin {
+        producer: "forger".into(),
+        version: "0".into(),
+        host: "h".into(),
+        engine: "files".into(),
+        kind: "full".into(),
+        started: "2026-01-01T00:00:00Z".into(),
+        positions: Default::default(),
+        parent: None,
+        expected_bytes: None,
+    };
+    w.write(&Frame::json(Kind::Begin, &begin)).unwrap();
+    let mut bytes = 0;
+    for (path, entry_type, target) in entries {
+        let entry = Entry {
+            path: RawPath(path.as_bytes().to_vec()),
+            entry_type: *entry_type,
+            role: "file".into(),
+            size: 0,
+            mode: 0o644,
+            mtime: 1_700_000_000,
+            mtime_ns: 0,
+            uid: None,
+            gid: None,
+            target: target.map(|t| RawPath(t.as_bytes().to_vec())),
+            attrs: Default::default(),
+        };
+        w.write(&Frame::json(Kind::Entry, &entry)).unwrap();
+        let content: &[u8] = if *entry_type == EntryType::File { b"pwned" } else { b"" };
+        if !content.is_empty() {
+            w.write(&Frame::plain(Kind::Data, content.to_vec())).unwrap();
+        }
+        bytes += content.len() as u64;
+        let end = EntryEnd { size: content.len() as u64, blake3: blake3::hash(content).to_hex().to_string() };
+        w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
+    }
+    w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes })).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    out
+}
+
+#[test]
+fn unpack_never_writes_outside_its_directory() {
+    use EntryType::{Dir, File, Symlink};
+    let dir = scratch();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let escape = outside.display().to_string();
+    let escape_file = format!("{escape}/f");
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        ("parent path", forged_stream(&[("../outside/f", File, None)])),
+        ("nested parent path", forged_stream(&[("a/../../outside/f", File, None)])),
+        ("absolute path", forged_stream(&[(&escape_file, File, None)])),
+        ("write through a symlink", forged_stream(&[("l", Symlink, Some(&escape)), ("l/f", File, None)])),
+        (
+            "write through a nested symlink",
+            forged_stream(&[("d", Dir, None), ("d/l", Symlink, Some(&escape)), ("d/l/f", File, None)]),
+        ),
+        ("a file over a symlink", forged_stream(&[("l", Symlink, Some(&escape_file)), ("l", File, None)])),
+        ("a staging name", forged_stream(&[(".backpipe-unpack-1-0", File, None)])),
+    ];
+    for (what, stream) in attacks {
+        std::fs::write(dir.path().join("evil.bp"), stream).unwrap();
+        let out = sh(dir.path(), "unpack target < evil.bp");
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "{what}: wrote outside");
+        assert!(std::fs::read_dir(dir.path().join("target")).unwrap().next().is_none(), "{what}: committed something");
+    }
+}
+
+#[test]
+fn force_replaces_whole_trees_and_concatenations_need_it_too() {
+    let dir = scratch();
+    put(&dir.path().join("v1/tree/old-only"), b"old", 0o644, 1_600_000_000);
+    put(&dir.path().join("v2/tree/new"), b"new", 0o644, 1_700_000_000);
+    sh_ok(dir.path(), "(cd v1 && dump-files tree) > 1.bp\n(cd v2 && dump-files tree) > 2.bp\nunpack out < 1.bp");
+    // Two streams with the same top-level name: the second is refused without --force.
+    let err = sh_fails(dir.path(), "cat 1.bp 2.bp | unpack again", 1);
+    assert!(err.contains("already exists"), "{err}");
+    assert_same_tree(&dir.path().join("v1/tree"), &dir.path().join("again/tree"));
+    sh_ok(dir.path(), "unpack --force out < 2.bp");
+    assert_same_tree(&dir.path().join("v2/tree"), &dir.path().join("out/tree"));
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("tree")], "the old tree and the staging directory are gone");
+}
+
+#[test]
+fn a_killed_unpack_leaves_staging_that_the_next_run_removes() {
+    let dir = scratch();
+    put(&dir.path().join("tree/a"), b"1", 0o644, 1_700_000_000);
+    std::fs::create_dir_all(dir.path().join("out/.backpipe-unpack-999999999-0/tree")).unwrap();
+    let err = String::from_utf8(sh(dir.path(), "dump-files tree | unpack out").stderr).unwrap();
+    assert!(err.contains("left by an interrupted run"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("tree")]);
 }
 
@@ -282,10 +299,7 @@ fn dot_stores_contents_at_the_top_level() {
     let dir = scratch();
     put(&dir.path().join("tree/a"), b"1", 0o644, 1_700_000_000);
     put(&dir.path().join("tree/sub/b"), b"2", 0o644, 1_700_000_000);
-    sh_ok(
-        dir.path(),
-        "cd tree && dump-files . > ../s.bp\ncd .. && unpack out < s.bp",
-    );
+    sh_ok(dir.path(), "cd tree && dump-files . > ../s.bp\ncd .. && unpack out < s.bp");
     assert_same_tree(&dir.path().join("tree/sub"), &dir.path().join("out/sub"));
     assert_eq!(std::fs::read(dir.path().join("out/a")).unwrap(), b"1");
 }
@@ -293,29 +307,23 @@ fn dot_stores_contents_at_the_top_level() {
 #[test]
 fn help_teaches_and_usage_errors_exit_2() {
     let dir = scratch();
-    for tool in [
-        "dump-files",
-        "chunk",
-        "squeeze",
-        "encrypt",
-        "unpack",
-        "inspect",
-        "keygen",
-    ] {
+    for tool in ["dump-files", "chunk", "squeeze", "encrypt", "unpack", "inspect", "keygen"] {
         let help = String::from_utf8(sh_ok(dir.path(), &format!("{tool} --help"))).unwrap();
         assert!(help.contains("Usage:"), "{tool}: {help}");
         sh_fails(dir.path(), &format!("{tool} --no-such-option"), 2);
     }
     let err = sh_fails(dir.path(), "echo | encrypt > /dev/null", 2);
     assert!(err.contains("no key given"), "{err}");
-    let err = sh_fails(
-        dir.path(),
-        "chunk --min-size 2M --avg-size 1M < /dev/null > /dev/null",
-        2,
-    );
+    let err = sh_fails(dir.path(), "chunk --min-size 2M --avg-size 1M < /dev/null > /dev/null", 2);
     assert!(err.contains("chunk sizes"), "{err}");
     let err = sh_fails(dir.path(), "dump-files no-such-path > /dev/null", 1);
     assert!(err.contains("no-such-path"), "{err}");
+    let err = sh_fails(dir.path(), "mkdir -p d/sub && cd d && dump-files . sub > /dev/null", 2);
+    assert!(err.contains("must be the only path"), "{err}");
+    let err = sh_fails(dir.path(), "echo x | encrypt --key-file missing.key > /dev/null", 2);
+    assert!(err.contains("missing.key"), "{err}");
+    let err = sh_fails(dir.path(), "echo x | encrypt --passphrase-fd 0 > /dev/null", 2);
+    assert!(err.contains("standard stream"), "{err}");
     sh_ok(dir.path(), "keygen k && test \"$(stat -c %a k)\" = 600");
     let err = sh_fails(dir.path(), "keygen k", 1);
     assert!(err.contains("exists"), "{err}");

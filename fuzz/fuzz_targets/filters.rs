@@ -17,8 +17,7 @@ use libfuzzer_sys::fuzz_target;
 
 /// The fixed fuzzing key, in key file form. Seeds encrypted with it (see
 /// docs/FUZZING.md) let the fuzzer get past the key check.
-const KEY_FILE_TEXT: &str =
-    "backpipe key v1\n4242424242424242424242424242424242424242424242424242424242424242\n";
+const KEY_FILE_TEXT: &str = "backpipe key v1\n4242424242424242424242424242424242424242424242424242424242424242\n";
 
 /// `MasterKey` can only be read from a key file, so the file is written once
 /// per process into the temp dir (renamed into place, so parallel fuzzing
@@ -39,20 +38,9 @@ fn key() -> MasterKey {
 fuzz_target!(|data: &[u8]| {
     let _ = backpipe::filter::run("chunk -d", Joiner, data, io::sink());
     let _ = backpipe::filter::run("squeeze -d", Unsqueezer, data, io::sink());
-    let _ = backpipe::filter::run(
-        "encrypt -d",
-        Decryptor::new(Secret::Key(key())),
-        data,
-        io::sink(),
-    );
-    let listing = InspectOptions {
-        json: false,
-        frames: true,
-    };
+    let _ = backpipe::filter::run("encrypt -d", Decryptor::new(Secret::Key(key())), data, io::sink());
+    let listing = InspectOptions { json: false, frames: true };
     let _ = inspect(data, io::sink(), &listing, None);
-    let json = InspectOptions {
-        json: true,
-        frames: true,
-    };
+    let json = InspectOptions { json: true, frames: true };
     let _ = inspect(data, io::sink(), &json, Some(Decryptor::new(Secret::Key(key()))));
 });

@@ -20,11 +20,7 @@ pub struct ChunkSizes {
 
 impl Default for ChunkSizes {
     fn default() -> Self {
-        ChunkSizes {
-            min: 256 * 1024,
-            avg: 1024 * 1024,
-            max: 4 * 1024 * 1024,
-        }
+        ChunkSizes { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 }
     }
 }
 
@@ -49,8 +45,20 @@ pub fn default_gear() -> GearTable {
     gear_from_seed(0x6261_636b_7069_7065) // "backpipe"
 }
 
+/// A secret gear table: all 256 values drawn from keyed BLAKE3 output, so
+/// cut points depend on the whole key.
+pub fn keyed_gear(key: &[u8; 32]) -> GearTable {
+    let mut bytes = [0u8; 256 * 8];
+    blake3::Hasher::new_keyed(key).update(b"backpipe/v1/gear").finalize_xof().fill(&mut bytes);
+    let mut table = [0u64; 256];
+    for (value, raw) in table.iter_mut().zip(bytes.chunks_exact(8)) {
+        *value = u64::from_le_bytes(raw.try_into().unwrap());
+    }
+    table
+}
+
 /// A gear table expanded from a 64-bit seed with SplitMix64.
-pub fn gear_from_seed(seed: u64) -> GearTable {
+fn gear_from_seed(seed: u64) -> GearTable {
     let mut state = seed;
     let mut table = [0u64; 256];
     for value in table.iter_mut() {
@@ -114,12 +122,7 @@ impl Cutter {
         if let Some(cut) = self.scan(data, i, avg_end, self.mask_small) {
             return Some(cut);
         }
-        let max_end = avg_end
-            + self
-                .sizes
-                .max
-                .saturating_sub(self.len)
-                .min(data.len() - avg_end);
+        let max_end = avg_end + self.sizes.max.saturating_sub(self.len).min(data.len() - avg_end);
         if let Some(cut) = self.scan(data, avg_end, max_end, self.mask_large) {
             return Some(cut);
         }
@@ -159,9 +162,7 @@ mod tests {
 
     fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         let table = gear_from_seed(seed);
-        (0..len)
-            .map(|i| (table[i % 256] >> (i % 56)) as u8 ^ (i / 256) as u8)
-            .collect()
+        (0..len).map(|i| (table[i % 256] >> (i % 56)) as u8 ^ (i / 256) as u8).collect()
     }
 
     fn cuts(data: &[u8], piece: usize, sizes: ChunkSizes) -> Vec<usize> {
@@ -182,11 +183,7 @@ mod tests {
         lens
     }
 
-    const SMALL: ChunkSizes = ChunkSizes {
-        min: 512,
-        avg: 2048,
-        max: 8192,
-    };
+    const SMALL: ChunkSizes = ChunkSizes { min: 512, avg: 2048, max: 8192 };
 
     #[test]
     fn cuts_do_not_depend_on_how_data_is_split() {
@@ -206,10 +203,7 @@ mod tests {
         assert!(rest.iter().all(|&l| (SMALL.min..=SMALL.max).contains(&l)));
         assert!(*last <= SMALL.max);
         let mean = data.len() / lens.len();
-        assert!(
-            mean > SMALL.avg / 2 && mean < SMALL.avg * 2,
-            "mean chunk {mean}"
-        );
+        assert!(mean > SMALL.avg / 2 && mean < SMALL.avg * 2, "mean chunk {mean}");
     }
 
     #[test]
@@ -220,10 +214,6 @@ mod tests {
         let a = cuts(&data, 4096, SMALL);
         let b = cuts(&edited, 4096, SMALL);
         let shared = a.iter().filter(|l| b.contains(l)).count();
-        assert!(
-            shared * 10 > a.len() * 9,
-            "{shared} of {} chunks survive",
-            a.len()
-        );
+        assert!(shared * 10 > a.len() * 9, "{shared} of {} chunks survive", a.len());
     }
 }

@@ -46,10 +46,7 @@ fn prepare_process() {
         nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 256 << 20);
     }
     for fd in [0, 1] {
-        let is_pipe = nix::sys::stat::fstat(fd)
-            .map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFIFO)
-            .unwrap_or(false);
-        if is_pipe {
+        if is_pipe(fd) {
             // Best effort: a smaller pipe only costs speed.
             let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
         }
@@ -84,11 +81,14 @@ impl KeyArgs {
         } else if let Some(fd) = self.passphrase_fd {
             Some(SecretSource::PassphraseFd(fd))
         } else {
-            self.passphrase_env
-                .as_ref()
-                .map(|name| SecretSource::PassphraseEnv(name.clone()))
+            self.passphrase_env.as_ref().map(|name| SecretSource::PassphraseEnv(name.clone()))
         }
     }
+}
+
+/// True when the file descriptor is a pipe.
+pub fn is_pipe(fd: i32) -> bool {
+    nix::sys::stat::fstat(fd).map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFIFO).unwrap_or(false)
 }
 
 /// Standard output for a stream, unbuffered by std (the stream writer buffers
@@ -103,33 +103,23 @@ pub fn stream_stdout() -> Result<std::fs::File> {
             "refusing to write a binary stream to a terminal; pipe it into the next tool or redirect it to a file",
         ));
     }
-    let fd = stdout
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| crate::Error::io("cannot use stdout", e))?;
+    let fd = stdout.as_fd().try_clone_to_owned().map_err(|e| crate::Error::io("cannot use stdout", e))?;
     Ok(std::fs::File::from(fd))
 }
 
 /// Standard input, unbuffered by std (the stream reader buffers).
 pub fn stream_stdin() -> Result<std::fs::File> {
     use std::os::fd::AsFd;
-    let fd = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| crate::Error::io("cannot use stdin", e))?;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| crate::Error::io("cannot use stdin", e))?;
     Ok(std::fs::File::from(fd))
 }
 
 /// Parses a byte size such as `1048576`, `256K`, `1M`, `4MiB` (K, M, G are powers of 1024).
 pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let number: usize = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (try 1M or 256K)"))?;
+    let number: usize = digits.parse().map_err(|_| format!("'{text}' is not a size (try 1M or 256K)"))?;
     let scale = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -137,24 +127,25 @@ pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("unknown size unit in '{text}' (use K, M or G)")),
     };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("'{text}' is too large"))
+    number.checked_mul(scale).ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// The secret named by `keys`, or from the `BACKPIPE_PASSPHRASE` environment
-/// variable when no option is given.
+/// variable when no option is given; `None` when neither is.
+pub fn optional_secret(keys: &KeyArgs) -> Result<Option<crate::keys::Secret>> {
+    let source = keys
+        .source()
+        .or_else(|| std::env::var_os(PASSPHRASE_ENV).map(|_| SecretSource::PassphraseEnv(PASSPHRASE_ENV.to_string())));
+    source.map(|s| s.load()).transpose()
+}
+
+/// Like [`optional_secret`], but a missing key is a usage error.
 pub fn require_secret(keys: &KeyArgs) -> Result<crate::keys::Secret> {
-    let source = keys.source().or_else(|| {
-        std::env::var_os(PASSPHRASE_ENV)
-            .map(|_| SecretSource::PassphraseEnv(PASSPHRASE_ENV.to_string()))
-    });
-    match source {
-        Some(source) => source.load(),
-        None => Err(crate::Error::usage(format!(
+    optional_secret(keys)?.ok_or_else(|| {
+        crate::Error::usage(format!(
             "no key given: use --key-file, --passphrase-file, --passphrase-fd or --passphrase-env, or set {PASSPHRASE_ENV}"
-        ))),
-    }
+        ))
+    })
 }
 
 /// The environment variable read for a passphrase when no key option is given.

@@ -36,15 +36,13 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    broken_pipe: bool,
 }
 
 impl Error {
     /// An error of the given class.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-        }
+        Error { kind, message: message.into(), broken_pipe: false }
     }
 
     /// A general failure (exit status 1).
@@ -69,7 +67,9 @@ impl Error {
 
     /// Wraps an I/O error with what was being done when it happened.
     pub fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
-        Self::other(format!("{context}: {}", describe_io(&err)))
+        let mut error = Self::other(format!("{context}: {}", describe_io(&err)));
+        error.broken_pipe = err.kind() == std::io::ErrorKind::BrokenPipe;
+        error
     }
 
     /// The class of this error.
@@ -84,24 +84,19 @@ impl Error {
 
     /// Prefixes the cause with more context, keeping the class.
     pub fn context(self, context: impl fmt::Display) -> Self {
-        Error {
-            kind: self.kind,
-            message: format!("{context}: {}", self.message),
-        }
+        Error { message: format!("{context}: {}", self.message), ..self }
     }
 
     /// True when the error is a closed downstream pipe, which is not worth a message.
     pub fn is_broken_pipe(&self) -> bool {
-        self.message.ends_with(BROKEN_PIPE)
+        self.broken_pipe
     }
 }
-
-const BROKEN_PIPE: &str = "broken pipe (the next command in the pipeline exited)";
 
 /// Renders an I/O error without Rust's "(os error N)" suffix.
 fn describe_io(err: &std::io::Error) -> String {
     if err.kind() == std::io::ErrorKind::BrokenPipe {
-        return BROKEN_PIPE.to_string();
+        return "broken pipe (the next command in the pipeline exited)".to_string();
     }
     let text = err.to_string();
     match text.find(" (os error") {

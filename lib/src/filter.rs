@@ -32,6 +32,16 @@ pub enum Step<J> {
     Work(J),
 }
 
+impl<J: Job> Step<J> {
+    /// The output of this step, running its job if it has one.
+    pub fn run(self) -> Result<Output> {
+        match self {
+            Step::Ready(output) => Ok(output),
+            Step::Work(job) => job.run().map(Output::Frame),
+        }
+    }
+}
+
 /// A self-contained piece of work that yields one output frame.
 pub trait Job: Send {
     /// Does the work.
@@ -63,12 +73,7 @@ pub fn split_item<J>(item: Item, out: &mut Vec<Step<J>>) -> Option<Frame> {
 /// On failure the output receives an Abort frame carrying the cause (unless
 /// the failure is a closed output pipe or an Abort that already came from
 /// upstream), then the error is returned for the exit status.
-pub fn run<P: Planner>(
-    tool: &str,
-    mut planner: P,
-    input: impl Read,
-    output: impl Write + Send,
-) -> Result<()> {
+pub fn run<P: Planner>(tool: &str, mut planner: P, input: impl Read, output: impl Write + Send) -> Result<()> {
     let progress = Progress::for_stage(tool);
     let mut reader = StreamReader::new(BufReader::with_capacity(IO_BUFFER, input));
     let mut writer = StreamWriter::new(BufWriter::with_capacity(IO_BUFFER, output));
@@ -78,6 +83,11 @@ pub fn run<P: Planner>(
         |send| {
             let mut steps = Vec::new();
             while let Some(item) = reader.next_item()? {
+                if let Item::Frame(frame) = &item {
+                    if frame.kind == Kind::Abort {
+                        upstream_abort = Some(describe_abort(frame));
+                    }
+                }
                 planner.plan(item, &mut steps)?;
                 for step in steps.drain(..) {
                     if !send(step) {
@@ -88,27 +98,17 @@ pub fn run<P: Planner>(
             }
             Ok(())
         },
-        |step: Step<P::Job>| match step {
-            Step::Ready(output) => Ok(output),
-            Step::Work(job) => job.run().map(Output::Frame),
-        },
+        Step::run,
         |output| match output {
             Output::Start(id) => writer.start(id),
-            Output::Frame(frame) => {
-                if frame.kind == Kind::Abort {
-                    upstream_abort = Some(describe_abort(&frame));
-                }
-                writer.write(&frame)
-            }
+            Output::Frame(frame) => writer.write(&frame),
         },
     )
     .and_then(|()| writer.flush());
     progress.finish();
     match (result, upstream_abort) {
         (Ok(()), None) => Ok(()),
-        (Ok(()), Some(reason)) => Err(Error::incomplete(format!(
-            "the stream was aborted upstream: {reason}"
-        ))),
+        (Ok(()), Some(reason)) => Err(Error::incomplete(format!("the stream was aborted upstream: {reason}"))),
         (Err(err), abort) => {
             if abort.is_none() && !err.is_broken_pipe() {
                 send_abort(&mut writer, tool, &err);
@@ -132,10 +132,7 @@ pub fn describe_abort(frame: &Frame) -> String {
 /// Ends `writer`'s output with an Abort frame describing `err` (in a new
 /// stream if none is open); best effort, since the output may itself be what failed.
 pub fn send_abort<W: Write>(writer: &mut StreamWriter<W>, tool: &str, err: &Error) {
-    let abort = Abort {
-        producer: tool.to_string(),
-        reason: err.message().to_string(),
-    };
+    let abort = Abort { producer: tool.to_string(), reason: err.message().to_string() };
     let _ = (|| -> Result<()> {
         if !writer.is_open() {
             writer.start(crate::format::new_stream_id())?;

@@ -175,15 +175,11 @@ pub fn encode_preamble(id: &StreamId) -> [u8; PREAMBLE_LEN] {
 /// Decodes and checks a preamble, returning the stream ID.
 pub fn decode_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<StreamId> {
     if bytes[0..8] != MAGIC {
-        return Err(Error::integrity(
-            "not a backpipe stream (bad magic in the preamble)",
-        ));
+        return Err(Error::integrity("not a backpipe stream (bad magic in the preamble)"));
     }
     let stored = u32::from_le_bytes(bytes[28..32].try_into().unwrap());
     if crc32c::crc32c(&bytes[0..28]) != stored {
-        return Err(Error::integrity(
-            "preamble checksum mismatch (the stream header is damaged)",
-        ));
+        return Err(Error::integrity("preamble checksum mismatch (the stream header is damaged)"));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if version != FORMAT_VERSION {
@@ -193,9 +189,7 @@ pub fn decode_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<StreamId> {
     }
     let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
     if flags != 0 {
-        return Err(Error::other(format!(
-            "preamble flags {flags:#06x} are not supported"
-        )));
+        return Err(Error::other(format!("preamble flags {flags:#06x} are not supported")));
     }
     Ok(bytes[12..28].try_into().unwrap())
 }
@@ -249,9 +243,7 @@ impl Header {
         }
         let length = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
         if length as usize > MAX_PAYLOAD {
-            return Err(Error::integrity(format!(
-                "frame length {length} exceeds the limit of {MAX_PAYLOAD} bytes"
-            )));
+            return Err(Error::integrity(format!("frame length {length} exceeds the limit of {MAX_PAYLOAD} bytes")));
         }
         Ok(Header {
             kind: Kind::from_code(bytes[0]),
@@ -278,11 +270,7 @@ pub struct Frame {
 impl Frame {
     /// A frame with no encodings.
     pub fn plain(kind: Kind, payload: Vec<u8>) -> Frame {
-        Frame {
-            kind,
-            encodings: Encodings::default(),
-            payload,
-        }
+        Frame { kind, encodings: Encodings::default(), payload }
     }
 
     /// A frame whose payload is the JSON encoding of `value`.
@@ -300,20 +288,14 @@ impl Frame {
                 self.encodings.describe()
             )));
         }
-        serde_json::from_slice(&self.payload).map_err(|e| {
-            Error::integrity(format!(
-                "{} frame holds invalid metadata: {e}",
-                self.kind.name()
-            ))
-        })
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| Error::integrity(format!("{} frame holds invalid metadata: {e}", self.kind.name())))
     }
 
     /// For a chunked Data frame: the chunk ID and the (possibly encoded) body.
     pub fn chunk_parts(&self) -> Result<(&[u8; CHUNK_ID_LEN], &[u8])> {
         if self.payload.len() < CHUNK_ID_LEN {
-            return Err(Error::integrity(
-                "chunked Data frame is shorter than its chunk ID",
-            ));
+            return Err(Error::integrity("chunked Data frame is shorter than its chunk ID"));
         }
         let (id, body) = self.payload.split_at(CHUNK_ID_LEN);
         Ok((id.try_into().unwrap(), body))

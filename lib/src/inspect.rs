@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::codec::crypt::Decryptor;
 use crate::error::{Error, Result};
-use crate::filter::{describe_abort, Job, Output, Planner, Step};
+use crate::filter::{describe_abort, Output, Planner, Step};
 use crate::format::{Encodings, Frame, Kind, StreamId};
 use crate::meta::{Begin, End, Entry, EntryEnd, EntryType};
 use crate::reader::{Item, StreamReader};
@@ -78,13 +78,7 @@ impl Decrypting {
         };
         let mut steps = Vec::new();
         decryptor.plan(item, &mut steps)?;
-        steps
-            .into_iter()
-            .map(|step| match step {
-                Step::Ready(output) => Ok(output),
-                Step::Work(job) => job.run().map(Output::Frame),
-            })
-            .collect()
+        steps.into_iter().map(Step::run).collect()
     }
 }
 
@@ -96,14 +90,8 @@ pub fn inspect(
     options: &InspectOptions,
     decryptor: Option<Decryptor>,
 ) -> Result<()> {
-    let mut reader = StreamReader::new(std::io::BufReader::with_capacity(
-        crate::filter::IO_BUFFER,
-        input,
-    ));
-    let mut printer = Printer {
-        out: std::io::BufWriter::new(out),
-        json: options.json,
-    };
+    let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
+    let mut printer = Printer { out: std::io::BufWriter::new(out), json: options.json };
     let mut decrypting = Decrypting(decryptor);
     let mut stats = EntryStats::default();
     let mut frames_in_stream = 0u64;
@@ -122,7 +110,14 @@ pub fn inspect(
                 printer.emit(
                     json!({"type": "frame", "index": frames_in_stream, "offset": offset, "kind": kind.name(),
                            "encodings": enc.describe(), "length": len}),
-                    || format!("  #{frames_in_stream:<6} @{offset:<12} {:<9} {:>9} bytes  {}", kind.name(), len, enc.describe()),
+                    || {
+                        format!(
+                            "  #{frames_in_stream:<6} @{offset:<12} {:<9} {:>9} bytes  {}",
+                            kind.name(),
+                            len,
+                            enc.describe()
+                        )
+                    },
                 )?;
             }
             if raw.is_some() {
@@ -137,30 +132,19 @@ pub fn inspect(
                     }
                     Output::Frame(frame) => {
                         let stream_bytes = reader.offset() - stream_start;
-                        show_frame(
-                            &mut printer,
-                            &frame,
-                            &mut stats,
-                            frames_in_stream,
-                            stream_bytes,
-                        )?;
+                        show_frame(&mut printer, &frame, &mut stats, frames_in_stream, stream_bytes)?;
                     }
                 }
             }
         }
     })();
-    printer
-        .out
-        .flush()
-        .map_err(|e| Error::io("cannot write the listing", e))?;
+    printer.out.flush().map_err(|e| Error::io("cannot write the listing", e))?;
     result
 }
 
 fn show_start<W: Write>(printer: &mut Printer<W>, id: &StreamId) -> Result<()> {
     let id = hex::encode(id);
-    printer.emit(json!({"type": "stream", "id": id}), || {
-        format!("stream {id}")
-    })
+    printer.emit(json!({"type": "stream", "id": id}), || format!("stream {id}"))
 }
 
 fn show_frame<W: Write>(
@@ -174,34 +158,21 @@ fn show_frame<W: Write>(
     match frame.kind {
         Kind::Cipher => {
             let params: Value = frame.parse_json()?;
-            let how = if params.get("argon2").is_some() {
-                "passphrase"
-            } else {
-                "key file"
-            };
+            let how = if params.get("argon2").is_some() { "passphrase" } else { "key file" };
             let scheme = params["scheme"].as_str().unwrap_or("?").to_string();
-            printer.emit(
-                json!({"type": "cipher", "scheme": scheme, "key": how}),
-                || format!("  encrypted with {scheme} ({how}); give the key to see names"),
-            )
+            printer.emit(json!({"type": "cipher", "scheme": scheme, "key": how}), || {
+                format!("  encrypted with {scheme} ({how}); give the key to see names")
+            })
         }
         Kind::Begin if !hidden => {
             let begin: Begin = frame.parse_json()?;
             let mut value = serde_json::to_value(&begin).expect("metadata serializes");
             value["type"] = json!("begin");
             printer.emit(value, || {
-                let expected = begin
-                    .expected_bytes
-                    .map(|b| format!(", {b} bytes expected"))
-                    .unwrap_or_default();
+                let expected = begin.expected_bytes.map(|b| format!(", {b} bytes expected")).unwrap_or_default();
                 format!(
                     "  {} {} on {}: engine {}, {} backup, started {}{expected}",
-                    begin.producer,
-                    begin.version,
-                    begin.host,
-                    begin.engine,
-                    begin.kind,
-                    begin.started
+                    begin.producer, begin.version, begin.host, begin.engine, begin.kind, begin.started
                 )
             })
         }
@@ -219,11 +190,7 @@ fn show_frame<W: Write>(
             Ok(())
         }
         Kind::EntryEnd => {
-            let end: Option<EntryEnd> = if hidden {
-                None
-            } else {
-                Some(frame.parse_json()?)
-            };
+            let end: Option<EntryEnd> = if hidden { None } else { Some(frame.parse_json()?) };
             show_entry(printer, stats, end)
         }
         Kind::End if !hidden => {
@@ -235,12 +202,8 @@ fn show_frame<W: Write>(
         }
         Kind::Abort => {
             let reason = describe_abort(frame);
-            printer.emit(json!({"type": "abort", "reason": reason}), || {
-                format!("  ABORTED: {reason}")
-            })?;
-            Err(Error::incomplete(format!(
-                "the stream was aborted upstream: {reason}"
-            )))
+            printer.emit(json!({"type": "abort", "reason": reason}), || format!("  ABORTED: {reason}"))?;
+            Err(Error::incomplete(format!("the stream was aborted upstream: {reason}")))
         }
         Kind::Begin | Kind::End | Kind::Unknown(_) => printer.emit(
             json!({"type": "hidden", "kind": frame.kind.name(), "length": frame.payload.len(),
@@ -257,11 +220,7 @@ fn show_frame<W: Write>(
     }
 }
 
-fn show_entry<W: Write>(
-    printer: &mut Printer<W>,
-    stats: &EntryStats,
-    end: Option<EntryEnd>,
-) -> Result<()> {
+fn show_entry<W: Write>(printer: &mut Printer<W>, stats: &EntryStats, end: Option<EntryEnd>) -> Result<()> {
     let stored = Encodings(stats.encodings).describe();
     let Some(entry) = &stats.entry else {
         return printer.emit(
@@ -295,13 +254,7 @@ fn show_entry<W: Write>(
             EntryType::Dir => name.push('/'),
             EntryType::Symlink => {
                 name.push_str(" -> ");
-                name.push_str(
-                    &entry
-                        .target
-                        .as_ref()
-                        .map(|t| t.display())
-                        .unwrap_or_default(),
-                );
+                name.push_str(&entry.target.as_ref().map(|t| t.display()).unwrap_or_default());
             }
             EntryType::File => {}
         }
@@ -316,13 +269,6 @@ fn show_entry<W: Write>(
         } else {
             String::new()
         };
-        format!(
-            "{} {:>9} {:>12} {} {}{stored}",
-            mode_string(entry),
-            owner,
-            size,
-            time_string(entry.mtime),
-            name
-        )
+        format!("{} {:>9} {:>12} {} {}{stored}", mode_string(entry), owner, size, time_string(entry.mtime), name)
     })
 }

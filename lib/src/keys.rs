@@ -31,15 +31,13 @@ impl MasterKey {
     pub fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
         let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, &self.0[..]);
         let mut out = Zeroizing::new([0u8; 32]);
-        hkdf.expand(label, &mut out[..])
-            .expect("32 bytes is a valid HKDF length");
+        hkdf.expand(label, &mut out[..]).expect("32 bytes is a valid HKDF length");
         out
     }
 
     /// Stretches a passphrase into a master key with Argon2id.
     pub fn from_passphrase(passphrase: &[u8], params: &Argon2Params) -> Result<MasterKey> {
-        let salt =
-            hex::decode(&params.salt).map_err(|_| Error::integrity("Argon2 salt is not hex"))?;
+        let salt = hex::decode(&params.salt).map_err(|_| Error::integrity("Argon2 salt is not hex"))?;
         let argon = argon2::Argon2::new(
             argon2::Algorithm::Argon2id,
             argon2::Version::V0x13,
@@ -63,36 +61,42 @@ impl MasterKey {
             .open(path)
             .map_err(|e| Error::io(format!("cannot create key file '{}'", path.display()), e))?;
         let text = Zeroizing::new(format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(&self.0[..])));
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(format!("cannot write key file '{}'", path.display()), e))
+        let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).and_then(|()| {
+            // The key must survive a crash as surely as the backups made with it.
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            std::fs::File::open(parent)?.sync_all()
+        });
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            Error::io(format!("cannot write key file '{}'", path.display()), e)
+        })
     }
 
     /// Reads a key file written by [`write_new_file`](Self::write_new_file).
     pub fn read_file(path: &Path) -> Result<MasterKey> {
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
-                .map_err(|e| Error::io(format!("cannot read key file '{}'", path.display()), e))?,
+                .map_err(|e| usage_io(format!("cannot read key file '{}'", path.display()), e))?,
         );
         let mut lines = text.lines();
-        let bad = || {
-            Error::usage(format!(
-                "'{}' is not a backpipe key file (make one with keygen)",
-                path.display()
-            ))
-        };
+        let bad = || Error::usage(format!("'{}' is not a backpipe key file (make one with keygen)", path.display()));
         if lines.next() != Some(KEY_FILE_HEADER) {
             return Err(bad());
         }
-        let bytes =
-            Zeroizing::new(hex::decode(lines.next().unwrap_or("").trim()).map_err(|_| bad())?);
+        let bytes = Zeroizing::new(hex::decode(lines.next().unwrap_or("").trim()).map_err(|_| bad())?);
         let key: [u8; 32] = bytes[..].try_into().map_err(|_| bad())?;
         Ok(MasterKey(Zeroizing::new(key)))
     }
 }
 
+/// An I/O failure while reading a secret: the operator gave an unusable key (exit status 2).
+fn usage_io(context: String, err: std::io::Error) -> Error {
+    let cause = Error::io(context, err);
+    Error::usage(cause.message())
+}
+
 /// Argon2id parameters, stored with what they protect so decryption can redo them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Argon2Params {
     /// Memory in KiB.
     pub m_kib: u32,
@@ -109,12 +113,7 @@ impl Argon2Params {
     pub fn fresh() -> Argon2Params {
         let mut salt = [0u8; 16];
         crate::random::fill(&mut salt);
-        Argon2Params {
-            m_kib: 64 * 1024,
-            t: 3,
-            p: 1,
-            salt: hex::encode(salt),
-        }
+        Argon2Params { m_kib: 64 * 1024, t: 3, p: 1, salt: hex::encode(salt) }
     }
 
     /// Refuses parameters from a stream that would take unreasonable memory or time.
@@ -155,33 +154,25 @@ impl SecretSource {
     pub fn load(&self) -> Result<Secret> {
         let passphrase = match self {
             SecretSource::KeyFile(path) => return MasterKey::read_file(path).map(Secret::Key),
-            SecretSource::PassphraseFile(path) => {
-                Zeroizing::new(std::fs::read(path).map_err(|e| {
-                    Error::io(
-                        format!("cannot read passphrase file '{}'", path.display()),
-                        e,
-                    )
-                })?)
+            SecretSource::PassphraseFile(path) => Zeroizing::new(
+                std::fs::read(path)
+                    .map_err(|e| usage_io(format!("cannot read passphrase file '{}'", path.display()), e))?,
+            ),
+            SecretSource::PassphraseFd(fd) if *fd <= 2 => {
+                return Err(Error::usage(format!(
+                    "--passphrase-fd {fd} is a standard stream; pass the passphrase on another descriptor, e.g. 3<file"
+                )))
             }
             SecretSource::PassphraseFd(fd) => {
                 let mut bytes = Zeroizing::new(Vec::new());
                 std::fs::File::open(format!("/dev/fd/{fd}"))
                     .and_then(|mut f| f.read_to_end(&mut bytes))
-                    .map_err(|e| {
-                        Error::io(
-                            format!("cannot read the passphrase from file descriptor {fd}"),
-                            e,
-                        )
-                    })?;
+                    .map_err(|e| usage_io(format!("cannot read the passphrase from file descriptor {fd}"), e))?;
                 bytes
             }
             SecretSource::PassphraseEnv(name) => match std::env::var_os(name) {
                 Some(value) => Zeroizing::new(value.into_encoded_bytes()),
-                None => {
-                    return Err(Error::usage(format!(
-                        "environment variable {name} is not set"
-                    )))
-                }
+                None => return Err(Error::usage(format!("environment variable {name} is not set"))),
             },
         };
         let mut passphrase = passphrase;

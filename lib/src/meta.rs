@@ -66,10 +66,7 @@ impl Serialize for RawPath {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(text) => RawPathRepr::Text(text.to_string()).serialize(s),
-            Err(_) => RawPathRepr::Hex {
-                hex: hex::encode(&self.0),
-            }
-            .serialize(s),
+            Err(_) => RawPathRepr::Hex { hex: hex::encode(&self.0) }.serialize(s),
         }
     }
 }
@@ -78,9 +75,7 @@ impl<'de> Deserialize<'de> for RawPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match RawPathRepr::deserialize(d)? {
             RawPathRepr::Text(text) => Ok(RawPath(text.into_bytes())),
-            RawPathRepr::Hex { hex } => hex::decode(hex)
-                .map(RawPath)
-                .map_err(serde::de::Error::custom),
+            RawPathRepr::Hex { hex } => hex::decode(hex).map(RawPath).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -152,8 +147,5 @@ pub fn now_rfc3339() -> String {
 
 /// This machine's host name, or "unknown".
 pub fn host_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".to_string())
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".to_string())
 }

@@ -1,18 +1,20 @@
 //! Order-preserving parallel work: jobs are produced in order, run on a pool
 //! of threads, and their results consumed in the order the jobs were made.
 //!
-//! At most a fixed number of jobs are in flight at once, so memory stays
+//! At most [`MAX_IN_FLIGHT`] jobs are in flight at once, so memory stays
 //! bounded by that count times the largest job, whatever the input size.
 
 use std::collections::BTreeMap;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The most jobs in flight (queued, running or waiting to be consumed in
+/// order) at once, whatever the number of threads.
+pub const MAX_IN_FLIGHT: usize = 32;
 
 /// The number of worker threads to use: one per available core.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Runs `produce`, which hands jobs to its callback in order; each job goes
@@ -31,7 +33,7 @@ where
     C: FnMut(O) -> Result<()> + Send,
 {
     let threads = threads.max(1);
-    let in_flight = threads * 4;
+    let in_flight = (threads * 4).min(MAX_IN_FLIGHT);
     std::thread::scope(|scope| {
         let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, J)>(in_flight);
         let (result_tx, result_rx) = crossbeam_channel::bounded::<(u64, Result<O>)>(in_flight);
@@ -43,7 +45,10 @@ where
             let work = &work;
             scope.spawn(move || {
                 for (index, job) in job_rx {
-                    if result_tx.send((index, work(job))).is_err() {
+                    // A panic must not leave a hole in the order the consumer waits on forever.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(job)))
+                        .unwrap_or_else(|_| Err(Error::other("internal error: a worker thread panicked")));
+                    if result_tx.send((index, result)).is_err() {
                         break;
                     }
                 }
@@ -74,7 +79,8 @@ where
         });
         drop(job_tx);
         drop(token_tx);
-        let consumed = consumer.join().expect("the consumer thread panicked");
+        let consumed =
+            consumer.join().unwrap_or_else(|_| Err(Error::other("internal error: the output thread panicked")));
         consumed.and(produced)
     })
 }
@@ -82,7 +88,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
 
     #[test]
     fn results_arrive_in_job_order() {
@@ -115,6 +120,7 @@ mod tests {
     #[test]
     fn first_failure_in_order_wins_and_stops_the_producer() {
         let mut consumed = 0;
+        let mut sent = 0;
         let err = run_ordered(
             2,
             |send| {
@@ -122,6 +128,7 @@ mod tests {
                     if !send(i) {
                         return Ok(());
                     }
+                    sent += 1;
                 }
                 Err(Error::other("producer ran to the end"))
             },
@@ -140,5 +147,25 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.message(), "job 10 failed");
         assert_eq!(consumed, 10);
+        assert!(sent <= 11 + MAX_IN_FLIGHT, "the producer went on to {sent} jobs");
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_error_not_a_hang() {
+        let err = run_ordered(
+            2,
+            |send| {
+                for i in 0..100u64 {
+                    if !send(i) {
+                        break;
+                    }
+                }
+                Ok(())
+            },
+            |i| if i == 3 { panic!("job 3 panics") } else { Ok(i) },
+            |_| Ok(()),
+        )
+        .unwrap_err();
+        assert!(err.message().contains("panicked"));
     }
 }

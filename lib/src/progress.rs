@@ -15,18 +15,12 @@ pub struct Progress {
     bar: Option<ProgressBar>,
 }
 
-/// True when stdout is a pipe (so another stage downstream draws instead).
-fn stdout_is_pipe() -> bool {
-    nix::sys::stat::fstat(1)
-        .map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFIFO)
-        .unwrap_or(false)
-}
-
 impl Progress {
     /// A display for a stage of a pipeline labelled `label`: enabled only on a
     /// terminal and only for the last stage.
     pub fn for_stage(label: &str) -> Progress {
-        let wanted = std::io::stderr().is_terminal() && !stdout_is_pipe();
+        // A pipe on stdout means another stage downstream draws instead.
+        let wanted = std::io::stderr().is_terminal() && !crate::cli::is_pipe(1);
         if wanted {
             Progress::shown(label)
         } else {

@@ -63,11 +63,6 @@ impl<R: Read> StreamReader<R> {
         self.offset
     }
 
-    /// The ID of the current (or last) stream.
-    pub fn stream_id(&self) -> StreamId {
-        self.stream
-    }
-
     /// The next item, or `None` at a clean end of input (after an End or Abort frame).
     pub fn next_item(&mut self) -> Result<Option<Item>> {
         match self.state {
@@ -86,14 +81,9 @@ impl<R: Read> StreamReader<R> {
             }
             return Ok(None);
         }
-        if got < PREAMBLE_LEN
-            && bytes[..got.min(format::MAGIC.len())]
-                != format::MAGIC[..got.min(format::MAGIC.len())]
+        if got < PREAMBLE_LEN && bytes[..got.min(format::MAGIC.len())] != format::MAGIC[..got.min(format::MAGIC.len())]
         {
-            return Err(Error::integrity(format!(
-                "not a backpipe stream (bad magic at byte {})",
-                self.offset
-            )));
+            return Err(Error::integrity(format!("not a backpipe stream (bad magic at byte {})", self.offset)));
         }
         if got < PREAMBLE_LEN {
             return Err(Error::incomplete(format!(
@@ -122,9 +112,7 @@ impl<R: Read> StreamReader<R> {
             )));
         }
         if got < HEADER_LEN {
-            return Err(Error::incomplete(format!(
-                "input truncated inside the header of frame {number} at byte {at}"
-            )));
+            return Err(Error::incomplete(format!("input truncated inside the header of frame {number} at byte {at}")));
         }
         let header = Header::decode(&header_bytes, &self.stream)
             .map_err(|e| e.context(format!("frame {number} at byte {at}")))?;
@@ -134,36 +122,19 @@ impl<R: Read> StreamReader<R> {
                 header.sequence
             )));
         }
-        let describe = || {
-            format!(
-                "frame {number} ({}, {} bytes) at byte {at}",
-                header.kind.name(),
-                header.length
-            )
-        };
+        let describe = || format!("frame {number} ({}, {} bytes) at byte {at}", header.kind.name(), header.length);
         let mut payload = vec![0u8; header.length as usize];
         let got = self.fill(&mut payload)?;
         if got < payload.len() {
-            return Err(Error::incomplete(format!(
-                "input truncated inside {}",
-                describe()
-            )));
+            return Err(Error::incomplete(format!("input truncated inside {}", describe())));
         }
         if crc32c::crc32c(&payload) != header.payload_crc {
-            return Err(Error::integrity(format!(
-                "{}: payload checksum mismatch",
-                describe()
-            )));
+            return Err(Error::integrity(format!("{}: payload checksum mismatch", describe())));
         }
         self.offset += (HEADER_LEN + payload.len()) as u64;
         self.next_sequence += 1;
-        self.advance(header.kind)
-            .map_err(|e| e.context(describe()))?;
-        Ok(Frame {
-            kind: header.kind,
-            encodings: header.encodings,
-            payload,
-        })
+        self.advance(header.kind).map_err(|e| e.context(describe()))?;
+        Ok(Frame { kind: header.kind, encodings: header.encodings, payload })
     }
 
     /// Moves the grammar state machine on by one frame kind.

@@ -10,7 +10,6 @@ pub struct StreamWriter<W: Write> {
     output: W,
     stream: StreamId,
     next_sequence: u64,
-    written: u64,
     /// A stream is started and not yet closed by End or Abort.
     open: bool,
 }
@@ -18,13 +17,7 @@ pub struct StreamWriter<W: Write> {
 impl<W: Write> StreamWriter<W> {
     /// A writer over `output`, which should be buffered. Call [`start`](Self::start) first.
     pub fn new(output: W) -> Self {
-        StreamWriter {
-            output,
-            stream: [0; 16],
-            next_sequence: 0,
-            written: 0,
-            open: false,
-        }
+        StreamWriter { output, stream: [0; 16], next_sequence: 0, open: false }
     }
 
     /// Opens a stream with the given ID by writing its preamble.
@@ -66,21 +59,11 @@ impl<W: Write> StreamWriter<W> {
 
     /// Flushes buffered bytes to the sink.
     pub fn flush(&mut self) -> Result<()> {
-        self.output
-            .flush()
-            .map_err(|e| Error::io("cannot write the output stream", e))
-    }
-
-    /// Bytes written so far, preambles included.
-    pub fn written(&self) -> u64 {
-        self.written
+        self.output.flush().map_err(|e| Error::io("cannot write the output stream", e))
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        self.output
-            .write_all(bytes)
-            .map_err(|e| Error::io("cannot write the output stream", e))?;
-        self.written += bytes.len() as u64;
+        self.output.write_all(bytes).map_err(|e| Error::io("cannot write the output stream", e))?;
         Ok(())
     }
 }

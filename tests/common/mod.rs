@@ -9,30 +9,19 @@ use std::process::{Command, Output};
 
 /// The directory holding the built tools.
 pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_dump-files"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_dump-files")).parent().unwrap().to_path_buf()
 }
 
 /// ../shared/fixtures, beside the project checkout.
 pub fn fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
-    assert!(
-        dir.is_dir(),
-        "the shared fixtures must be at {} (../shared beside the checkout)",
-        dir.display()
-    );
+    assert!(dir.is_dir(), "the shared fixtures must be at {} (../shared beside the checkout)", dir.display());
     dir.canonicalize().unwrap()
 }
 
 /// Runs a bash script with `set -euo pipefail`, the tools first on PATH, in `cwd`.
 pub fn sh(cwd: &Path, script: &str) -> Output {
-    let path = format!(
-        "{}:{}",
-        bin_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
     Command::new("bash")
         .arg("-c")
         .arg(format!("set -euo pipefail\n{script}"))
@@ -59,11 +48,7 @@ pub fn sh_ok(cwd: &Path, script: &str) -> Vec<u8> {
 pub fn sh_fails(cwd: &Path, script: &str, code: i32) -> String {
     let out = sh(cwd, script);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "script:\n{script}\nstderr:\n{stderr}"
-    );
+    assert_eq!(out.status.code(), Some(code), "script:\n{script}\nstderr:\n{stderr}");
     stderr
 }
 
@@ -84,14 +69,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Sets a path's mtime (not following symlinks).
 pub fn set_mtime(path: &Path, secs: i64, nanos: i64) {
     let t = nix::sys::time::TimeSpec::new(secs, nanos);
-    nix::sys::stat::utimensat(
-        None,
-        path,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .unwrap();
+    nix::sys::stat::utimensat(None, path, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
 }
 
 /// Writes a file with the given content, mode and mtime.
@@ -108,33 +86,15 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let ma = std::fs::symlink_metadata(a).unwrap_or_else(|e| panic!("{}: {e}", a.display()));
     let mb = std::fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
     assert_eq!(ma.file_type(), mb.file_type(), "type of {}", b.display());
-    assert_eq!(
-        (ma.mtime(), ma.mtime_nsec()),
-        (mb.mtime(), mb.mtime_nsec()),
-        "mtime of {}",
-        b.display()
-    );
+    assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", b.display());
     if ma.file_type().is_symlink() {
-        assert_eq!(
-            std::fs::read_link(a).unwrap(),
-            std::fs::read_link(b).unwrap(),
-            "target of {}",
-            b.display()
-        );
+        assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap(), "target of {}", b.display());
         return;
     }
-    assert_eq!(
-        ma.mode() & 0o7777,
-        mb.mode() & 0o7777,
-        "mode of {}",
-        b.display()
-    );
+    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", b.display());
     if ma.is_dir() {
         let names = |d: &Path| {
-            let mut v: Vec<_> = std::fs::read_dir(d)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
+            let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
             v.sort();
             v
         };
@@ -151,10 +111,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 
 fn same_content(a: &Path, b: &Path) -> bool {
     use std::io::Read;
-    let (mut fa, mut fb) = (
-        std::fs::File::open(a).unwrap(),
-        std::fs::File::open(b).unwrap(),
-    );
+    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let na = fa.read(&mut ba).unwrap();
@@ -177,8 +134,5 @@ fn same_content(a: &Path, b: &Path) -> bool {
 
 /// A fresh temporary directory for one test.
 pub fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("backpipe-test-")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("backpipe-test-").tempdir().unwrap()
 }

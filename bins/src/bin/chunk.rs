@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use backpipe::cdc::{self, ChunkSizes};
+use backpipe::cdc::ChunkSizes;
 use backpipe::cli;
-use backpipe::codec::chunk::{ChunkIdKey, Chunker, Joiner};
+use backpipe::codec::chunk::{Chunker, Joiner};
 use backpipe::format::MAX_PLAIN_PAYLOAD;
 use backpipe::keys::MasterKey;
 use clap::Parser;
@@ -44,24 +44,12 @@ fn main() {
         if args.decode {
             return backpipe::filter::run("chunk -d", Joiner, input, output);
         }
-        let sizes = ChunkSizes {
-            min: args.min_size,
-            avg: args.avg_size,
-            max: args.max_size,
-        };
+        let sizes = ChunkSizes { min: args.min_size, avg: args.avg_size, max: args.max_size };
         sizes.validate(MAX_PLAIN_PAYLOAD)?;
-        let (gear, key) = match &args.key_file {
-            None => (cdc::default_gear(), ChunkIdKey::Public),
-            Some(path) => {
-                let master = MasterKey::read_file(path)?;
-                let seed = master.derive(b"backpipe/v1/chunk-gear");
-                let gear = cdc::gear_from_seed(u64::from_le_bytes(seed[..8].try_into().unwrap()));
-                (
-                    gear,
-                    ChunkIdKey::Keyed(*master.derive(b"backpipe/v1/chunk-id")),
-                )
-            }
+        let chunker = match &args.key_file {
+            None => Chunker::public(sizes),
+            Some(path) => Chunker::keyed(&MasterKey::read_file(path)?, sizes),
         };
-        backpipe::filter::run("chunk", Chunker::new(gear, sizes, key), input, output)
+        backpipe::filter::run("chunk", chunker, input, output)
     })
 }

@@ -24,14 +24,12 @@ struct Args {
 
 const AFTER_HELP: &str = "\
 Examples:
-  dump-files /srv/data | chunk | squeeze | encrypt --key-file k > data.bp
+  dump-files /srv/data | chunk --key-file k | squeeze | encrypt --key-file k > data.bp
   dump-files notes.txt photos/ | inspect
 
 Exit status: 0 success, 1 error (the stream ends with Abort), 2 usage.";
 
 fn main() {
     let args = Args::parse();
-    cli::main("dump-files", || {
-        backpipe::source::files::dump(&args.paths, cli::stream_stdout()?)
-    })
+    cli::main("dump-files", || backpipe::source::files::dump(&args.paths, cli::stream_stdout()?))
 }

@@ -7,10 +7,11 @@ use clap::Parser;
 /// Encrypt every frame's payload with AES-256-GCM (or decrypt with -d).
 ///
 /// Names, paths and all other metadata are encrypted along with the data;
-/// only frame kinds and sizes stay visible. Frames cannot be altered,
-/// dropped, reordered or moved between streams without `encrypt -d`
+/// only frame kinds, sizes and chunk IDs stay visible (chunk with the same
+/// key, `chunk --key-file`, so the IDs reveal nothing). Frames cannot be
+/// altered, dropped, reordered or moved between streams without `encrypt -d`
 /// failing with an authentication error, and a wrong key is reported as such
-/// before anything is written.
+/// before any frame is decrypted: the output is then only an Abort.
 ///
 /// The key comes from a key file (`keygen`) or a passphrase stretched with
 /// Argon2id, read from a file, a file descriptor or an environment variable
@@ -28,8 +29,8 @@ struct Args {
 const AFTER_HELP: &str = "\
 Examples:
   keygen backup.key
-  dump-files /srv | squeeze | encrypt --key-file backup.key > srv.bp
-  encrypt -d --key-file backup.key < srv.bp | squeeze -d | unpack /restore
+  dump-files /srv | chunk --key-file backup.key | squeeze | encrypt --key-file backup.key > srv.bp
+  encrypt -d --key-file backup.key < srv.bp | squeeze -d | chunk -d | unpack /restore
   encrypt --passphrase-fd 3 3<passphrase.txt
 
 Exit status: 0 success, 1 error, 2 usage or missing key, 3 incomplete input,
@@ -37,20 +38,13 @@ Exit status: 0 success, 1 error, 2 usage or missing key, 3 incomplete input,
 
 fn main() {
     let args = Args::parse();
-    cli::main(
+    cli::main(if args.decrypt { "encrypt -d" } else { "encrypt" }, || {
+        let secret = cli::require_secret(&args.keys)?;
+        let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
         if args.decrypt {
-            "encrypt -d"
+            backpipe::filter::run("encrypt -d", Decryptor::new(secret), input, output)
         } else {
-            "encrypt"
-        },
-        || {
-            let secret = cli::require_secret(&args.keys)?;
-            let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
-            if args.decrypt {
-                backpipe::filter::run("encrypt -d", Decryptor::new(secret), input, output)
-            } else {
-                backpipe::filter::run("encrypt", Encryptor::new(secret), input, output)
-            }
-        },
-    )
+            backpipe::filter::run("encrypt", Encryptor::new(secret), input, output)
+        }
+    })
 }

@@ -30,20 +30,13 @@ struct Args {
 fn main() {
     let args = Args::parse();
     cli::main("inspect", || {
-        let options = InspectOptions {
-            json: args.json,
-            frames: args.frames,
-        };
-        let decryptor = match args.keys.source() {
-            Some(source) => Some(Decryptor::new(source.load()?)),
-            None => None,
-        };
+        let options = InspectOptions { json: args.json, frames: args.frames };
+        let decryptor = cli::optional_secret(&args.keys)?.map(Decryptor::new);
         let stdout = std::io::stdout().lock();
         match &args.file {
             Some(path) => {
-                let file = std::fs::File::open(path).map_err(|e| {
-                    backpipe::Error::io(format!("cannot open '{}'", path.display()), e)
-                })?;
+                let file = std::fs::File::open(path)
+                    .map_err(|e| backpipe::Error::io(format!("cannot open '{}'", path.display()), e))?;
                 inspect(file, stdout, &options, decryptor)
             }
             None => inspect(cli::stream_stdin()?, stdout, &options, decryptor),

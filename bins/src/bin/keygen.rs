@@ -19,7 +19,5 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    cli::main("keygen", || {
-        MasterKey::generate().write_new_file(&args.file)
-    })
+    cli::main("keygen", || MasterKey::generate().write_new_file(&args.file))
 }

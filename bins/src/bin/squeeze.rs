@@ -25,19 +25,12 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    cli::main(
+    cli::main(if args.decompress { "squeeze -d" } else { "squeeze" }, || {
+        let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
         if args.decompress {
-            "squeeze -d"
+            backpipe::filter::run("squeeze -d", Unsqueezer, input, output)
         } else {
-            "squeeze"
-        },
-        || {
-            let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
-            if args.decompress {
-                backpipe::filter::run("squeeze -d", Unsqueezer, input, output)
-            } else {
-                backpipe::filter::run("squeeze", Squeezer { level: args.level }, input, output)
-            }
-        },
-    )
+            backpipe::filter::run("squeeze", Squeezer { level: args.level }, input, output)
+        }
+    })
 }

@@ -9,18 +9,21 @@ use clap::Parser;
 /// Write the entries of a stream (or of concatenated streams) under DIR, verifying every digest.
 ///
 /// Files, directories and symlinks are restored with their modes and mtimes
-/// (and owners, when run as root). Each stream is written to a staging
-/// directory inside DIR and moved into place only once its End frame arrived
-/// and every entry's size and BLAKE3 digest matched: a truncated, aborted or
-/// damaged stream leaves DIR as it was. Paths are checked: nothing is written
-/// outside DIR, and symlinks in the stream are recreated but never followed.
-/// Existing entries are not replaced unless --force is given.
+/// (and owners, when run as root; otherwise setuid and setgid bits are
+/// dropped). Each stream is written to a staging directory inside DIR and its
+/// top-level entries are moved into place together, only once its End frame
+/// arrived and every entry's size and BLAKE3 digest matched: a truncated,
+/// aborted or damaged stream adds nothing to DIR (streams earlier in a
+/// concatenated input are already in place). Paths are checked: nothing is
+/// written outside DIR, and symlinks in the stream are recreated but never
+/// followed. An existing top-level entry is not touched unless --force is
+/// given, which replaces it as a whole, atomically.
 #[derive(Parser)]
 #[command(name = "unpack", version, after_help = cli::EXIT_STATUS_HELP)]
 struct Args {
     /// Directory to write into (created if missing).
     dir: PathBuf,
-    /// Replace existing files or directories with the same top-level name.
+    /// Replace existing files or directories with the same top-level name (whole trees).
     #[arg(long)]
     force: bool,
     /// List each top-level entry on stderr as it is moved into place.
@@ -31,11 +34,7 @@ struct Args {
 fn main() {
     let args = Args::parse();
     cli::main("unpack", || {
-        let options = UnpackOptions {
-            dir: args.dir.clone(),
-            force: args.force,
-            verbose: args.verbose,
-        };
+        let options = UnpackOptions { dir: args.dir.clone(), force: args.force, verbose: args.verbose };
         unpack(cli::stream_stdin()?, &options).map(|_| ())
     })
 }

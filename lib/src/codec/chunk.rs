@@ -1,10 +1,15 @@
 //! `chunk`: cuts each entry's content into content-defined chunks named by
 //! their (optionally keyed) BLAKE3 hash, and `chunk -d`, which joins them.
 
-use crate::cdc::{ChunkSizes, Cutter, GearTable};
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::cdc::{self, ChunkSizes, Cutter};
 use crate::error::{Error, Result};
 use crate::filter::{split_item, Job, Output, Planner, Step};
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
+use crate::keys::MasterKey;
 use crate::reader::Item;
 
 /// How chunk IDs are computed.
@@ -13,7 +18,7 @@ pub enum ChunkIdKey {
     /// Plain BLAKE3 of the chunk: anyone can compute it.
     Public,
     /// Keyed BLAKE3: without the key, IDs reveal nothing about content.
-    Keyed([u8; 32]),
+    Keyed(Arc<Zeroizing<[u8; 32]>>),
 }
 
 impl ChunkIdKey {
@@ -45,23 +50,25 @@ impl Job for NameChunk {
     fn run(mut self) -> Result<Frame> {
         let id = self.key.id(&self.buffer[CHUNK_ID_LEN..]);
         self.buffer[..CHUNK_ID_LEN].copy_from_slice(&id);
-        Ok(Frame {
-            kind: Kind::Data,
-            encodings: Encodings(Encodings::CHUNKED),
-            payload: self.buffer,
-        })
+        Ok(Frame { kind: Kind::Data, encodings: Encodings(Encodings::CHUNKED), payload: self.buffer })
     }
 }
 
 impl Chunker {
-    /// A chunker with the given gear table (public or keyed), sizes and ID key.
-    pub fn new(gear: GearTable, sizes: ChunkSizes, key: ChunkIdKey) -> Chunker {
-        Chunker {
-            cutter: Cutter::new(gear, sizes),
-            key,
-            current: Self::fresh(sizes.max),
-            max: sizes.max,
-        }
+    /// A chunker with the public gear table and public (plain BLAKE3) chunk IDs.
+    pub fn public(sizes: ChunkSizes) -> Chunker {
+        Self::new(Cutter::new(cdc::default_gear(), sizes), ChunkIdKey::Public, sizes.max)
+    }
+
+    /// A chunker whose cut points and chunk IDs are keyed by subkeys of `master`.
+    pub fn keyed(master: &MasterKey, sizes: ChunkSizes) -> Chunker {
+        let gear = cdc::keyed_gear(&master.derive(b"backpipe/v1/chunk-gear"));
+        let key = ChunkIdKey::Keyed(Arc::new(master.derive(b"backpipe/v1/chunk-id")));
+        Self::new(Cutter::new(gear, sizes), key, sizes.max)
+    }
+
+    fn new(cutter: Cutter, key: ChunkIdKey, max: usize) -> Chunker {
+        Chunker { cutter, key, current: Self::fresh(max), max }
     }
 
     fn fresh(max: usize) -> Vec<u8> {
@@ -70,16 +77,10 @@ impl Chunker {
         buffer
     }
 
-    /// Emits the chunk being filled, if it holds any bytes.
-    fn flush(&mut self, out: &mut Vec<Step<NameChunk>>) {
-        if self.current.len() > CHUNK_ID_LEN {
-            let buffer = std::mem::replace(&mut self.current, Self::fresh(self.max));
-            out.push(Step::Work(NameChunk {
-                buffer,
-                key: self.key.clone(),
-            }));
-        }
-        self.cutter.restart();
+    /// Hands the chunk being filled to a naming job and starts a new one.
+    fn emit(&mut self, out: &mut Vec<Step<NameChunk>>) {
+        let buffer = std::mem::replace(&mut self.current, Self::fresh(self.max));
+        out.push(Step::Work(NameChunk { buffer, key: self.key.clone() }));
     }
 }
 
@@ -95,17 +96,16 @@ impl Planner for Chunker {
             while let Some(cut) = self.cutter.find_cut(data) {
                 self.current.extend_from_slice(&data[..cut]);
                 data = &data[cut..];
-                let buffer = std::mem::replace(&mut self.current, Self::fresh(self.max));
-                out.push(Step::Work(NameChunk {
-                    buffer,
-                    key: self.key.clone(),
-                }));
+                self.emit(out);
             }
             self.current.extend_from_slice(data);
             return Ok(());
         }
         // Any other frame ends the run of chunkable content before it.
-        self.flush(out);
+        if self.current.len() > CHUNK_ID_LEN {
+            self.emit(out);
+        }
+        self.cutter.restart();
         out.push(Step::Ready(Output::Frame(frame)));
         Ok(())
     }
@@ -141,15 +141,10 @@ impl Planner for Joiner {
         super::refuse_outer_layers(
             &frame,
             "chunk -d",
-            &[
-                (Encodings::ENCRYPTED, "encrypt -d"),
-                (Encodings::ZSTD, "squeeze -d"),
-            ],
+            &[(Encodings::ENCRYPTED, "encrypt -d"), (Encodings::ZSTD, "squeeze -d")],
         )?;
         if frame.payload.len() < CHUNK_ID_LEN {
-            return Err(Error::integrity(
-                "chunked Data frame is shorter than its chunk ID",
-            ));
+            return Err(Error::integrity("chunked Data frame is shorter than its chunk ID"));
         }
         out.push(Step::Work(StripId(frame)));
         Ok(())

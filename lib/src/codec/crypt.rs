@@ -68,13 +68,7 @@ fn chunk_aad(inner: Encodings, id: &[u8]) -> Vec<u8> {
 }
 
 fn frame_aad(kind: Kind, inner: Encodings, position: u64, chain: &[u8; 32]) -> Vec<u8> {
-    [
-        b"backpipe/v1/frame".as_slice(),
-        &[kind.code(), inner.0],
-        &position.to_le_bytes(),
-        chain,
-    ]
-    .concat()
+    [b"backpipe/v1/frame".as_slice(), &[kind.code(), inner.0], &position.to_le_bytes(), chain].concat()
 }
 
 fn position_nonce(position: u64) -> [u8; NONCE_LEN] {
@@ -96,10 +90,7 @@ impl Chain {
 
     /// The digest of the chunks since the last call (all zeros if none), and a reset.
     fn take(&mut self) -> [u8; 32] {
-        self.0
-            .take()
-            .map(|h| *h.finalize().as_bytes())
-            .unwrap_or([0; 32])
+        self.0.take().map(|h| *h.finalize().as_bytes()).unwrap_or([0; 32])
     }
 }
 
@@ -140,12 +131,7 @@ fn auth_failure(index: u64, kind: Kind) -> Error {
 
 impl Job for Seal {
     fn run(self) -> Result<Frame> {
-        let Seal {
-            mut frame,
-            keys,
-            how,
-            index,
-        } = self;
+        let Seal { mut frame, keys, how, index } = self;
         let kind = frame.kind;
         match how {
             SealKind::ChunkEncrypt(nonce) => {
@@ -158,11 +144,7 @@ impl Job for Seal {
                 let aad = chunk_aad(inner, id);
                 let tag = keys
                     .chunk
-                    .encrypt_in_place_detached(
-                        Nonce::from_slice(&nonce),
-                        &aad,
-                        &mut sealed[CHUNK_ID_LEN + NONCE_LEN..],
-                    )
+                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut sealed[CHUNK_ID_LEN + NONCE_LEN..])
                     .map_err(|_| Error::other("encryption failed"))?;
                 sealed.extend_from_slice(&tag);
                 frame.payload = sealed;
@@ -173,11 +155,7 @@ impl Job for Seal {
                 let aad = frame_aad(kind, inner, position, &chain);
                 let tag = keys
                     .stream
-                    .encrypt_in_place_detached(
-                        Nonce::from_slice(&position_nonce(position)),
-                        &aad,
-                        &mut frame.payload,
-                    )
+                    .encrypt_in_place_detached(Nonce::from_slice(&position_nonce(position)), &aad, &mut frame.payload)
                     .map_err(|_| Error::other("encryption failed"))?;
                 frame.payload.extend_from_slice(&tag);
                 frame.encodings = inner.with(Encodings::ENCRYPTED);
@@ -192,12 +170,7 @@ impl Job for Seal {
                 let (head, body) = frame.payload[..tag_at].split_at_mut(CHUNK_ID_LEN + NONCE_LEN);
                 let (id, nonce) = head.split_at(CHUNK_ID_LEN);
                 keys.chunk
-                    .decrypt_in_place_detached(
-                        Nonce::from_slice(nonce),
-                        &chunk_aad(inner, id),
-                        body,
-                        &tag,
-                    )
+                    .decrypt_in_place_detached(Nonce::from_slice(nonce), &chunk_aad(inner, id), body, &tag)
                     .map_err(|_| auth_failure(index, kind))?;
                 frame.payload.truncate(tag_at);
                 frame.payload.drain(CHUNK_ID_LEN..CHUNK_ID_LEN + NONCE_LEN);
@@ -239,12 +212,7 @@ pub struct Encryptor {
 impl Encryptor {
     /// An encryptor for a key or passphrase.
     pub fn new(secret: Secret) -> Encryptor {
-        Encryptor {
-            secret,
-            index: 0,
-            stretched: None,
-            state: StreamState::default(),
-        }
+        Encryptor { secret, index: 0, stretched: None, state: StreamState::default() }
     }
 
     /// Sets up a new stream: fresh salt and keys, and the Cipher frame announcing them.
@@ -254,8 +222,7 @@ impl Encryptor {
             Secret::Passphrase(passphrase) => {
                 if self.stretched.is_none() {
                     let params = Argon2Params::fresh();
-                    self.stretched =
-                        Some((MasterKey::from_passphrase(passphrase, &params)?, params));
+                    self.stretched = Some((MasterKey::from_passphrase(passphrase, &params)?, params));
                 }
                 let (key, params) = self.stretched.as_ref().unwrap();
                 (key, Some(params.clone()))
@@ -264,16 +231,8 @@ impl Encryptor {
         let mut salt = [0u8; 32];
         crate::random::fill(&mut salt);
         let (keys, check) = StreamKeys::derive(master, &salt);
-        self.state = StreamState {
-            keys: Some(Arc::new(keys)),
-            ..StreamState::default()
-        };
-        let params = CipherParams {
-            scheme: SCHEME.to_string(),
-            salt: hex::encode(salt),
-            check,
-            argon2,
-        };
+        self.state = StreamState { keys: Some(Arc::new(keys)), ..StreamState::default() };
+        let params = CipherParams { scheme: SCHEME.to_string(), salt: hex::encode(salt), check, argon2 };
         Ok(Frame::json(Kind::Cipher, &params))
     }
 }
@@ -297,11 +256,7 @@ impl Planner for Encryptor {
         if frame.kind == Kind::Cipher || frame.encodings.has(Encodings::ENCRYPTED) {
             return Err(Error::other("the stream is already encrypted"));
         }
-        let keys = self
-            .state
-            .keys
-            .clone()
-            .expect("a stream starts before its frames");
+        let keys = self.state.keys.clone().expect("a stream starts before its frames");
         let how = if frame.kind == Kind::Data && frame.encodings.has(Encodings::CHUNKED) {
             let (id, _) = frame.chunk_parts()?;
             let mut nonce = [0u8; NONCE_LEN];
@@ -312,12 +267,7 @@ impl Planner for Encryptor {
             self.state.position += 1;
             SealKind::FrameEncrypt(self.state.position, self.state.chain.take())
         };
-        out.push(Step::Work(Seal {
-            frame,
-            keys,
-            how,
-            index,
-        }));
+        out.push(Step::Work(Seal { frame, keys, how, index }));
         Ok(())
     }
 }
@@ -325,8 +275,8 @@ impl Planner for Encryptor {
 /// The sequential half of `encrypt -d`.
 pub struct Decryptor {
     secret: Secret,
-    /// Passphrase-derived keys by Argon2 salt, so concatenated streams stretch once.
-    stretched: HashMap<String, MasterKey>,
+    /// Passphrase-derived keys by Argon2 parameters, so concatenated streams stretch once.
+    stretched: HashMap<Argon2Params, MasterKey>,
     state: StreamState,
     /// Index of the next frame in the current stream, for messages.
     index: u64,
@@ -335,43 +285,33 @@ pub struct Decryptor {
 impl Decryptor {
     /// A decryptor for a key or passphrase.
     pub fn new(secret: Secret) -> Decryptor {
-        Decryptor {
-            secret,
-            stretched: HashMap::new(),
-            state: StreamState::default(),
-            index: 0,
-        }
+        Decryptor { secret, stretched: HashMap::new(), state: StreamState::default(), index: 0 }
     }
 
     fn open_stream(&mut self, frame: &Frame) -> Result<()> {
         let params: CipherParams = frame.parse_json()?;
         if params.scheme != SCHEME {
-            return Err(Error::other(format!(
-                "unsupported encryption scheme '{}'",
-                params.scheme
-            )));
+            return Err(Error::other(format!("unsupported encryption scheme '{}'", params.scheme)));
         }
         let salt = hex::decode(&params.salt)
-            .map_err(|_| Error::integrity("Cipher frame salt is not hex"))?;
+            .ok()
+            .filter(|salt| salt.len() == 32)
+            .ok_or_else(|| Error::integrity("the Cipher frame is damaged (its salt is not 32 bytes of hex)"))?;
         let master = match (&self.secret, &params.argon2) {
             (Secret::Key(key), None) => key,
             (Secret::Passphrase(passphrase), Some(argon2)) => {
                 argon2.check_plausible()?;
-                if !self.stretched.contains_key(&argon2.salt) {
+                if !self.stretched.contains_key(argon2) {
                     let key = MasterKey::from_passphrase(passphrase, argon2)?;
-                    self.stretched.insert(argon2.salt.clone(), key);
+                    self.stretched.insert(argon2.clone(), key);
                 }
-                &self.stretched[&argon2.salt]
+                &self.stretched[argon2]
             }
             (Secret::Key(_), Some(_)) => {
-                return Err(Error::usage(
-                    "this stream was encrypted with a passphrase, not a key file",
-                ))
+                return Err(Error::usage("this stream was encrypted with a passphrase, not a key file"))
             }
             (Secret::Passphrase(_), None) => {
-                return Err(Error::usage(
-                    "this stream was encrypted with a key file, not a passphrase",
-                ))
+                return Err(Error::usage("this stream was encrypted with a key file, not a passphrase"))
             }
         };
         let (keys, check) = StreamKeys::derive(master, &salt);
@@ -380,10 +320,7 @@ impl Decryptor {
                 "wrong key or passphrase: it does not match the one this stream was encrypted with",
             ));
         }
-        self.state = StreamState {
-            keys: Some(Arc::new(keys)),
-            ..StreamState::default()
-        };
+        self.state = StreamState { keys: Some(Arc::new(keys)), ..StreamState::default() };
         Ok(())
     }
 }
@@ -412,13 +349,9 @@ impl Planner for Decryptor {
         }
         let Some(keys) = self.state.keys.clone() else {
             return Err(Error::integrity(if encrypted {
-                format!(
-                    "frame {index} ({}) is encrypted but the stream has no Cipher frame",
-                    frame.kind.name()
-                )
+                format!("frame {index} ({}) is encrypted but the stream has no Cipher frame", frame.kind.name())
             } else {
-                "the stream is not encrypted (no Cipher frame); there is nothing to decrypt"
-                    .to_string()
+                "the stream is not encrypted (no Cipher frame); there is nothing to decrypt".to_string()
             }));
         };
         if !encrypted {
@@ -438,12 +371,7 @@ impl Planner for Decryptor {
             self.state.position += 1;
             SealKind::FrameDecrypt(self.state.position, self.state.chain.take())
         };
-        out.push(Step::Work(Seal {
-            frame,
-            keys,
-            how,
-            index,
-        }));
+        out.push(Step::Work(Seal { frame, keys, how, index }));
         Ok(())
     }
 }

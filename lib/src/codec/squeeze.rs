@@ -29,9 +29,7 @@ fn compress(body: &[u8], level: i32) -> Result<Vec<u8>> {
             *slot = Some((level, compressor));
         }
         let (_, compressor) = slot.as_mut().unwrap();
-        compressor
-            .compress(body)
-            .map_err(|e| Error::other(format!("zstd compression failed: {e}")))
+        compressor.compress(body).map_err(|e| Error::other(format!("zstd compression failed: {e}")))
     })
 }
 
@@ -40,21 +38,15 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>> {
     let size = match zstd::zstd_safe::get_frame_content_size(body) {
         Ok(Some(size)) if size as usize <= MAX_PLAIN_PAYLOAD => size as usize,
         Ok(Some(size)) => {
-            return Err(Error::integrity(format!(
-                "zstd payload declares {size} bytes, more than a frame may hold"
-            )))
+            return Err(Error::integrity(format!("zstd payload declares {size} bytes, more than a frame may hold")))
         }
-        _ => {
-            return Err(Error::integrity(
-                "zstd payload is damaged (no valid frame header)",
-            ))
-        }
+        _ => return Err(Error::integrity("zstd payload is damaged (no valid frame header)")),
     };
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            let decompressor = zstd::bulk::Decompressor::new()
-                .map_err(|e| Error::other(format!("cannot set up zstd: {e}")))?;
+            let decompressor =
+                zstd::bulk::Decompressor::new().map_err(|e| Error::other(format!("cannot set up zstd: {e}")))?;
             *slot = Some(decompressor);
         }
         let out = slot
@@ -63,9 +55,7 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>> {
             .decompress(body, size)
             .map_err(|e| Error::integrity(format!("zstd payload is damaged: {e}")))?;
         if out.len() != size {
-            return Err(Error::integrity(
-                "zstd payload is damaged (size differs from its header)",
-            ));
+            return Err(Error::integrity("zstd payload is damaged (size differs from its header)"));
         }
         Ok(out)
     })
@@ -146,11 +136,7 @@ impl Planner for Unsqueezer {
             return Ok(());
         }
         super::refuse_unknown_encodings(&frame)?;
-        super::refuse_outer_layers(
-            &frame,
-            "squeeze -d",
-            &[(Encodings::ENCRYPTED, "encrypt -d")],
-        )?;
+        super::refuse_outer_layers(&frame, "squeeze -d", &[(Encodings::ENCRYPTED, "encrypt -d")])?;
         frame.body()?;
         out.push(Step::Work(Recode::Decompress(frame)));
         Ok(())

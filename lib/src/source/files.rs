@@ -30,22 +30,20 @@ struct Root {
 fn roots(paths: &[PathBuf]) -> Result<Vec<Root>> {
     let mut roots: Vec<Root> = Vec::new();
     for path in paths {
-        std::fs::symlink_metadata(path)
-            .map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
-        let name = path
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default();
+        std::fs::symlink_metadata(path).map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
+        let name = path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
         if roots.iter().any(|r| r.name == name) {
             return Err(Error::usage(format!(
                 "two paths would be stored under the same name ('{}'); dump them separately",
                 String::from_utf8_lossy(&name)
             )));
         }
-        roots.push(Root {
-            path: path.clone(),
-            name,
-        });
+        roots.push(Root { path: path.clone(), name });
+    }
+    if roots.len() > 1 && roots.iter().any(|r| r.name.is_empty()) {
+        return Err(Error::usage(
+            "a path stored by its contents ('.', '/', '..') must be the only path, or names could clash",
+        ));
     }
     Ok(roots)
 }
@@ -61,10 +59,7 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 /// Children of a directory, sorted by name.
 fn sorted_children(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     let mut names = std::fs::read_dir(dir)
-        .and_then(|it| {
-            it.map(|e| e.map(|e| e.file_name()))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
+        .and_then(|it| it.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>())
         .map_err(|e| Error::io(format!("cannot list directory '{}'", dir.display()), e))?;
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
@@ -73,10 +68,7 @@ fn sorted_children(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
 /// Visits every path under the roots depth first, calling `visit` with the
 /// filesystem path, stream name and metadata. Only one directory listing per
 /// level is held at a time.
-fn walk(
-    roots: &[Root],
-    visit: &mut dyn FnMut(&Path, &[u8], &Metadata) -> Result<()>,
-) -> Result<()> {
+fn walk(roots: &[Root], visit: &mut dyn FnMut(&Path, &[u8], &Metadata) -> Result<()>) -> Result<()> {
     for root in roots {
         let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.path.clone(), root.name.clone())];
         while let Some((path, name)) = stack.pop() {
@@ -112,10 +104,7 @@ fn total_size(roots: &[Root]) -> Result<u64> {
 /// ends with an Abort frame and the error is returned.
 pub fn dump(paths: &[PathBuf], output: impl Write) -> Result<()> {
     let roots = roots(paths)?;
-    let mut writer = StreamWriter::new(std::io::BufWriter::with_capacity(
-        crate::filter::IO_BUFFER,
-        output,
-    ));
+    let mut writer = StreamWriter::new(std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, output));
     writer.start(new_stream_id())?;
     let result = (|| {
         let expected = total_size(&roots)?;
@@ -133,10 +122,7 @@ pub fn dump(paths: &[PathBuf], output: impl Write) -> Result<()> {
             expected_bytes: Some(expected),
         };
         writer.write(&Frame::json(Kind::Begin, &begin))?;
-        let mut totals = End {
-            entries: 0,
-            bytes: 0,
-        };
+        let mut totals = End { entries: 0, bytes: 0 };
         walk(&roots, &mut |path, name, meta| {
             if let Some(sent) = dump_one(&mut writer, path, name, meta, &progress)? {
                 totals.entries += 1;
@@ -170,12 +156,9 @@ fn dump_one<W: Write>(
     } else if file_type.is_dir() {
         (EntryType::Dir, None)
     } else if file_type.is_symlink() {
-        let target = std::fs::read_link(path)
-            .map_err(|e| Error::io(format!("cannot read symlink '{}'", path.display()), e))?;
-        (
-            EntryType::Symlink,
-            Some(RawPath(target.as_os_str().as_bytes().to_vec())),
-        )
+        let target =
+            std::fs::read_link(path).map_err(|e| Error::io(format!("cannot read symlink '{}'", path.display()), e))?;
+        (EntryType::Symlink, Some(RawPath(target.as_os_str().as_bytes().to_vec())))
     } else {
         let what = if file_type.is_fifo() {
             "FIFO"
@@ -194,11 +177,7 @@ fn dump_one<W: Write>(
         path: RawPath(name.to_vec()),
         entry_type,
         role: "file".into(),
-        size: if entry_type == EntryType::File {
-            meta.len()
-        } else {
-            0
-        },
+        size: if entry_type == EntryType::File { meta.len() } else { 0 },
         mode: meta.mode() & 0o7777,
         mtime: meta.mtime(),
         mtime_ns: meta.mtime_nsec() as u32,
@@ -211,8 +190,7 @@ fn dump_one<W: Write>(
     let mut hasher = blake3::Hasher::new();
     let mut sent = 0u64;
     if entry_type == EntryType::File {
-        let mut file = File::open(path)
-            .map_err(|e| Error::io(format!("cannot open '{}'", path.display()), e))?;
+        let mut file = File::open(path).map_err(|e| Error::io(format!("cannot open '{}'", path.display()), e))?;
         loop {
             let mut block = Vec::with_capacity(BLOCK);
             let got = (&mut file)
@@ -235,10 +213,7 @@ fn dump_one<W: Write>(
             ));
         }
     }
-    let end = EntryEnd {
-        size: sent,
-        blake3: hasher.finalize().to_hex().to_string(),
-    };
+    let end = EntryEnd { size: sent, blake3: hasher.finalize().to_hex().to_string() };
     writer.write(&Frame::json(Kind::EntryEnd, &end))?;
     Ok(Some(sent))
 }

@@ -1,0 +1,388 @@
+//! One stream's staging directory: entries are written and verified there,
+//! then moved into the target together at the stream's End.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{renameat2, RenameFlags};
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+use super::paths::{self, lossy, STAGING_PREFIX};
+use crate::error::{Error, Result};
+use crate::format::Frame;
+use crate::meta::{Entry, EntryEnd, EntryType};
+
+/// Zero blocks at least this long are skipped with a seek, keeping sparse files sparse.
+const HOLE_MIN: usize = 4096;
+
+/// A directory whose mode and mtime are applied once its children are written.
+struct OpenDir {
+    name: Vec<u8>,
+    mode: u32,
+    mtime: TimeSpec,
+}
+
+/// The entry being written.
+struct OpenEntry {
+    entry: Entry,
+    file: Option<File>,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+/// How a top-level name was moved into the target, so a failed commit can undo it.
+enum Moved {
+    /// Into a free name.
+    Placed,
+    /// Swapped with an existing entry, which now sits in the staging directory.
+    Exchanged,
+}
+
+/// One stream being unpacked.
+pub struct Stage {
+    root: PathBuf,
+    target: PathBuf,
+    force: bool,
+    /// Directories this stream created, by stream name: the only parents allowed.
+    dirs: HashSet<Vec<u8>>,
+    /// Top-level names, in order, to move into the target at commit.
+    tops: Vec<Vec<u8>>,
+    tops_seen: HashSet<Vec<u8>>,
+    /// Explicit directory entries on the current path, innermost last.
+    open_dirs: Vec<OpenDir>,
+    /// Modes of top-level directories, applied after the move (moving a
+    /// directory needs write permission on it).
+    top_modes: Vec<(Vec<u8>, u32)>,
+    current: Option<OpenEntry>,
+    /// Entries and content bytes written.
+    pub totals: (u64, u64),
+    is_root: bool,
+}
+
+fn timespec(secs: i64, nanos: u32) -> TimeSpec {
+    TimeSpec::new(secs, nanos as i64)
+}
+
+/// Sets a path's times without following a symlink.
+fn set_times(path: &Path, name: &[u8], mtime: &TimeSpec) -> Result<()> {
+    utimensat(None, path, mtime, mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| Error::other(format!("cannot set the mtime of '{}': {}", lossy(name), e.desc())))
+}
+
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Removes a file or a whole tree, first making directories writable so
+/// read-only ones restored from a stream do not stop it. Symlinks are never followed.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    for child in std::fs::read_dir(path)? {
+        remove_tree(&child?.path())?;
+    }
+    std::fs::remove_dir(path)
+}
+
+/// Removes staging directories left in `target` by unpack runs that were
+/// killed (their process no longer exists).
+pub fn remove_stale(target: &Path) {
+    let Ok(listing) = std::fs::read_dir(target) else { return };
+    for child in listing.flatten() {
+        let name = child.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+        let alive = pid.is_some_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                .map_or_else(|e| e != nix::errno::Errno::ESRCH, |()| true)
+        });
+        if !alive && remove_tree(&child.path()).is_ok() {
+            crate::cli::say(&format!("unpack: removed '{}' left by an interrupted run", child.path().display()));
+        }
+    }
+}
+
+impl Stage {
+    /// A fresh staging directory for stream `number` inside `target`.
+    pub fn new(target: &Path, number: u64, force: bool) -> Result<Stage> {
+        let root = target.join(format!("{STAGING_PREFIX}{}-{number}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .map_err(|e| Error::io(format!("cannot create staging directory '{}'", root.display()), e))?;
+        Ok(Stage {
+            root,
+            target: target.to_path_buf(),
+            force,
+            dirs: HashSet::new(),
+            tops: Vec::new(),
+            tops_seen: HashSet::new(),
+            open_dirs: Vec::new(),
+            top_modes: Vec::new(),
+            current: None,
+            totals: (0, 0),
+            is_root: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    fn path(&self, name: &[u8]) -> PathBuf {
+        self.root.join(std::ffi::OsStr::from_bytes(name))
+    }
+
+    fn target_path(&self, name: &[u8]) -> PathBuf {
+        self.target.join(std::ffi::OsStr::from_bytes(name))
+    }
+
+    /// Records a new top-level name, refusing it early if the target has it and --force is not given.
+    fn add_top(&mut self, name: &[u8]) -> Result<()> {
+        if self.tops_seen.insert(name.to_vec()) {
+            if !self.force && exists(&self.target_path(name)) {
+                return Err(Error::other(format!(
+                    "'{}' already exists in '{}'; use --force to replace it",
+                    lossy(name),
+                    self.target.display()
+                )));
+            }
+            self.tops.push(name.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Applies mode and mtime to open directories that `name` is not inside
+    /// (all of them when `name` is `None`).
+    fn close_dirs(&mut self, name: Option<&[u8]>) -> Result<()> {
+        while let Some(dir) = self.open_dirs.last() {
+            if name.is_some_and(|n| paths::is_inside(n, &dir.name)) {
+                break;
+            }
+            let dir = self.open_dirs.pop().unwrap();
+            let path = self.path(&dir.name);
+            if paths::parent(&dir.name).is_some() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode))
+                    .map_err(|e| Error::io(format!("cannot set the mode of '{}'", lossy(&dir.name)), e))?;
+            } else {
+                self.top_modes.push((dir.name.clone(), dir.mode));
+            }
+            set_times(&path, &dir.name, &dir.mtime)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure every ancestor of `name` is a directory this stream created.
+    fn make_parents(&mut self, name: &[u8]) -> Result<()> {
+        let Some(parent) = paths::parent(name) else { return Ok(()) };
+        if self.dirs.contains(parent) {
+            return Ok(());
+        }
+        self.make_parents(parent)?;
+        self.make_dir(parent, 0o755)
+    }
+
+    fn make_dir(&mut self, name: &[u8], mode: u32) -> Result<()> {
+        if paths::parent(name).is_none() {
+            self.add_top(name)?;
+        }
+        std::fs::DirBuilder::new().mode(mode).create(self.path(name)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::other(format!("entry '{}' appears twice in the stream", lossy(name)))
+            } else {
+                Error::io(format!("cannot create directory '{}'", lossy(name)), e)
+            }
+        })?;
+        self.dirs.insert(name.to_vec());
+        Ok(())
+    }
+
+    /// Starts writing an entry.
+    pub fn begin_entry(&mut self, entry: Entry) -> Result<()> {
+        let name = entry.path.0.clone();
+        paths::check(&name)?;
+        self.close_dirs(Some(&name))?;
+        self.make_parents(&name)?;
+        if paths::parent(&name).is_none() && entry.entry_type != EntryType::Dir {
+            self.add_top(&name)?;
+        }
+        let path = self.path(&name);
+        let mtime = timespec(entry.mtime, entry.mtime_ns);
+        let mut file = None;
+        match entry.entry_type {
+            EntryType::Dir => {
+                if !self.dirs.contains(&name) {
+                    self.make_dir(&name, 0o700)?;
+                }
+                self.open_dirs.push(OpenDir { name: name.clone(), mode: entry.mode, mtime });
+            }
+            EntryType::Symlink => {
+                let Some(link) = &entry.target else {
+                    return Err(Error::integrity(format!("symlink entry '{}' has no target", lossy(&name))));
+                };
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link.0), &path)
+                    .map_err(|e| Error::io(format!("cannot create symlink '{}'", lossy(&name)), e))?;
+                set_times(&path, &name, &mtime)?;
+            }
+            EntryType::File => {
+                let created = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(|e| Error::io(format!("cannot create '{}'", lossy(&name)), e))?;
+                file = Some(created);
+            }
+        }
+        self.current = Some(OpenEntry { entry, file, hasher: blake3::Hasher::new(), written: 0 });
+        Ok(())
+    }
+
+    /// Writes a Data frame's content to the open entry.
+    pub fn data(&mut self, frame: &Frame) -> Result<()> {
+        let open = self.current.as_mut().expect("the reader checks Data is inside an entry");
+        let name = &open.entry.path;
+        let Some(file) = open.file.as_mut() else {
+            return Err(Error::integrity(format!("entry '{}' is not a file but has Data frames", name.display())));
+        };
+        let payload = &frame.payload;
+        open.hasher.update(payload);
+        let write = if payload.len() >= HOLE_MIN && payload.iter().all(|&b| b == 0) {
+            file.seek(SeekFrom::Current(payload.len() as i64)).map(|_| ())
+        } else {
+            file.write_all(payload)
+        };
+        write.map_err(|e| Error::io(format!("cannot write '{}'", name.display()), e))?;
+        open.written += payload.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the open entry: verifies size and digest, then applies owner, mode and times.
+    pub fn end_entry(&mut self, end: EntryEnd) -> Result<()> {
+        let open = self.current.take().expect("the reader checks EntryEnd closes an entry");
+        let name = open.entry.path.display();
+        let digest = open.hasher.finalize().to_hex().to_string();
+        if open.written != end.size || !digest.eq_ignore_ascii_case(&end.blake3) {
+            return Err(Error::integrity(format!(
+                "'{name}': content does not match its digest ({} bytes received, {} expected); the data was altered after the source read it",
+                open.written, end.size
+            )));
+        }
+        // Owner first: changing it clears setuid and setgid, which the mode then restores.
+        let mut mode = open.entry.mode;
+        if self.is_root {
+            if let (Some(uid), Some(gid)) = (open.entry.uid, open.entry.gid) {
+                std::os::unix::fs::lchown(self.path(&open.entry.path.0), Some(uid), Some(gid))
+                    .map_err(|e| Error::io(format!("cannot set the owner of '{name}'"), e))?;
+            }
+        } else {
+            // Without the original owner, setuid and setgid would grant the unpacking user's rights.
+            mode &= !0o6000;
+        }
+        if let Some(file) = open.file {
+            let mtime = system_time(open.entry.mtime, open.entry.mtime_ns);
+            file.set_len(open.written)
+                .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)))
+                .and_then(|()| file.set_times(std::fs::FileTimes::new().set_modified(mtime).set_accessed(mtime)))
+                .map_err(|e| Error::io(format!("cannot finish '{name}'"), e))?;
+        }
+        self.totals.0 += 1;
+        self.totals.1 += open.written;
+        Ok(())
+    }
+
+    /// Moves every top-level entry into the target, all or nothing: an
+    /// existing entry (with --force) is swapped out atomically and removed
+    /// only once every name is in place; on failure every move is undone.
+    pub fn commit(mut self, verbose: bool) -> Result<()> {
+        self.close_dirs(None)?;
+        let staged = File::open(&self.root).map_err(|e| Error::io("cannot open the staging directory", e))?;
+        nix::unistd::syncfs(staged.as_raw_fd())
+            .map_err(|e| Error::other(format!("cannot flush unpacked files to disk: {}", e.desc())))?;
+        let mut moved: Vec<(Vec<u8>, Moved)> = Vec::new();
+        for name in &self.tops {
+            match self.move_into_place(name) {
+                Ok(how) => moved.push((name.clone(), how)),
+                Err(err) => {
+                    for (name, how) in moved.iter().rev() {
+                        let (from, to) = (self.path(name), self.target_path(name));
+                        let _ = match how {
+                            Moved::Placed => renameat2(None, &to, None, &from, RenameFlags::RENAME_NOREPLACE),
+                            Moved::Exchanged => renameat2(None, &from, None, &to, RenameFlags::RENAME_EXCHANGE),
+                        };
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        for (name, mode) in &self.top_modes {
+            std::fs::set_permissions(self.target_path(name), std::fs::Permissions::from_mode(*mode))
+                .map_err(|e| Error::io(format!("cannot set the mode of '{}'", lossy(name)), e))?;
+        }
+        File::open(&self.target)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| Error::io("cannot flush the target directory", e))?;
+        if verbose {
+            for name in &self.tops {
+                crate::cli::say(&self.target_path(name).display().to_string());
+            }
+        }
+        // Whatever was swapped out is now in the staging directory, removed on drop.
+        Ok(())
+    }
+
+    fn move_into_place(&self, name: &[u8]) -> Result<Moved> {
+        let (from, to) = (self.path(name), self.target_path(name));
+        let cannot =
+            |e: nix::errno::Errno| Error::other(format!("cannot move '{}' into place: {}", lossy(name), e.desc()));
+        if !exists(&to) {
+            return renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE).map(|()| Moved::Placed).map_err(
+                |e| {
+                    if e == nix::errno::Errno::EEXIST {
+                        Error::other(format!(
+                            "'{}' appeared in '{}' while unpacking",
+                            lossy(name),
+                            self.target.display()
+                        ))
+                    } else {
+                        cannot(e)
+                    }
+                },
+            );
+        }
+        if !self.force {
+            return Err(Error::other(format!(
+                "'{}' already exists in '{}'; use --force to replace it",
+                lossy(name),
+                self.target.display()
+            )));
+        }
+        renameat2(None, &from, None, &to, RenameFlags::RENAME_EXCHANGE).map(|()| Moved::Exchanged).map_err(cannot)
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.root);
+    }
+}
+
+/// A wall-clock time from seconds (possibly before 1970) and nanoseconds.
+fn system_time(secs: i64, nanos: u32) -> std::time::SystemTime {
+    let epoch = std::time::UNIX_EPOCH;
+    if secs >= 0 {
+        epoch + std::time::Duration::new(secs as u64, nanos)
+    } else {
+        epoch - std::time::Duration::from_secs(secs.unsigned_abs()) + std::time::Duration::from_nanos(nanos as u64)
+    }
+}
