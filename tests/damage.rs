@@ -197,7 +197,6 @@ fn forge(stream: &[u8], edit: impl FnOnce(&mut Vec<Frame>)) -> Vec<u8> {
         writer.write(frame).unwrap();
     }
     writer.flush().unwrap();
-    drop(writer);
     out
 }
 

@@ -196,17 +196,7 @@ fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut w = StreamWriter::new(&mut out);
     w.start([9; 16]).unwrap();
-    let begin = Begin {
-        producer: "forger".into(),
-        version: "0".into(),
-        host: "h".into(),
-        engine: "files".into(),
-        kind: "full".into(),
-        started: "2026-01-01T00:00:00Z".into(),
-        positions: Default::default(),
-        parent: None,
-        expected_bytes: None,
-    };
+    let begin = Begin::now("forger", "files", "full");
     w.write(&Frame::json(Kind::Begin, &begin)).unwrap();
     let mut bytes = 0;
     for (path, entry_type, target) in entries {
@@ -234,7 +224,6 @@ fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
     }
     w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes })).unwrap();
     w.flush().unwrap();
-    drop(w);
     out
 }
 

@@ -32,6 +32,23 @@ pub struct Begin {
     pub expected_bytes: Option<u64>,
 }
 
+impl Begin {
+    /// A Begin for a backup by `producer` starting now on this host.
+    pub fn now(producer: &str, engine: &str, kind: &str) -> Begin {
+        Begin {
+            producer: producer.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            host: host_name(),
+            engine: engine.to_string(),
+            kind: kind.to_string(),
+            started: now_rfc3339(),
+            positions: Map::new(),
+            parent: None,
+            expected_bytes: None,
+        }
+    }
+}
+
 /// What an entry is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

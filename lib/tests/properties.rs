@@ -20,17 +20,7 @@ fn plain_stream(files: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut w = StreamWriter::new(&mut out);
     w.start([7; 16]).unwrap();
-    let begin = Begin {
-        producer: "test".into(),
-        version: "0".into(),
-        host: "h".into(),
-        engine: "files".into(),
-        kind: "full".into(),
-        started: "2026-01-01T00:00:00Z".into(),
-        positions: Default::default(),
-        parent: None,
-        expected_bytes: None,
-    };
+    let begin = Begin::now("test", "files", "full");
     w.write(&Frame::json(Kind::Begin, &begin)).unwrap();
     let mut total = 0;
     for (i, content) in files.iter().enumerate() {
@@ -57,7 +47,6 @@ fn plain_stream(files: &[Vec<u8>]) -> Vec<u8> {
     }
     w.write(&Frame::json(Kind::End, &End { entries: files.len() as u64, bytes: total })).unwrap();
     w.flush().unwrap();
-    drop(w);
     out
 }
 
@@ -146,7 +135,6 @@ proptest! {
         w.write(&Frame::plain(Kind::EntryEnd, b"{}".to_vec())).unwrap();
         w.write(&Frame::plain(Kind::End, b"{}".to_vec())).unwrap();
         w.flush().unwrap();
-        drop(w);
         let mut reader = StreamReader::new(&out[..]);
         let mut read = Vec::new();
         while let Some(item) = reader.next_item().unwrap() {

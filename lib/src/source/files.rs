@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::filter::send_abort;
 use crate::format::{new_stream_id, Frame, Kind};
-use crate::meta::{self, Begin, End, Entry, EntryEnd, EntryType, RawPath};
+use crate::meta::{Begin, End, Entry, EntryEnd, EntryType, RawPath};
 use crate::progress::Progress;
 use crate::writer::StreamWriter;
 
@@ -68,7 +68,10 @@ fn sorted_children(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
 /// Visits every path under the roots depth first, calling `visit` with the
 /// filesystem path, stream name and metadata. Only one directory listing per
 /// level is held at a time.
-fn walk(roots: &[Root], visit: &mut dyn FnMut(&Path, &[u8], &Metadata) -> Result<()>) -> Result<()> {
+/// What [`walk`] calls for each path: filesystem path, stream name, metadata.
+type Visit<'a> = dyn FnMut(&Path, &[u8], &Metadata) -> Result<()> + 'a;
+
+fn walk(roots: &[Root], visit: &mut Visit) -> Result<()> {
     for root in roots {
         let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.path.clone(), root.name.clone())];
         while let Some((path, name)) = stack.pop() {
@@ -110,17 +113,7 @@ pub fn dump(paths: &[PathBuf], output: impl Write) -> Result<()> {
         let expected = total_size(&roots)?;
         let progress = Progress::for_stage("dump-files");
         progress.set_total(expected);
-        let begin = Begin {
-            producer: "dump-files".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            host: meta::host_name(),
-            engine: "files".into(),
-            kind: "full".into(),
-            started: meta::now_rfc3339(),
-            positions: Default::default(),
-            parent: None,
-            expected_bytes: Some(expected),
-        };
+        let begin = Begin { expected_bytes: Some(expected), ..Begin::now("dump-files", "files", "full") };
         writer.write(&Frame::json(Kind::Begin, &begin))?;
         let mut totals = End { entries: 0, bytes: 0 };
         walk(&roots, &mut |path, name, meta| {
