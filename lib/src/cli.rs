@@ -139,6 +139,11 @@ pub fn optional_secret(keys: &KeyArgs) -> Result<Option<crate::keys::Secret>> {
     source.map(|s| s.load()).transpose()
 }
 
+/// Opens the repository at `location` with the key options given.
+pub fn open_repo(location: &str, keys: &KeyArgs) -> Result<crate::repo::Repository> {
+    crate::repo::Repository::open(location, &require_secret(keys)?)
+}
+
 /// Like [`optional_secret`], but a missing key is a usage error.
 pub fn require_secret(keys: &KeyArgs) -> Result<crate::keys::Secret> {
     optional_secret(keys)?.ok_or_else(|| {

@@ -24,6 +24,10 @@ pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024 + 64 * 1024;
 /// applied, leaving room for the encodings' own overhead within [`MAX_PAYLOAD`].
 pub const MAX_PLAIN_PAYLOAD: usize = 16 * 1024 * 1024;
 
+/// Why a ChunkRef cannot be used where content is needed.
+pub const UNRESOLVED_REF: &str =
+    "the stream holds a reference to a chunk stored in a repository; `fetch` puts the chunk back in its place";
+
 /// Length of a chunk ID, which prefixes the payload of a chunked Data frame.
 pub const CHUNK_ID_LEN: usize = 32;
 
@@ -44,6 +48,8 @@ pub enum Kind {
     Abort,
     /// Key-setup parameters written by `encrypt` (JSON), never itself encrypted.
     Cipher,
+    /// A chunk the repository already holds, by its 32-byte ID alone (in place of its Data frame).
+    ChunkRef,
     /// A kind this build does not know; passed through untouched.
     Unknown(u8),
 }
@@ -59,6 +65,7 @@ impl Kind {
             Kind::End => 5,
             Kind::Abort => 6,
             Kind::Cipher => 7,
+            Kind::ChunkRef => 8,
             Kind::Unknown(code) => code,
         }
     }
@@ -73,6 +80,7 @@ impl Kind {
             5 => Kind::End,
             6 => Kind::Abort,
             7 => Kind::Cipher,
+            8 => Kind::ChunkRef,
             other => Kind::Unknown(other),
         }
     }
@@ -87,6 +95,7 @@ impl Kind {
             Kind::End => "End".into(),
             Kind::Abort => "Abort".into(),
             Kind::Cipher => "Cipher".into(),
+            Kind::ChunkRef => "ChunkRef".into(),
             Kind::Unknown(code) => format!("kind-{code:#04x}"),
         }
     }

@@ -183,7 +183,7 @@ fn show_frame<W: Write>(
             }
             Ok(())
         }
-        Kind::Data => {
+        Kind::Data | Kind::ChunkRef => {
             stats.data_frames += 1;
             stats.stored_bytes += frame.payload.len() as u64;
             stats.encodings |= frame.encodings.0;

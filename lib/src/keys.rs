@@ -27,6 +27,17 @@ impl MasterKey {
         MasterKey(key)
     }
 
+    /// A key from 32 raw bytes (as unsealed from a repository key slot).
+    pub fn from_bytes(bytes: &[u8]) -> Result<MasterKey> {
+        let key: [u8; 32] = bytes.try_into().map_err(|_| Error::integrity("a master key must be 32 bytes"))?;
+        Ok(MasterKey(Zeroizing::new(key)))
+    }
+
+    /// The raw key bytes, for sealing into a repository key slot.
+    pub fn expose(&self) -> &[u8] {
+        &self.0[..]
+    }
+
     /// The subkey for `label` (HKDF-SHA-256 expand, no salt).
     pub fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
         let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, &self.0[..]);

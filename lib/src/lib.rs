@@ -20,6 +20,7 @@ pub mod parallel;
 pub mod progress;
 pub mod random;
 pub mod reader;
+pub mod repo;
 pub mod source;
 pub mod unpack;
 pub mod writer;

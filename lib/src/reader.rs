@@ -150,7 +150,7 @@ impl<R: Read> StreamReader<R> {
             (InStream, Kind::End) => BetweenStreams,
             (InStream, Kind::Unknown(_)) => InStream,
             (InStream, _) => return misplaced("outside an entry"),
-            (InEntry, Kind::Data | Kind::Unknown(_)) => InEntry,
+            (InEntry, Kind::Data | Kind::ChunkRef | Kind::Unknown(_)) => InEntry,
             (InEntry, Kind::EntryEnd) => InStream,
             (InEntry, _) => return misplaced("inside an open entry"),
             (BetweenStreams | Aborted, _) => unreachable!("frames are read only inside a stream"),

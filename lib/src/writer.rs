@@ -52,6 +52,11 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
+    /// The sink, once writing is done.
+    pub fn into_inner(self) -> W {
+        self.output
+    }
+
     /// True between a stream's preamble and its End or Abort frame.
     pub fn is_open(&self) -> bool {
         self.open

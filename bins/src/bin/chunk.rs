@@ -1,12 +1,12 @@
 //! `chunk`: content-defined chunking of entry content, and `chunk -d`.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use backpipe::cdc::ChunkSizes;
-use backpipe::cli;
+use backpipe::cli::{self, KeyArgs};
 use backpipe::codec::chunk::{Chunker, Joiner};
 use backpipe::format::MAX_PLAIN_PAYLOAD;
-use backpipe::keys::MasterKey;
+use backpipe::keys::Secret;
 use clap::Parser;
 
 /// Cut entry content into content-defined chunks named by their hash (or join them again with -d).
@@ -15,7 +15,9 @@ use clap::Parser;
 /// insertion shifts only the chunks around it and unchanged data gives the
 /// same chunks in every backup. Each chunk is one Data frame carrying its
 /// 32-byte ID: BLAKE3 of the chunk, or keyed BLAKE3 with --key-file, in which
-/// case the cut points are keyed too and neither reveals known content.
+/// case the cut points are keyed too. With --repo, the repository's key and
+/// chunk sizes are used, and chunks the repository already holds are passed
+/// on as references without their content, so later stages skip them.
 /// Metadata frames and frames that are already encoded pass through.
 #[derive(Parser)]
 #[command(name = "chunk", version, after_help = cli::EXIT_STATUS_HELP)]
@@ -23,6 +25,9 @@ struct Args {
     /// Join chunks back into plain Data frames (reverse of chunking).
     #[arg(short = 'd', long = "decode")]
     decode: bool,
+    /// Use this repository's key and chunk sizes, and refer to chunks it already holds.
+    #[arg(long, value_name = "REPO", conflicts_with_all = ["min_size", "avg_size", "max_size"])]
+    repo: Option<String>,
     /// Smallest chunk (K, M suffixes allowed).
     #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = cli::parse_size)]
     min_size: usize,
@@ -32,9 +37,8 @@ struct Args {
     /// Largest chunk; at most 16M.
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = cli::parse_size)]
     max_size: usize,
-    /// Key file (from `keygen`) for keyed chunk IDs and cut points.
-    #[arg(long, value_name = "FILE")]
-    key_file: Option<PathBuf>,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 fn main() {
@@ -44,12 +48,22 @@ fn main() {
         if args.decode {
             return backpipe::filter::run("chunk -d", Joiner, input, output);
         }
-        let sizes = ChunkSizes { min: args.min_size, avg: args.avg_size, max: args.max_size };
-        sizes.validate(MAX_PLAIN_PAYLOAD)?;
-        let chunker = match &args.key_file {
-            None => Chunker::public(sizes),
-            Some(path) => Chunker::keyed(&MasterKey::read_file(path)?, sizes),
-        };
+        let chunker =
+            if let Some(location) = &args.repo {
+                let repo = cli::open_repo(location, &args.keys)?;
+                let known = Arc::new(repo.chunk_index()?.into_keys().collect());
+                Chunker::deduplicating(repo.master(), repo.config.sizes(), known)
+            } else {
+                let sizes = ChunkSizes { min: args.min_size, avg: args.avg_size, max: args.max_size };
+                sizes.validate(MAX_PLAIN_PAYLOAD)?;
+                match args.keys.source().map(|s| s.load()).transpose()? {
+                    None => Chunker::public(sizes),
+                    Some(Secret::Key(master)) => Chunker::keyed(&master, sizes),
+                    Some(Secret::Passphrase(_)) => return Err(backpipe::Error::usage(
+                        "chunk takes a key file or --repo, not a passphrase (chunk IDs must not change between runs)",
+                    )),
+                }
+            };
         backpipe::filter::run("chunk", chunker, input, output)
     })
 }

@@ -2,6 +2,7 @@
 
 use backpipe::cli::{self, KeyArgs};
 use backpipe::codec::crypt::{Decryptor, Encryptor};
+use backpipe::keys::{MasterKey, Secret};
 use clap::Parser;
 
 /// Encrypt every frame's payload with AES-256-GCM (or decrypt with -d).
@@ -22,6 +23,9 @@ struct Args {
     /// Decrypt instead.
     #[arg(short = 'd', long = "decrypt")]
     decrypt: bool,
+    /// Use this repository's key (the key options then unlock the repository).
+    #[arg(long, value_name = "REPO")]
+    repo: Option<String>,
     #[command(flatten)]
     keys: KeyArgs,
 }
@@ -39,7 +43,13 @@ Exit status: 0 success, 1 error, 2 usage or missing key, 3 incomplete input,
 fn main() {
     let args = Args::parse();
     cli::main(if args.decrypt { "encrypt -d" } else { "encrypt" }, || {
-        let secret = cli::require_secret(&args.keys)?;
+        let secret = match &args.repo {
+            Some(location) => {
+                let repo = cli::open_repo(location, &args.keys)?;
+                Secret::Key(MasterKey::from_bytes(repo.master().expose())?)
+            }
+            None => cli::require_secret(&args.keys)?,
+        };
         let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
         if args.decrypt {
             backpipe::filter::run("encrypt -d", Decryptor::new(secret), input, output)

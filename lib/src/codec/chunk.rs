@@ -1,6 +1,7 @@
 //! `chunk`: cuts each entry's content into content-defined chunks named by
 //! their (optionally keyed) BLAKE3 hash, and `chunk -d`, which joins them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
@@ -22,6 +23,11 @@ pub enum ChunkIdKey {
 }
 
 impl ChunkIdKey {
+    /// The keyed chunk IDs of everything chunked with `master`.
+    pub fn for_master(master: &MasterKey) -> ChunkIdKey {
+        ChunkIdKey::Keyed(Arc::new(master.derive(b"backpipe/v1/chunk-id")))
+    }
+
     /// The ID of a chunk body.
     pub fn id(&self, body: &[u8]) -> [u8; CHUNK_ID_LEN] {
         match self {
@@ -38,17 +44,26 @@ pub struct Chunker {
     /// The chunk being filled: a reserved ID slot, then body bytes.
     current: Vec<u8>,
     max: usize,
+    known: Option<KnownChunks>,
 }
 
-/// Names one cut chunk: fills the ID slot at the front of its buffer.
+/// Chunk IDs a repository already holds.
+pub type KnownChunks = Arc<HashSet<[u8; CHUNK_ID_LEN]>>;
+
+/// Names one cut chunk: fills the ID slot at the front of its buffer, or
+/// replaces the chunk by a ChunkRef when the repository already holds it.
 pub struct NameChunk {
     buffer: Vec<u8>,
     key: ChunkIdKey,
+    known: Option<KnownChunks>,
 }
 
 impl Job for NameChunk {
     fn run(mut self) -> Result<Frame> {
         let id = self.key.id(&self.buffer[CHUNK_ID_LEN..]);
+        if self.known.as_ref().is_some_and(|known| known.contains(&id)) {
+            return Ok(Frame::plain(Kind::ChunkRef, id.to_vec()));
+        }
         self.buffer[..CHUNK_ID_LEN].copy_from_slice(&id);
         Ok(Frame { kind: Kind::Data, encodings: Encodings(Encodings::CHUNKED), payload: self.buffer })
     }
@@ -63,12 +78,16 @@ impl Chunker {
     /// A chunker whose cut points and chunk IDs are keyed by subkeys of `master`.
     pub fn keyed(master: &MasterKey, sizes: ChunkSizes) -> Chunker {
         let gear = cdc::keyed_gear(&master.derive(b"backpipe/v1/chunk-gear"));
-        let key = ChunkIdKey::Keyed(Arc::new(master.derive(b"backpipe/v1/chunk-id")));
-        Self::new(Cutter::new(gear, sizes), key, sizes.max)
+        Self::new(Cutter::new(gear, sizes), ChunkIdKey::for_master(master), sizes.max)
+    }
+
+    /// A keyed chunker that passes chunks in `known` on as references, without their content.
+    pub fn deduplicating(master: &MasterKey, sizes: ChunkSizes, known: KnownChunks) -> Chunker {
+        Chunker { known: Some(known), ..Self::keyed(master, sizes) }
     }
 
     fn new(cutter: Cutter, key: ChunkIdKey, max: usize) -> Chunker {
-        Chunker { cutter, key, current: Self::fresh(max), max }
+        Chunker { cutter, key, current: Self::fresh(max), max, known: None }
     }
 
     fn fresh(max: usize) -> Vec<u8> {
@@ -80,7 +99,7 @@ impl Chunker {
     /// Hands the chunk being filled to a naming job and starts a new one.
     fn emit(&mut self, out: &mut Vec<Step<NameChunk>>) {
         let buffer = std::mem::replace(&mut self.current, Self::fresh(self.max));
-        out.push(Step::Work(NameChunk { buffer, key: self.key.clone() }));
+        out.push(Step::Work(NameChunk { buffer, key: self.key.clone(), known: self.known.clone() }));
     }
 }
 
@@ -133,6 +152,9 @@ impl Planner for Joiner {
         let Some(frame) = split_item(item, out) else {
             return Ok(());
         };
+        if frame.kind == Kind::ChunkRef {
+            return Err(Error::other(crate::format::UNRESOLVED_REF));
+        }
         if frame.kind != Kind::Data || !frame.encodings.has(Encodings::CHUNKED) {
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());

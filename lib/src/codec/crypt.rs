@@ -4,9 +4,10 @@
 //! Each stream gets a Cipher frame with a fresh random salt. Chunk bodies are
 //! sealed with a random nonce under a key derived from the master key alone,
 //! with the chunk ID as associated data, so a stored chunk stays decryptable
-//! on its own. Every other frame is sealed under a per-stream key with its
-//! position as nonce and, as associated data, its kind, its inner encodings,
-//! its position, and a hash of the chunk IDs and nonces since the previous
+//! on its own. ChunkRef frames (a chunk ID alone) stay in the clear. Every
+//! other frame is sealed under a per-stream key with its position as nonce
+//! and, as associated data, its kind, its inner encodings, its position, and
+//! a hash of the chunk IDs (of Data frames and ChunkRefs) since the previous
 //! such frame. A dropped, reordered, replayed or foreign frame therefore fails
 //! authentication at the latest at the next metadata frame; EntryEnd follows
 //! every entry and End closes every stream.
@@ -77,15 +78,15 @@ fn position_nonce(position: u64) -> [u8; NONCE_LEN] {
     nonce
 }
 
-/// Links chunk frames to the metadata frame after them.
+/// Links chunks (Data frames and ChunkRefs alike) to the metadata frame
+/// after them by their IDs, so a chunk stored once in a repository and put
+/// back in place of its reference authenticates the same way.
 #[derive(Default)]
 struct Chain(Option<blake3::Hasher>);
 
 impl Chain {
-    fn add(&mut self, id: &[u8], nonce: &[u8]) {
-        let hasher = self.0.get_or_insert_with(blake3::Hasher::new);
-        hasher.update(id);
-        hasher.update(nonce);
+    fn add(&mut self, id: &[u8]) {
+        self.0.get_or_insert_with(blake3::Hasher::new).update(id);
     }
 
     /// The digest of the chunks since the last call (all zeros if none), and a reset.
@@ -120,6 +121,14 @@ enum SealKind {
     ChunkDecrypt,
     /// Decrypt a frame at this position with this chain digest.
     FrameDecrypt(u64, [u8; 32]),
+}
+
+/// The ID a ChunkRef frame carries.
+fn chunk_ref_id(frame: &Frame, index: u64) -> Result<&[u8]> {
+    if frame.payload.len() != CHUNK_ID_LEN || frame.encodings.0 != 0 {
+        return Err(Error::integrity(format!("frame {index} (ChunkRef) is malformed")));
+    }
+    Ok(&frame.payload)
 }
 
 fn auth_failure(index: u64, kind: Kind) -> Error {
@@ -199,6 +208,24 @@ impl Job for Seal {
     }
 }
 
+/// Opens stored chunks with a master key's chunk key, outside any stream
+/// (for `repo check --read-data`).
+pub struct ChunkOpener {
+    keys: Arc<StreamKeys>,
+}
+
+impl ChunkOpener {
+    /// An opener for chunks encrypted under `master`.
+    pub fn new(master: &MasterKey) -> ChunkOpener {
+        ChunkOpener { keys: Arc::new(StreamKeys::derive(master, &[0; 32]).0) }
+    }
+
+    /// Decrypts one encrypted chunk Data frame, checking it against its ID.
+    pub fn open(&self, frame: Frame) -> Result<Frame> {
+        Seal { frame, keys: self.keys.clone(), how: SealKind::ChunkDecrypt, index: 0 }.run()
+    }
+}
+
 /// The sequential half of `encrypt`.
 pub struct Encryptor {
     secret: Secret,
@@ -256,12 +283,18 @@ impl Planner for Encryptor {
         if frame.kind == Kind::Cipher || frame.encodings.has(Encodings::ENCRYPTED) {
             return Err(Error::other("the stream is already encrypted"));
         }
+        if frame.kind == Kind::ChunkRef {
+            // A reference carries only a keyed chunk ID, which stays in the clear like the IDs of chunks.
+            self.state.chain.add(chunk_ref_id(&frame, index)?);
+            out.push(Step::Ready(Output::Frame(frame)));
+            return Ok(());
+        }
         let keys = self.state.keys.clone().expect("a stream starts before its frames");
         let how = if frame.kind == Kind::Data && frame.encodings.has(Encodings::CHUNKED) {
             let (id, _) = frame.chunk_parts()?;
+            self.state.chain.add(id);
             let mut nonce = [0u8; NONCE_LEN];
             crate::random::fill(&mut nonce);
-            self.state.chain.add(id, &nonce);
             SealKind::ChunkEncrypt(nonce)
         } else {
             self.state.position += 1;
@@ -347,6 +380,11 @@ impl Planner for Decryptor {
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());
         }
+        if frame.kind == Kind::ChunkRef {
+            self.state.chain.add(chunk_ref_id(&frame, index)?);
+            out.push(Step::Ready(Output::Frame(frame)));
+            return Ok(());
+        }
         let Some(keys) = self.state.keys.clone() else {
             return Err(Error::integrity(if encrypted {
                 format!("frame {index} ({}) is encrypted but the stream has no Cipher frame", frame.kind.name())
@@ -365,7 +403,7 @@ impl Planner for Decryptor {
             if rest.len() < NONCE_LEN + TAG_LEN {
                 return Err(auth_failure(index, frame.kind));
             }
-            self.state.chain.add(id, &rest[..NONCE_LEN]);
+            self.state.chain.add(id);
             SealKind::ChunkDecrypt
         } else {
             self.state.position += 1;

@@ -127,6 +127,7 @@ pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary
                 )))
             }
             Kind::Cipher => return Err(Error::other("the stream is encrypted; run `encrypt -d` before unpack")),
+            Kind::ChunkRef => return Err(Error::other(crate::format::UNRESOLVED_REF)),
             Kind::Unknown(_) => {}
         }
     }

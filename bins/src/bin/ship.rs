@@ -1,0 +1,49 @@
+//! `ship`: stores a stream in a repository.
+
+use std::io::Write;
+
+use backpipe::cli::{self, KeyArgs};
+use backpipe::repo::ship::ship;
+use clap::Parser;
+
+/// Store a stream in a repository, deduplicated, and print a receipt.
+///
+/// Reads a stream (or concatenated streams) encrypted with the repository's
+/// key and stores each as a snapshot: new chunks go into pack files, the rest
+/// of the stream is kept as the snapshot, written last, so a snapshot exists
+/// only once everything it needs is durable. A stream without its End frame,
+/// aborted upstream, or failing authentication is not stored. Safe to run
+/// again after any failure, and beside other `ship` processes.
+///
+/// For each stored stream one line of JSON goes to stdout: the snapshot ID,
+/// engine, kind, start time, the engine's positions, entries and bytes, and
+/// the bytes that were new or already stored. Post-backup actions (log
+/// truncation, binlog purge) should run from this receipt.
+#[derive(Parser)]
+#[command(name = "ship", version, after_help = AFTER_HELP)]
+struct Args {
+    /// The repository (a directory made by `repo init`).
+    repo: String,
+    #[command(flatten)]
+    keys: KeyArgs,
+}
+
+const AFTER_HELP: &str = "\
+Example:
+  export BACKPIPE_PASSPHRASE=...   # or --key-file, --passphrase-file, --passphrase-fd
+  dump-files /srv | chunk --repo R | squeeze | encrypt --repo R | ship R > receipt.json
+
+Exit status: 0 stored, 1 error, 2 usage or key, 3 incomplete or aborted stream (nothing stored),
+4 integrity failure (damaged stream, wrong repository key).";
+
+fn main() {
+    let args = Args::parse();
+    cli::main("ship", || {
+        let repo = cli::open_repo(&args.repo, &args.keys)?;
+        let mut stdout = std::io::stdout().lock();
+        ship(&repo, cli::stream_stdin()?, |receipt| {
+            let line = serde_json::to_string(receipt).expect("receipts serialize");
+            writeln!(stdout, "{line}").map_err(|e| backpipe::Error::io("cannot write the receipt", e))
+        })
+    })
+}

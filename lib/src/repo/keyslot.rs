@@ -1,0 +1,78 @@
+//! Key slots: the repository's master key, sealed under each key that may
+//! open it (a passphrase stretched with Argon2id, or a key file).
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::keys::{Argon2Params, MasterKey, Secret};
+
+/// One key slot, stored as JSON at `keys/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeySlot {
+    /// "passphrase" or "key-file".
+    pub kind: String,
+    /// Stretching parameters, for a passphrase slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argon2: Option<Argon2Params>,
+    /// The master key sealed with AES-256-GCM: nonce (12 bytes), ciphertext, tag; hex.
+    pub sealed: String,
+}
+
+fn aad(repo_id: &str) -> Vec<u8> {
+    [b"backpipe/v1/key-slot/".as_slice(), repo_id.as_bytes()].concat()
+}
+
+/// The key that seals a slot: derived from the key file or the stretched passphrase.
+fn slot_key(secret: &Secret, argon2: Option<&Argon2Params>) -> Result<Zeroizing<[u8; 32]>> {
+    match (secret, argon2) {
+        (Secret::Key(key), None) => Ok(key.derive(b"backpipe/v1/key-slot")),
+        (Secret::Passphrase(passphrase), Some(params)) => {
+            params.check_plausible()?;
+            Ok(MasterKey::from_passphrase(passphrase, params)?.derive(b"backpipe/v1/key-slot"))
+        }
+        _ => Err(Error::other("this key slot is for the other kind of secret")),
+    }
+}
+
+impl KeySlot {
+    /// Seals `master` under `secret` for the repository `repo_id`.
+    pub fn seal(master: &MasterKey, secret: &Secret, repo_id: &str) -> Result<KeySlot> {
+        let (kind, argon2) = match secret {
+            Secret::Key(_) => ("key-file", None),
+            Secret::Passphrase(_) => ("passphrase", Some(Argon2Params::fresh())),
+        };
+        let key = slot_key(secret, argon2.as_ref())?;
+        let cipher = Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key");
+        let mut nonce = [0u8; 12];
+        crate::random::fill(&mut nonce);
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: master.expose(), aad: &aad(repo_id) })
+            .map_err(|_| Error::other("cannot seal the master key"))?;
+        Ok(KeySlot { kind: kind.to_string(), argon2, sealed: hex::encode([&nonce[..], &sealed].concat()) })
+    }
+
+    /// Opens the slot with `secret`: `Ok(None)` when the secret is not this slot's.
+    pub fn open(&self, secret: &Secret, repo_id: &str) -> Result<Option<MasterKey>> {
+        let matches_kind = matches!(
+            (secret, self.kind.as_str()),
+            (Secret::Key(_), "key-file") | (Secret::Passphrase(_), "passphrase")
+        );
+        if !matches_kind {
+            return Ok(None);
+        }
+        let key = slot_key(secret, self.argon2.as_ref())?;
+        let bytes = hex::decode(&self.sealed).map_err(|_| Error::integrity("a key slot is damaged (not hex)"))?;
+        if bytes.len() != 12 + 32 + 16 {
+            return Err(Error::integrity("a key slot is damaged (wrong length)"));
+        }
+        let cipher = Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key");
+        let opened = cipher.decrypt(Nonce::from_slice(&bytes[..12]), Payload { msg: &bytes[12..], aad: &aad(repo_id) });
+        match opened {
+            Ok(plain) => Ok(Some(MasterKey::from_bytes(&Zeroizing::new(plain))?)),
+            Err(_) => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The repository: where `ship` stores streams and `fetch` reads them back.
+//! docs/REPOSITORY.md specifies the layout byte for byte.
+//!
+//! Chunks arrive already encrypted under the repository's key (`encrypt
+//! --repo`) and are stored as they are, deduplicated by their keyed IDs, in
+//! pack files with one index file each. A stream's remaining frames, with
+//! each chunk replaced by a ChunkRef, form its skeleton, stored with a sealed
+//! summary as the snapshot, written last: a snapshot exists only once
+//! everything it needs is durable. Objects are never modified, so writers
+//! need no locks.
+
+pub mod check;
+pub mod fetch;
+pub mod keyslot;
+pub mod pack;
+pub mod ship;
+pub mod snapshot;
+pub mod storage;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cdc::ChunkSizes;
+use crate::error::{Error, Result};
+use crate::keys::{MasterKey, Secret};
+use keyslot::KeySlot;
+use pack::{IndexEntry, Location};
+use storage::{LocalStorage, Storage};
+
+/// The repository's `config` object (JSON, not encrypted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Always "backpipe".
+    pub repository: String,
+    /// Layout version, 1.
+    pub version: u32,
+    /// Random ID, hex; binds key slots to this repository.
+    pub id: String,
+    /// Chunk sizes every `chunk --repo` uses, so equal data gives equal chunks.
+    pub chunk_min: usize,
+    /// See `chunk_min`.
+    pub chunk_avg: usize,
+    /// See `chunk_min`.
+    pub chunk_max: usize,
+}
+
+impl Config {
+    /// The chunk sizes of this repository.
+    pub fn sizes(&self) -> ChunkSizes {
+        ChunkSizes { min: self.chunk_min, avg: self.chunk_avg, max: self.chunk_max }
+    }
+}
+
+/// An open repository with its master key.
+pub struct Repository {
+    storage: Box<dyn Storage>,
+    /// The configuration.
+    pub config: Config,
+    master: MasterKey,
+}
+
+/// Opens the storage a location names. Only local paths are supported so far.
+fn storage_for(location: &str) -> Result<LocalStorage> {
+    if location.contains("://") {
+        return Err(Error::usage(format!(
+            "'{location}': only local repositories are supported by this version (a path, not a URL)"
+        )));
+    }
+    Ok(LocalStorage::open(Path::new(location)))
+}
+
+impl Repository {
+    /// Creates a repository at `location` (an empty or missing directory) whose
+    /// master key opens with `secret`.
+    pub fn init(location: &str, secret: &Secret, sizes: ChunkSizes) -> Result<Config> {
+        sizes.validate(crate::format::MAX_PLAIN_PAYLOAD)?;
+        let path = Path::new(location);
+        std::fs::create_dir_all(path).map_err(|e| Error::io(format!("cannot create '{location}'"), e))?;
+        let empty =
+            std::fs::read_dir(path).map_err(|e| Error::io(format!("cannot read '{location}'"), e))?.next().is_none();
+        if !empty {
+            return Err(Error::other(format!("'{location}' is not empty; a repository needs a directory of its own")));
+        }
+        let storage = storage_for(location)?;
+        let mut id = [0u8; 16];
+        crate::random::fill(&mut id);
+        let config = Config {
+            repository: "backpipe".into(),
+            version: 1,
+            id: hex::encode(id),
+            chunk_min: sizes.min,
+            chunk_avg: sizes.avg,
+            chunk_max: sizes.max,
+        };
+        let master = MasterKey::generate();
+        let slot = KeySlot::seal(&master, secret, &config.id)?;
+        storage.create(&format!("keys/{}", slot_name()), &serde_json::to_vec_pretty(&slot).unwrap())?;
+        // The config is written last: a directory without it is not a repository.
+        storage.create("config", &serde_json::to_vec_pretty(&config).unwrap())?;
+        Ok(config)
+    }
+
+    /// Opens the repository at `location` with a key or passphrase that one of its key slots accepts.
+    pub fn open(location: &str, secret: &Secret) -> Result<Repository> {
+        let storage = storage_for(location)?;
+        if !storage.exists("config")? {
+            return Err(Error::usage(format!(
+                "'{location}' is not a backpipe repository (no config); create one with `repo init`"
+            )));
+        }
+        let config: Config = serde_json::from_slice(&storage.read("config")?)
+            .map_err(|e| Error::integrity(format!("the repository config is damaged: {e}")))?;
+        if config.repository != "backpipe" || config.version != 1 {
+            return Err(Error::other(format!("'{location}' is not a version 1 backpipe repository")));
+        }
+        for name in storage.list("keys")? {
+            let slot: KeySlot = serde_json::from_slice(&storage.read(&name)?)
+                .map_err(|e| Error::integrity(format!("key slot '{name}' is damaged: {e}")))?;
+            if let Some(master) = slot.open(secret, &config.id)? {
+                return Ok(Repository { storage: Box::new(storage), config, master });
+            }
+        }
+        Err(Error::usage(format!("no key slot of '{location}' opens with the key or passphrase given")))
+    }
+
+    /// The repository's master key: what `chunk --repo` and `encrypt --repo` work with.
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &dyn Storage {
+        &*self.storage
+    }
+
+    /// Where every stored chunk is, from all index files.
+    pub fn chunk_index(&self) -> Result<HashMap<[u8; 32], Location>> {
+        let mut index = HashMap::new();
+        for name in self.storage.list("index")? {
+            let pack = name.rsplit('/').next().unwrap_or_default().to_string();
+            for IndexEntry { id, location } in pack::decode_index(&self.storage.read(&name)?, &pack)? {
+                index.insert(id, location);
+            }
+        }
+        Ok(index)
+    }
+}
+
+/// A fresh random name for a key slot.
+fn slot_name() -> String {
+    let mut id = [0u8; 8];
+    crate::random::fill(&mut id);
+    hex::encode(id)
+}

@@ -1,0 +1,181 @@
+//! `ship`: stores a stream (or concatenated streams) in the repository, one
+//! snapshot per stream, and returns a receipt for each.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use serde::Serialize;
+
+use super::pack::PackWriter;
+use super::snapshot::{self, Summary};
+use super::Repository;
+use crate::codec::crypt::Decryptor;
+use crate::error::{Error, Result};
+use crate::filter::{describe_abort, Output, Planner, Step};
+use crate::format::{Encodings, Frame, Kind, StreamId, CHUNK_ID_LEN};
+use crate::keys::{MasterKey, Secret};
+use crate::meta::{Begin, End};
+use crate::progress::Progress;
+use crate::reader::{Item, StreamReader};
+use crate::writer::StreamWriter;
+
+/// What `ship` prints for each stored stream (one JSON line), for post-backup actions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    /// The new snapshot's ID.
+    pub snapshot: String,
+    /// The stored stream's summary: engine, kind, time, positions, sizes.
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Stored bytes of the stream's chunks that the repository already held.
+    pub deduplicated_bytes: u64,
+}
+
+/// One stream being shipped.
+struct Shipment {
+    skeleton: StreamWriter<Vec<u8>>,
+    stream_id: StreamId,
+    begin: Option<Begin>,
+    started_at: u64,
+    chunks: u64,
+    new_chunks: u64,
+    new_bytes: u64,
+    deduplicated_bytes: u64,
+}
+
+/// Feeds a frame to the decryptor and returns what it yields.
+fn decrypt(decryptor: &mut Decryptor, item: Item) -> Result<Vec<Frame>> {
+    let mut steps = Vec::new();
+    decryptor.plan(item, &mut steps)?;
+    let mut frames = Vec::new();
+    for step in steps {
+        if let Output::Frame(frame) = Step::run(step)? {
+            frames.push(frame);
+        }
+    }
+    Ok(frames)
+}
+
+fn chunk_ref(id: &[u8]) -> Frame {
+    Frame::plain(Kind::ChunkRef, id.to_vec())
+}
+
+/// Reads streams from `input` and stores each as a snapshot. A stream is
+/// stored only when it is complete (End frame) and authenticates under the
+/// repository's key; otherwise nothing of it becomes visible.
+pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receipt) -> Result<()>) -> Result<()> {
+    let progress = Progress::for_stage("ship");
+    // Stored size of every chunk the repository holds, to account for what is deduplicated.
+    let mut known: HashMap<[u8; CHUNK_ID_LEN], u64> =
+        repo.chunk_index()?.into_iter().map(|(id, at)| (id, at.length as u64)).collect();
+    let mut packs = PackWriter::new(repo.storage());
+    let master = MasterKey::from_bytes(repo.master().expose())?;
+    let mut decryptor = Decryptor::new(Secret::Key(master));
+    let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
+    let mut current: Option<Shipment> = None;
+    while let Some(item) = reader.next_item()? {
+        progress.set(reader.offset());
+        let frame = match item {
+            Item::Start(id) => {
+                let mut skeleton = StreamWriter::new(Vec::new());
+                skeleton.start(id)?;
+                decrypt(&mut decryptor, Item::Start(id))?;
+                current = Some(Shipment {
+                    skeleton,
+                    stream_id: id,
+                    begin: None,
+                    started_at: reader.offset() - crate::format::PREAMBLE_LEN as u64,
+                    chunks: 0,
+                    new_chunks: 0,
+                    new_bytes: 0,
+                    deduplicated_bytes: 0,
+                });
+                continue;
+            }
+            Item::Frame(frame) => frame,
+        };
+        let ship = current.as_mut().expect("frames come after a preamble");
+        let is_chunk = frame.kind == Kind::Data && frame.encodings.has(Encodings::CHUNKED);
+        if is_chunk || frame.kind == Kind::ChunkRef {
+            let id: [u8; CHUNK_ID_LEN] = if is_chunk {
+                if !frame.encodings.has(Encodings::ENCRYPTED) {
+                    return Err(Error::usage(
+                        "ship stores encrypted chunks only: put `encrypt --repo R` before `ship R` in the pipeline",
+                    ));
+                }
+                *frame.chunk_parts()?.0
+            } else {
+                frame.payload[..].try_into().map_err(|_| Error::integrity("a ChunkRef frame is malformed"))?
+            };
+            ship.chunks += 1;
+            if let Some(stored) = known.get(&id) {
+                ship.deduplicated_bytes += stored;
+            } else {
+                if !is_chunk {
+                    return Err(Error::integrity(format!(
+                        "the stream refers to chunk {} which the repository does not hold",
+                        hex::encode(&id[..8])
+                    )));
+                }
+                packs.add(id, frame.encodings, &frame.payload)?;
+                known.insert(id, frame.payload.len() as u64);
+                ship.new_chunks += 1;
+                ship.new_bytes += frame.payload.len() as u64;
+            }
+            ship.skeleton.write(&chunk_ref(&id))?;
+            decrypt(&mut decryptor, Item::Frame(chunk_ref(&id)))?;
+            continue;
+        }
+        ship.skeleton.write(&frame)?;
+        for plain in decrypt(&mut decryptor, Item::Frame(frame))? {
+            match plain.kind {
+                Kind::Begin => ship.begin = Some(plain.parse_json()?),
+                Kind::Abort => {
+                    return Err(Error::incomplete(format!(
+                        "the stream was aborted upstream: {}; no snapshot was stored",
+                        describe_abort(&plain)
+                    )))
+                }
+                Kind::End => {
+                    let end: End = plain.parse_json()?;
+                    let done = current.take().expect("a stream is open");
+                    let stream_bytes = reader.offset() - done.started_at;
+                    let stored = finish(repo, &mut packs, done, end, stream_bytes)?;
+                    receipt(&stored)?;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Makes a complete stream's packs durable, then stores its snapshot.
+fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, stream_bytes: u64) -> Result<Receipt> {
+    packs.flush()?;
+    let begin = done.begin.ok_or_else(|| Error::integrity("the stream has no Begin frame"))?;
+    let summary = Summary {
+        stream_id: hex::encode(done.stream_id),
+        producer: begin.producer,
+        host: begin.host,
+        engine: begin.engine,
+        kind: begin.kind,
+        started: begin.started,
+        positions: begin.positions,
+        parent: begin.parent,
+        entries: end.entries,
+        bytes: end.bytes,
+        stream_bytes,
+        chunks: done.chunks,
+        new_chunks: done.new_chunks,
+        new_bytes: done.new_bytes,
+        stored: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+    };
+    let skeleton = done.skeleton.into_inner();
+    let object = snapshot::encode(&summary, &skeleton, repo.master(), &repo.config.id);
+    let id = snapshot::id_of(&object);
+    repo.storage().create(&format!("snapshots/{id}"), &object)?;
+    Ok(Receipt { snapshot: id, deduplicated_bytes: done.deduplicated_bytes, summary })
+}

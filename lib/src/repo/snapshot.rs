@@ -1,0 +1,99 @@
+//! Snapshot objects: a sealed summary of one stored stream, then its
+//! skeleton (the stream with every chunk replaced by a ChunkRef).
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::keys::MasterKey;
+
+/// First eight bytes of a snapshot object.
+const MAGIC: [u8; 8] = *b"BPSNAP01";
+
+/// What a snapshot holds, as `repo snapshots` and the ship receipt show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// The stream's ID, hex.
+    pub stream_id: String,
+    /// The tool that produced the stream.
+    pub producer: String,
+    /// Host the data came from.
+    pub host: String,
+    /// Engine ("files", "mysql", ...).
+    pub engine: String,
+    /// Backup kind ("full", "incremental", ...).
+    pub kind: String,
+    /// When the backup started (RFC 3339, UTC).
+    pub started: String,
+    /// The engine's positions from the Begin frame.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub positions: Map<String, Value>,
+    /// The backup this one continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Entries in the stream.
+    pub entries: u64,
+    /// Content bytes of the entries.
+    pub bytes: u64,
+    /// Stream bytes `ship` read.
+    pub stream_bytes: u64,
+    /// Chunks in the stream.
+    pub chunks: u64,
+    /// Chunks the repository did not hold before.
+    pub new_chunks: u64,
+    /// Stored bytes of those new chunks.
+    pub new_bytes: u64,
+    /// When `ship` stored the snapshot (RFC 3339, UTC, nanoseconds): orders
+    /// snapshots that started in the same second.
+    pub stored: String,
+}
+
+fn cipher(master: &MasterKey) -> Aes256Gcm {
+    Aes256Gcm::new_from_slice(&master.derive(b"backpipe/v1/snapshot")[..]).expect("32-byte key")
+}
+
+fn aad(repo_id: &str) -> Vec<u8> {
+    [b"backpipe/v1/snapshot/".as_slice(), repo_id.as_bytes()].concat()
+}
+
+/// Encodes a snapshot object.
+pub fn encode(summary: &Summary, skeleton: &[u8], master: &MasterKey, repo_id: &str) -> Vec<u8> {
+    let mut nonce = [0u8; 12];
+    crate::random::fill(&mut nonce);
+    let json = serde_json::to_vec(summary).expect("summaries serialize");
+    let sealed = cipher(master)
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &json, aad: &aad(repo_id) })
+        .expect("AES-GCM sealing does not fail");
+    let mut out = Vec::with_capacity(8 + 4 + 12 + sealed.len() + skeleton.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&((12 + sealed.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    out.extend_from_slice(skeleton);
+    out
+}
+
+/// Decodes a snapshot object: its summary and its skeleton.
+pub fn decode<'a>(bytes: &'a [u8], master: &MasterKey, repo_id: &str, name: &str) -> Result<(Summary, &'a [u8])> {
+    let damaged = |why: &str| Error::integrity(format!("snapshot {name} is damaged ({why})"));
+    if bytes.len() < 12 || bytes[..8] != MAGIC {
+        return Err(damaged("bad magic"));
+    }
+    let sealed_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    if sealed_len < 12 + 16 || bytes.len() < 12 + sealed_len {
+        return Err(damaged("truncated"));
+    }
+    let sealed = &bytes[12..12 + sealed_len];
+    let json = cipher(master)
+        .decrypt(Nonce::from_slice(&sealed[..12]), Payload { msg: &sealed[12..], aad: &aad(repo_id) })
+        .map_err(|_| damaged("its summary fails authentication"))?;
+    let summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
+    Ok((summary, &bytes[12 + sealed_len..]))
+}
+
+/// The ID of a snapshot object: the first 16 bytes of its BLAKE3 hash, hex.
+pub fn id_of(bytes: &[u8]) -> String {
+    hex::encode(&blake3::hash(bytes).as_bytes()[..16])
+}

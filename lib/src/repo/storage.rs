@@ -1,0 +1,123 @@
+//! Where repository objects live. Every backend offers the same small set of
+//! operations; objects are immutable once created.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{renameat2, RenameFlags};
+
+use crate::error::{Error, Result};
+
+/// Object storage for a repository: named, immutable byte strings.
+pub trait Storage: Send + Sync {
+    /// Creates object `name` with `bytes`, durably, if no object has that
+    /// name. Returns false when it already existed (left untouched). Never
+    /// exposes a partly written object.
+    fn create(&self, name: &str, bytes: &[u8]) -> Result<bool>;
+    /// Reads a whole object.
+    fn read(&self, name: &str) -> Result<Vec<u8>>;
+    /// Reads `len` bytes of an object from `offset`.
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Names of the objects under a folder (`"snapshots"`, `"data"`), recursively, sorted.
+    fn list(&self, folder: &str) -> Result<Vec<String>>;
+    /// True when the object exists.
+    fn exists(&self, name: &str) -> Result<bool>;
+    /// The size of an object in bytes.
+    fn size(&self, name: &str) -> Result<u64>;
+}
+
+/// A repository in a local directory.
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    /// Storage rooted at an existing directory.
+    pub fn open(root: &Path) -> LocalStorage {
+        LocalStorage { root: root.to_path_buf() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn sync_dir(dir: &Path) -> std::io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+fn io(name: &str, what: &str, err: std::io::Error) -> Error {
+    Error::io(format!("cannot {what} repository object '{name}'"), err)
+}
+
+impl Storage for LocalStorage {
+    fn create(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        let target = self.path(name);
+        if target.exists() {
+            return Ok(false);
+        }
+        let parent = target.parent().expect("object names have a folder or the root");
+        std::fs::create_dir_all(parent).map_err(|e| io(name, "create the folder of", e))?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(parent)
+            .map_err(|e| io(name, "create a temporary file for", e))?;
+        temp.write_all(bytes).and_then(|()| temp.as_file().sync_all()).map_err(|e| io(name, "write", e))?;
+        // Publish atomically, never over an existing object (a concurrent writer's identical one).
+        match renameat2(None, temp.path(), None, &target, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {
+                let _ = temp.into_temp_path().keep();
+                Self::sync_dir(parent).map_err(|e| io(name, "flush the folder of", e))?;
+                Ok(true)
+            }
+            Err(nix::errno::Errno::EEXIST) => Ok(false),
+            Err(e) => Err(Error::other(format!("cannot publish repository object '{name}': {}", e.desc()))),
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>> {
+        std::fs::read(self.path(name)).map_err(|e| io(name, "read", e))
+    }
+
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(self.path(name)).map_err(|e| io(name, "open", e))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| io(name, "read", e))?;
+        Ok(buf)
+    }
+
+    fn list(&self, folder: &str) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut pending = vec![folder.to_string()];
+        while let Some(dir) = pending.pop() {
+            let listing = match std::fs::read_dir(self.path(&dir)) {
+                Ok(listing) => listing,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir, "list", e)),
+            };
+            for child in listing {
+                let child = child.map_err(|e| io(&dir, "list", e))?;
+                let name = format!("{dir}/{}", child.file_name().to_string_lossy());
+                if child.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                if child.file_type().map_err(|e| io(&name, "inspect", e))?.is_dir() {
+                    pending.push(name);
+                } else {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        Ok(self.path(name).exists())
+    }
+
+    fn size(&self, name: &str) -> Result<u64> {
+        std::fs::metadata(self.path(name)).map(|m| m.len()).map_err(|e| io(name, "inspect", e))
+    }
+}
