@@ -222,7 +222,8 @@ fn forged_encrypted_streams_fail_authentication() {
     sample(dir.path());
     sh_ok(
         dir.path(),
-        "dump-files tree | chunk --min-size 16K --avg-size 64K --max-size 256K | encrypt --key-file k > sealed2.bp",
+        "cp -r tree tree2 && printf 'different content' >> tree2/a.txt
+         dump-files tree2 | chunk --min-size 16K --avg-size 64K --max-size 256K | squeeze | encrypt --key-file k > sealed2.bp",
     );
     let sealed = std::fs::read(dir.path().join("sealed.bp")).unwrap();
     let other = std::fs::read(dir.path().join("sealed2.bp")).unwrap();
@@ -262,7 +263,13 @@ fn forged_encrypted_streams_fail_authentication() {
         (
             "a chunk from another stream",
             forge(&sealed, |f| {
-                let foreign = frames_of(&other).into_iter().find(|x| x.kind == Kind::Data).unwrap();
+                // A chunk with different content: one of the same content is the same chunk.
+                let ours: Vec<Vec<u8>> =
+                    f.iter().filter(|x| x.kind == Kind::Data).map(|x| x.payload[..32].to_vec()).collect();
+                let foreign = frames_of(&other)
+                    .into_iter()
+                    .find(|x| x.kind == Kind::Data && !ours.contains(&x.payload[..32].to_vec()))
+                    .unwrap();
                 let i = data_indexes(f)[0];
                 f[i] = foreign;
             }),

@@ -112,7 +112,7 @@ fn sealed(files: &[Vec<u8>]) -> Vec<u8> {
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {
     (
-        prop_oneof![Just(Kind::Data), (8u8..=255).prop_map(Kind::Unknown)],
+        prop_oneof![Just(Kind::Data), (9u8..=255).prop_map(Kind::Unknown)],
         0u8..8,
         proptest::collection::vec(any::<u8>(), 0..3000),
     )

@@ -31,8 +31,13 @@ pub struct Receipt {
     pub deduplicated_bytes: u64,
 }
 
+const NOT_ENCRYPTED: &str =
+    "ship stores streams encrypted with the repository's key: put `encrypt --repo R` before `ship R` in the pipeline";
+
 /// One stream being shipped.
 struct Shipment {
+    /// Frames seen so far.
+    skeleton_frames: u64,
     skeleton: StreamWriter<Vec<u8>>,
     stream_id: StreamId,
     begin: Option<Begin>,
@@ -81,6 +86,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 skeleton.start(id)?;
                 decrypt(&mut decryptor, Item::Start(id))?;
                 current = Some(Shipment {
+                    skeleton_frames: 0,
                     skeleton,
                     stream_id: id,
                     begin: None,
@@ -95,13 +101,15 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
             Item::Frame(frame) => frame,
         };
         let ship = current.as_mut().expect("frames come after a preamble");
+        if ship.skeleton_frames == 0 && !matches!(frame.kind, Kind::Cipher | Kind::Abort) {
+            return Err(Error::usage(NOT_ENCRYPTED));
+        }
+        ship.skeleton_frames += 1;
         let is_chunk = frame.kind == Kind::Data && frame.encodings.has(Encodings::CHUNKED);
         if is_chunk || frame.kind == Kind::ChunkRef {
             let id: [u8; CHUNK_ID_LEN] = if is_chunk {
                 if !frame.encodings.has(Encodings::ENCRYPTED) {
-                    return Err(Error::usage(
-                        "ship stores encrypted chunks only: put `encrypt --repo R` before `ship R` in the pipeline",
-                    ));
+                    return Err(Error::usage(NOT_ENCRYPTED));
                 }
                 *frame.chunk_parts()?.0
             } else {

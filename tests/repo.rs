@@ -1,0 +1,248 @@
+//! The local repository through real pipelines: ship and fetch round trips,
+//! deduplication, concurrent writers, crashes at any instant, damage, keys.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// The backup and restore pipelines, with the key from the file `k`.
+const BACKUP: &str = "chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k | ship R --key-file k";
+const RESTORE: &str = "encrypt -d --repo R --key-file k | squeeze -d | chunk -d";
+
+/// Some data with text and random parts, about `mib` MiB.
+fn data(mib: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..mib {
+        if i % 4 == 3 {
+            out.extend_from_slice(&noise(1 << 20, seed + i as u64));
+        } else {
+            let text: Vec<u8> = (0..40_000)
+                .flat_map(|r| format!("INSERT INTO t VALUES ({r},'{}-{i}');\n", seed).into_bytes())
+                .collect();
+            out.extend_from_slice(&text[..1 << 20]);
+        }
+    }
+    out
+}
+
+fn init(dir: &Path) {
+    sh_ok(dir, "keygen k && repo init R --key-file k 2>/dev/null");
+}
+
+/// Ships `what` and returns the receipt as JSON.
+fn ship(dir: &Path, what: &str) -> serde_json::Value {
+    let out = sh_ok(dir, &format!("dump-files {what} | {BACKUP}"));
+    serde_json::from_slice(&out).expect("one JSON receipt")
+}
+
+fn snapshot_count(dir: &Path) -> usize {
+    String::from_utf8(sh_ok(dir, "repo snapshots R --key-file k")).unwrap().lines().count()
+}
+
+#[test]
+fn ship_and_fetch_round_trip_and_deduplicate() {
+    let dir = scratch();
+    init(dir.path());
+    let v1 = data(24, 1);
+    put(&dir.path().join("db/table.sql"), &v1, 0o640, 1_700_000_000);
+    put(&dir.path().join("db/small"), b"small file", 0o600, 1_700_000_001);
+    let first = ship(dir.path(), "db");
+    assert_eq!(first["engine"], "files");
+    assert_eq!(first["entries"], 3);
+    let first_new = first["new_bytes"].as_u64().unwrap();
+    assert!(first_new > 4 << 20, "{first}");
+
+    // Unchanged: every chunk is already stored.
+    let second = ship(dir.path(), "db");
+    assert_eq!(second["new_chunks"], 0, "{second}");
+    assert_eq!(second["new_bytes"], 0);
+    assert_eq!(second["deduplicated_bytes"].as_u64().unwrap(), first_new);
+
+    // 1% changed (in the middle, plus an insertion near the start): about that much is new.
+    let mut v2 = v1.clone();
+    let mid = v2.len() / 2;
+    v2[mid..mid + v1.len() / 100].copy_from_slice(&noise(v1.len() / 100, 9));
+    v2.splice(100_000..100_000, noise(1000, 3));
+    put(&dir.path().join("db/table.sql"), &v2, 0o640, 1_700_000_100);
+    let third = ship(dir.path(), "db");
+    let added = third["new_bytes"].as_u64().unwrap();
+    assert!(added < first_new / 3, "a 1% change added {added} of {first_new} bytes");
+
+    assert_eq!(snapshot_count(dir.path()), 3);
+    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    // Latest gives v2; the first snapshot by its ID gives v1.
+    sh_ok(dir.path(), &format!("fetch R latest --key-file k | {RESTORE} | unpack latest"));
+    assert_eq!(std::fs::read(dir.path().join("latest/db/table.sql")).unwrap(), v2);
+    let id = first["snapshot"].as_str().unwrap();
+    sh_ok(dir.path(), &format!("fetch R {} --key-file k | {RESTORE} | unpack first", &id[..8]));
+    assert_eq!(std::fs::read(dir.path().join("first/db/table.sql")).unwrap(), v1);
+    assert_eq!(std::fs::read(dir.path().join("first/db/small")).unwrap(), b"small file");
+}
+
+#[test]
+fn concurrent_ships_all_restore() {
+    let dir = scratch();
+    init(dir.path());
+    for i in 0..4 {
+        put(&dir.path().join(format!("d{i}/data")), &data(6, i), 0o644, 1_700_000_000);
+        put(&dir.path().join(format!("d{i}/shared")), &data(4, 99), 0o644, 1_700_000_000);
+    }
+    sh_ok(
+        dir.path(),
+        &format!(
+            "for i in 0 1 2 3; do (dump-files d$i | {BACKUP} > receipt$i) & done; wait
+             for i in 0 1 2 3; do test -s receipt$i; done"
+        ),
+    );
+    assert_eq!(snapshot_count(dir.path()), 4);
+    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    for i in 0..4 {
+        let id: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(format!("receipt{i}"))).unwrap()).unwrap();
+        let id = id["snapshot"].as_str().unwrap();
+        sh_ok(dir.path(), &format!("fetch R {id} --key-file k | {RESTORE} | unpack out{i}"));
+        assert_same_tree(&dir.path().join(format!("d{i}")), &dir.path().join(format!("out{i}/d{i}")));
+    }
+}
+
+#[test]
+fn a_killed_ship_leaves_a_repository_that_checks_clean() {
+    let dir = scratch();
+    init(dir.path());
+    put(&dir.path().join("big/data"), &data(96, 5), 0o644, 1_700_000_000);
+    sh_ok(
+        dir.path(),
+        "dump-files big | chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k > stream.bp",
+    );
+    for delay in ["0.01", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8"] {
+        let _ = sh(dir.path(), &format!("timeout -s KILL {delay} ship R --key-file k < stream.bp > /dev/null"));
+        sh_ok(dir.path(), "repo check R --key-file k 2>/dev/null");
+        let listed = snapshot_count(dir.path());
+        assert!(listed <= 1, "kill after {delay}s: {listed} snapshots");
+        if listed == 1 {
+            break;
+        }
+    }
+    // Whatever happened, the next ship succeeds and restores.
+    sh_ok(dir.path(), "ship R --key-file k < stream.bp > receipt");
+    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    sh_ok(dir.path(), &format!("fetch R latest --key-file k | {RESTORE} | unpack out"));
+    assert_same_tree(&dir.path().join("big"), &dir.path().join("out/big"));
+}
+
+#[test]
+fn damage_is_reported_and_never_restored_as_good() {
+    let dir = scratch();
+    init(dir.path());
+    put(&dir.path().join("db/data"), &data(8, 2), 0o644, 1_700_000_000);
+    ship(dir.path(), "db");
+    let packs: Vec<_> = walk_files(&dir.path().join("R/data"));
+    assert_eq!(packs.len(), 1);
+    let pack = &packs[0];
+    let original = std::fs::read(pack).unwrap();
+
+    // A flipped byte in a pack.
+    let mut flipped = original.clone();
+    flipped[original.len() / 2] ^= 1;
+    std::fs::write(pack, &flipped).unwrap();
+    let err = sh_fails(dir.path(), "repo check --read-data R --key-file k", 4);
+    assert!(err.contains("damaged") || err.contains("authentication"), "{err}");
+    let out = sh(dir.path(), &format!("fetch R latest --key-file k | {RESTORE} | unpack out"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
+    assert!(!dir.path().join("out/db").exists(), "nothing restored");
+
+    // A deleted pack.
+    std::fs::remove_file(pack).unwrap();
+    let err = sh_fails(dir.path(), "repo check R --key-file k", 4);
+    assert!(err.contains("missing"), "{err}");
+    let out = sh(dir.path(), "fetch R latest --key-file k > /dev/null");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(pack, &original).unwrap();
+
+    // A truncated index.
+    let index = walk_files(&dir.path().join("R/index")).remove(0);
+    let bytes = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &bytes[..bytes.len() - 10]).unwrap();
+    let err = sh_fails(dir.path(), "repo check R --key-file k", 4);
+    assert!(err.contains("index"), "{err}");
+    let out = sh(dir.path(), "fetch R latest --key-file k > /dev/null");
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&index, &bytes).unwrap();
+    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+}
+
+#[test]
+fn ship_refuses_incomplete_unencrypted_and_foreign_streams() {
+    let dir = scratch();
+    init(dir.path());
+    put(&dir.path().join("db/data"), &data(4, 3), 0o644, 1_700_000_000);
+    sh_ok(dir.path(), "dump-files db | chunk --repo R --key-file k | encrypt --repo R --key-file k > s.bp");
+    let size = std::fs::metadata(dir.path().join("s.bp")).unwrap().len();
+    sh_fails(dir.path(), &format!("head -c {} s.bp | ship R --key-file k", size - 100), 3);
+    let err = sh_fails(dir.path(), "dump-files db | chunk --repo R --key-file k | ship R --key-file k", 2);
+    assert!(err.contains("encrypt --repo"), "{err}");
+    let err = sh_fails(
+        dir.path(),
+        "keygen other && dump-files db | chunk | encrypt --key-file other | ship R --key-file k",
+        4,
+    );
+    assert!(err.contains("wrong key"), "{err}");
+    let err =
+        sh_fails(dir.path(), "dump-files /proc/self/mem | encrypt --repo R --key-file k | ship R --key-file k", 3);
+    assert!(err.contains("no snapshot was stored"), "{err}");
+    assert_eq!(snapshot_count(dir.path()), 0);
+    // Keys: a wrong key and a directory that is not a repository are usage errors.
+    let err = sh_fails(dir.path(), "repo snapshots R --key-file other", 2);
+    assert!(err.contains("no key slot"), "{err}");
+    let err = sh_fails(dir.path(), "mkdir -p empty && repo snapshots empty --key-file k", 2);
+    assert!(err.contains("not a backpipe repository"), "{err}");
+    let err = sh_fails(dir.path(), "repo init R --key-file k", 1);
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn repository_files_hold_no_plaintext() {
+    let dir = scratch();
+    sh_ok(dir.path(), "printf 'repo pass' > pw && repo init R --passphrase-file pw 2>/dev/null");
+    let content = b"CONFIDENTIAL-PAYROLL-ROW ".repeat(20_000);
+    put(&dir.path().join("SECRET-DIRECTORY/PAYROLL-FILE-NAME"), &content, 0o644, 1_700_000_000);
+    sh_ok(
+        dir.path(),
+        "K='--passphrase-file pw'
+         dump-files SECRET-DIRECTORY | chunk --repo R $K | squeeze | encrypt --repo R $K | ship R $K > /dev/null",
+    );
+    let host = backpipe::meta::host_name();
+    for file in walk_files(&dir.path().join("R")) {
+        let bytes = std::fs::read(&file).unwrap();
+        let mut markers = vec!["SECRET-DIRECTORY", "PAYROLL-FILE-NAME", "CONFIDENTIAL", "dump-files"];
+        if host.len() >= 6 {
+            markers.push(&host);
+        }
+        for marker in markers {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "'{marker}' appears in {}",
+                file.display()
+            );
+        }
+    }
+    sh_ok(dir.path(), "repo check --read-data R --passphrase-file pw 2>/dev/null");
+}
+
+/// Every regular file under a directory.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
