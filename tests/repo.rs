@@ -82,6 +82,29 @@ fn ship_and_fetch_round_trip_and_deduplicate() {
 }
 
 #[test]
+fn fetch_until_picks_the_chain_that_covers_a_time() {
+    let dir = scratch();
+    init(dir.path());
+    put(&dir.path().join("db/v"), b"version one", 0o644, 1_700_000_000);
+    ship(dir.path(), "db");
+    let between = String::from_utf8(sh_ok(dir.path(), "date -u +%Y-%m-%dT%H:%M:%SZ; sleep 2")).unwrap();
+    put(&dir.path().join("db/v"), b"version two", 0o644, 1_700_000_100);
+    ship(dir.path(), "db");
+    let between = between.trim();
+    sh_ok(dir.path(), &format!("fetch R --until {between} --key-file k | {RESTORE} | unpack at-t1"));
+    assert_eq!(std::fs::read(dir.path().join("at-t1/db/v")).unwrap(), b"version one");
+    sh_ok(dir.path(), &format!("fetch R --until '2999-01-01 00:00' --key-file k | {RESTORE} | unpack now"));
+    assert_eq!(std::fs::read(dir.path().join("now/db/v")).unwrap(), b"version two");
+    let listed =
+        sh_ok(dir.path(), &format!("repo snapshots R --key-file k --until {between} --engine files --kind full"));
+    assert_eq!(String::from_utf8(listed).unwrap().lines().count(), 1);
+    let err = sh_fails(dir.path(), "fetch R --until 2001-01-01 --key-file k > /dev/null", 1);
+    assert!(err.contains("no full backup"), "{err}");
+    let err = sh_fails(dir.path(), "fetch R --until yesterday-ish --key-file k > /dev/null", 2);
+    assert!(err.contains("not a time"), "{err}");
+}
+
+#[test]
 fn concurrent_ships_all_restore() {
     let dir = scratch();
     init(dir.path());

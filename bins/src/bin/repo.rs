@@ -4,7 +4,9 @@ use std::io::Write;
 
 use backpipe::cdc::ChunkSizes;
 use backpipe::cli::{self, KeyArgs};
-use backpipe::repo::{check::check, fetch::list, Repository};
+use backpipe::repo::check::check;
+use backpipe::repo::fetch::{list, parse_time, Filter};
+use backpipe::repo::Repository;
 use clap::{Parser, Subcommand};
 
 /// Create and look after backup repositories.
@@ -41,6 +43,21 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Only backups of this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only backups of this engine.
+        #[arg(long)]
+        engine: Option<String>,
+        /// Only backups of this kind (full, incremental, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only backups started at or after this time (`2026-11-21 10:00` local, or RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only backups started at or before this time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -75,10 +92,21 @@ fn main() {
             cli::say(&format!("repo: created repository {} at {repo}", config.id));
             Ok(())
         }
-        Command::Snapshots { repo, json, keys } => {
+        Command::Snapshots { repo, json, host, engine, kind, since, until, keys } => {
             let repo = cli::open_repo(&repo, &keys)?;
+            let filter = Filter { host, engine };
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let until = until.as_deref().map(parse_time).transpose()?;
             let mut out = std::io::stdout().lock();
             for (id, s) in list(&repo)? {
+                let started = parse_time(&s.started)?;
+                let wanted = filter.matches(&s)
+                    && kind.as_ref().is_none_or(|k| *k == s.kind)
+                    && since.is_none_or(|t| started >= t)
+                    && until.is_none_or(|t| started <= t);
+                if !wanted {
+                    continue;
+                }
                 let line = if json {
                     let mut value = serde_json::to_value(&s).expect("summaries serialize");
                     value["snapshot"] = serde_json::json!(id);

@@ -40,6 +40,58 @@ pub fn resolve(repo: &Repository, name: &str) -> Result<String> {
     }
 }
 
+/// Parses a point in time: RFC 3339, or `YYYY-MM-DD[ HH:MM[:SS]]` in local time.
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::{Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(23, 59, 59)));
+    naive
+        .and_then(|n| Local.from_local_datetime(&n).earliest())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| Error::usage(format!("'{text}' is not a time (use 2026-11-21 10:00 or RFC 3339)")))
+}
+
+/// Which snapshots a selection applies to.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only this engine.
+    pub engine: Option<String>,
+}
+
+impl Filter {
+    /// True when the summary matches.
+    pub fn matches(&self, s: &Summary) -> bool {
+        self.host.as_ref().is_none_or(|h| *h == s.host) && self.engine.as_ref().is_none_or(|e| *e == s.engine)
+    }
+}
+
+/// The newest chain that covers `until`: the last full backup started at or
+/// before it, then every later non-full backup of the same host and engine
+/// started at or before it, oldest first.
+pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Vec<String>> {
+    let until = parse_time(until)?;
+    let started = |s: &Summary| parse_time(&s.started).ok();
+    let covered: Vec<(String, Summary)> =
+        list(repo)?.into_iter().filter(|(_, s)| filter.matches(s) && started(s).is_some_and(|t| t <= until)).collect();
+    let Some(full) = covered.iter().rposition(|(_, s)| s.kind == "full") else {
+        return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
+    };
+    let (host, engine) = (covered[full].1.host.clone(), covered[full].1.engine.clone());
+    Ok(covered[full..]
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, s))| *i == 0 || (s.kind != "full" && s.host == host && s.engine == engine))
+        .map(|(_, (id, _))| id.clone())
+        .collect())
+}
+
 /// Writes the stored stream of each snapshot in `ids`, in order, to `output`.
 pub fn fetch(repo: &Repository, ids: &[String], output: impl Write) -> Result<()> {
     let progress = Progress::for_stage("fetch");
