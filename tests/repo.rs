@@ -105,6 +105,86 @@ fn fetch_until_picks_the_chain_that_covers_a_time() {
 }
 
 #[test]
+fn forget_and_prune_free_space_and_keep_what_is_needed() {
+    let dir = scratch();
+    init(dir.path());
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        put(&dir.path().join(format!("v{name}/db/data")), &data(6, 10 + i as u64), 0o644, 1_700_000_000);
+    }
+    let first = ship(dir.path(), "va/db");
+    // Made before forget and prune: this stream refers to chunks of the first backup.
+    sh_ok(
+        dir.path(),
+        "dump-files va/db | chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k > again.bp",
+    );
+    ship(dir.path(), "vb/db");
+    let third = ship(dir.path(), "vc/db");
+    let before = dir_size(&dir.path().join("R/data"));
+    let listing =
+        String::from_utf8(sh_ok(dir.path(), "repo forget R --keep-last 1 --dry-run --key-file k 2>/dev/null")).unwrap();
+    assert_eq!(listing.lines().filter(|l| l.starts_with("remove")).count(), 2, "{listing}");
+    assert_eq!(snapshot_count(dir.path()), 3, "a dry run removes nothing");
+    sh_ok(dir.path(), "repo forget R --keep-last 1 --key-file k > /dev/null 2>&1");
+    assert_eq!(snapshot_count(dir.path()), 1);
+    // First prune only marks; a backup that refers to a marked pack is still accepted
+    // (it started before the mark), and that pack is then in use again.
+    let err = String::from_utf8(sh(dir.path(), "repo prune R --key-file k").stderr).unwrap();
+    assert!(err.contains("2 packs marked, 0 deleted"), "{err}");
+    let again: serde_json::Value =
+        serde_json::from_slice(&sh_ok(dir.path(), "ship R --key-file k < again.bp")).unwrap();
+    assert_eq!(again["new_chunks"], 0, "{again}");
+    let err = String::from_utf8(sh(dir.path(), "repo prune R --grace 0m --key-file k").stderr).unwrap();
+    assert!(err.contains("1 deleted") && err.contains("1 back in use"), "{err}");
+    assert!(dir_size(&dir.path().join("R/data")) < before * 3 / 4, "space was freed");
+    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    for (receipt, tree) in [(&third, "vc"), (&again, "va")] {
+        let id = receipt["snapshot"].as_str().unwrap();
+        sh_ok(dir.path(), &format!("rm -rf out && fetch R {id} --key-file k | {RESTORE} | unpack out"));
+        assert_same_tree(&dir.path().join(tree).join("db"), &dir.path().join("out/db"));
+    }
+    assert_ne!(first["snapshot"], again["snapshot"]);
+    let err = sh_fails(dir.path(), "repo forget R --key-file k", 2);
+    assert!(err.contains("--keep"), "{err}");
+}
+
+#[test]
+fn prune_beside_a_running_ship_loses_nothing() {
+    let dir = scratch();
+    init(dir.path());
+    put(&dir.path().join("old/data"), &data(8, 20), 0o644, 1_700_000_000);
+    // Large enough that the running ship writes packs (and leaves them unindexed) before it ends.
+    put(&dir.path().join("new/data"), &data(160, 21), 0o644, 1_700_000_000);
+    ship(dir.path(), "old");
+    put(&dir.path().join("keep/data"), &data(2, 22), 0o644, 1_700_000_000);
+    let kept = ship(dir.path(), "keep");
+    sh_ok(dir.path(), "repo forget R --keep-last 1 --key-file k > /dev/null 2>&1");
+    sh_ok(
+        dir.path(),
+        &format!(
+            "(dump-files new | {BACKUP} > receipt) & ship_pid=$!
+             while kill -0 $ship_pid 2>/dev/null; do repo prune R --key-file k 2>/dev/null; done
+             wait $ship_pid"
+        ),
+    );
+    // Once the ship is done, a prune past the grace period reclaims the forgotten backup.
+    sh_ok(
+        dir.path(),
+        "repo prune R --grace 0m --key-file k 2>/dev/null && repo prune R --grace 0m --key-file k 2>/dev/null",
+    );
+    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    let new: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("receipt")).unwrap()).unwrap();
+    for (receipt, tree) in [(&new, "new"), (&kept, "keep")] {
+        let id = receipt["snapshot"].as_str().unwrap();
+        sh_ok(dir.path(), &format!("rm -rf out && fetch R {id} --key-file k | {RESTORE} | unpack out"));
+        assert_same_tree(&dir.path().join(tree), &dir.path().join("out").join(tree));
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    walk_files(dir).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
+}
+
+#[test]
 fn concurrent_ships_all_restore() {
     let dir = scratch();
     init(dir.path());

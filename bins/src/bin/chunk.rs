@@ -51,7 +51,7 @@ fn main() {
         let chunker =
             if let Some(location) = &args.repo {
                 let repo = cli::open_repo(location, &args.keys)?;
-                let known = Arc::new(repo.chunk_index()?.into_keys().collect());
+                let known = Arc::new(repo.dedup_index()?.into_keys().collect());
                 Chunker::deduplicating(repo.master(), repo.config.sizes(), known)
             } else {
                 let sizes = ChunkSizes { min: args.min_size, avg: args.avg_size, max: args.max_size };

@@ -6,6 +6,8 @@ use backpipe::cdc::ChunkSizes;
 use backpipe::cli::{self, KeyArgs};
 use backpipe::repo::check::check;
 use backpipe::repo::fetch::{list, parse_time, Filter};
+use backpipe::repo::forget::{decide, parse_duration, Policy};
+use backpipe::repo::prune::prune;
 use backpipe::repo::Repository;
 use clap::{Parser, Subcommand};
 
@@ -58,6 +60,60 @@ enum Command {
         /// Only backups started at or before this time.
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Remove snapshots no retention rule keeps (rules apply per host and engine;
+    /// a kept backup keeps the full and incrementals it needs). Frees no space by
+    /// itself: `repo prune` does.
+    Forget {
+        /// The repository.
+        repo: String,
+        /// Keep the newest N.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: usize,
+        /// Keep the newest in each of the last N hours with backups.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_hourly: usize,
+        /// Keep the newest in each of the last N days with backups.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: usize,
+        /// Keep the newest in each of the last N weeks with backups.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: usize,
+        /// Keep the newest in each of the last N months with backups.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: usize,
+        /// Keep the newest in each of the last N years with backups.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_yearly: usize,
+        /// Keep everything started within this long (36h, 14d, 8w): the point-in-time window.
+        #[arg(long, value_name = "DURATION")]
+        keep_within: Option<String>,
+        /// Only consider backups of this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only consider backups of this engine.
+        #[arg(long)]
+        engine: Option<String>,
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Reclaim space: mark packs no snapshot needs, and delete packs marked
+    /// longer ago than the grace period. Safe while backups run, as long as no
+    /// backup runs longer than the grace period.
+    Prune {
+        /// The repository.
+        repo: String,
+        /// How long a pack stays marked before it is deleted (90m, 24h, 7d).
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        grace: String,
+        /// Show what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -119,6 +175,64 @@ fn main() {
                 };
                 writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
             }
+            Ok(())
+        }
+        Command::Forget {
+            repo,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            host,
+            engine,
+            dry_run,
+            keys,
+        } => {
+            let repo = cli::open_repo(&repo, &keys)?;
+            let policy = Policy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+                within: keep_within.as_deref().map(parse_duration).transpose()?,
+            };
+            let filter = Filter { host, engine };
+            let candidates: Vec<_> = list(&repo)?.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+            let mut out = std::io::stdout().lock();
+            let mut removed = 0;
+            for decision in decide(&candidates, &policy, chrono::Utc::now())? {
+                let line = if decision.keep {
+                    format!("keep   {}  ({})", decision.id, decision.reasons.join(", "))
+                } else {
+                    removed += 1;
+                    if !dry_run {
+                        repo.storage().remove(&format!("snapshots/{}", decision.id))?;
+                    }
+                    format!("remove {}", decision.id)
+                };
+                writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
+            }
+            let verb = if dry_run { "would remove" } else { "removed" };
+            cli::say(&format!("repo forget: {verb} {removed} snapshots; run `repo prune` to free their space"));
+            Ok(())
+        }
+        Command::Prune { repo, grace, dry_run, keys } => {
+            let repo = cli::open_repo(&repo, &keys)?;
+            let report = prune(&repo, parse_duration(&grace)?, chrono::Utc::now(), dry_run)?;
+            cli::say(&format!(
+                "repo prune: {}{} packs marked, {} deleted ({} bytes), {} waiting out the grace period, {} back in use",
+                if dry_run { "(dry run) " } else { "" },
+                report.marked,
+                report.deleted,
+                report.freed_bytes,
+                report.waiting,
+                report.unmarked
+            ));
             Ok(())
         }
         Command::Check { repo, read_data, keys } => {

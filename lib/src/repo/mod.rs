@@ -11,13 +11,15 @@
 
 pub mod check;
 pub mod fetch;
+pub mod forget;
 pub mod keyslot;
 pub mod pack;
+pub mod prune;
 pub mod ship;
 pub mod snapshot;
 pub mod storage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -137,9 +139,22 @@ impl Repository {
 
     /// Where every stored chunk is, from all index files.
     pub fn chunk_index(&self) -> Result<HashMap<[u8; 32], Location>> {
+        self.index_excluding(&HashSet::new())
+    }
+
+    /// The chunks a new backup may refer to instead of storing them again:
+    /// all but those in packs `prune` has marked for deletion.
+    pub fn dedup_index(&self) -> Result<HashMap<[u8; 32], Location>> {
+        self.index_excluding(&prune::marked(self.storage())?)
+    }
+
+    fn index_excluding(&self, packs: &HashSet<String>) -> Result<HashMap<[u8; 32], Location>> {
         let mut index = HashMap::new();
         for name in self.storage.list("index")? {
             let pack = name.rsplit('/').next().unwrap_or_default().to_string();
+            if packs.contains(&pack) {
+                continue;
+            }
             for IndexEntry { id, location } in pack::decode_index(&self.storage.read(&name)?, &pack)? {
                 index.insert(id, location);
             }

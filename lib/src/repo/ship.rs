@@ -70,9 +70,12 @@ fn chunk_ref(id: &[u8]) -> Frame {
 /// repository's key; otherwise nothing of it becomes visible.
 pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receipt) -> Result<()>) -> Result<()> {
     let progress = Progress::for_stage("ship");
-    // Stored size of every chunk the repository holds, to account for what is deduplicated.
-    let mut known: HashMap<[u8; CHUNK_ID_LEN], u64> =
-        repo.chunk_index()?.into_iter().map(|(id, at)| (id, at.length as u64)).collect();
+    // Every chunk the repository holds: its stored size, and whether new data
+    // may be deduplicated against it (not when `prune` has marked its pack).
+    // References made before the mark are still honoured: the grace period covers them.
+    let marked = super::prune::marked(repo.storage())?;
+    let mut known: HashMap<[u8; CHUNK_ID_LEN], (u64, bool)> =
+        repo.chunk_index()?.into_iter().map(|(id, at)| (id, (at.length as u64, !marked.contains(&at.pack)))).collect();
     let mut packs = PackWriter::new(repo.storage());
     let master = MasterKey::from_bytes(repo.master().expose())?;
     let mut decryptor = Decryptor::new(Secret::Key(master));
@@ -116,19 +119,20 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 frame.payload[..].try_into().map_err(|_| Error::integrity("a ChunkRef frame is malformed"))?
             };
             ship.chunks += 1;
-            if let Some(stored) = known.get(&id) {
-                ship.deduplicated_bytes += stored;
-            } else {
-                if !is_chunk {
-                    return Err(Error::integrity(format!(
-                        "the stream refers to chunk {} which the repository does not hold",
-                        hex::encode(&id[..8])
-                    )));
+            match known.get(&id) {
+                Some(&(stored, reusable)) if reusable || !is_chunk => ship.deduplicated_bytes += stored,
+                _ => {
+                    if !is_chunk {
+                        return Err(Error::integrity(format!(
+                            "the stream refers to chunk {} which the repository does not hold",
+                            hex::encode(&id[..8])
+                        )));
+                    }
+                    packs.add(id, frame.encodings, &frame.payload)?;
+                    known.insert(id, (frame.payload.len() as u64, true));
+                    ship.new_chunks += 1;
+                    ship.new_bytes += frame.payload.len() as u64;
                 }
-                packs.add(id, frame.encodings, &frame.payload)?;
-                known.insert(id, frame.payload.len() as u64);
-                ship.new_chunks += 1;
-                ship.new_bytes += frame.payload.len() as u64;
             }
             ship.skeleton.write(&chunk_ref(&id))?;
             decrypt(&mut decryptor, Item::Frame(chunk_ref(&id)))?;

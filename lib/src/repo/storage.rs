@@ -24,6 +24,8 @@ pub trait Storage: Send + Sync {
     fn exists(&self, name: &str) -> Result<bool>;
     /// The size of an object in bytes.
     fn size(&self, name: &str) -> Result<u64>;
+    /// Deletes an object durably; deleting a missing object is not an error.
+    fn remove(&self, name: &str) -> Result<()>;
 }
 
 /// A repository in a local directory.
@@ -115,6 +117,16 @@ impl Storage for LocalStorage {
 
     fn exists(&self, name: &str) -> Result<bool> {
         Ok(self.path(name).exists())
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(name, "delete", e)),
+        }
+        Self::sync_dir(path.parent().expect("objects are in a folder")).map_err(|e| io(name, "flush the folder of", e))
     }
 
     fn size(&self, name: &str) -> Result<u64> {
