@@ -61,6 +61,9 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
+/// A snapshot's ID and summary with its parsed start time.
+type Dated<'a> = (&'a str, &'a Summary, DateTime<Utc>);
+
 /// Decides which snapshots (oldest first, as [`super::fetch::list`] gives
 /// them) to keep, per host and engine. Every snapshot a kept one builds on (its
 /// full backup and the backups between) is kept too.
@@ -69,7 +72,7 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
         return Err(Error::usage("give at least one --keep-* rule; forget never removes everything"));
     }
     let mut reasons: HashMap<&str, Vec<String>> = HashMap::new();
-    let mut groups: HashMap<(&str, &str), Vec<(&str, &Summary, DateTime<Utc>)>> = HashMap::new();
+    let mut groups: HashMap<(&str, &str), Vec<Dated>> = HashMap::new();
     for (id, s) in snapshots {
         groups.entry((&s.host, &s.engine)).or_default().push((id, s, parse_time(&s.started)?));
     }
