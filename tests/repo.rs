@@ -307,6 +307,32 @@ fn ship_refuses_incomplete_unencrypted_and_foreign_streams() {
 }
 
 #[test]
+fn keys_can_be_added_listed_and_removed() {
+    let dir = scratch();
+    init(dir.path());
+    put(&dir.path().join("db/data"), b"content", 0o644, 1_700_000_000);
+    ship(dir.path(), "db");
+    sh_ok(dir.path(), "printf 'second key' > pw && repo key add R --key-file k --new-passphrase-file pw 2>/dev/null");
+    let slots = String::from_utf8(sh_ok(dir.path(), "repo key list R")).unwrap();
+    assert_eq!(slots.lines().count(), 2, "{slots}");
+    assert!(slots.contains("passphrase") && slots.contains("key-file"), "{slots}");
+    // The passphrase opens the same repository.
+    sh_ok(
+        dir.path(),
+        "fetch R latest --passphrase-file pw | encrypt -d --repo R --passphrase-file pw | chunk -d | unpack out",
+    );
+    assert_eq!(std::fs::read(dir.path().join("out/db/data")).unwrap(), b"content");
+    let file_slot = slots.lines().find(|l| l.ends_with("key-file")).unwrap().split_whitespace().next().unwrap();
+    let err = sh_fails(dir.path(), &format!("repo key remove R {file_slot} --key-file k"), 2);
+    assert!(err.contains("opened the repository"), "{err}");
+    sh_ok(dir.path(), &format!("repo key remove R {file_slot} --passphrase-file pw 2>/dev/null"));
+    let err = sh_fails(dir.path(), "repo snapshots R --key-file k", 2);
+    assert!(err.contains("no key slot"), "{err}");
+    sh_ok(dir.path(), "repo snapshots R --passphrase-file pw");
+    sh_fails(dir.path(), "repo key list not-a-repo", 2);
+}
+
+#[test]
 fn repository_files_hold_no_plaintext() {
     let dir = scratch();
     sh_ok(dir.path(), "printf 'repo pass' > pw && repo init R --passphrase-file pw 2>/dev/null");

@@ -74,15 +74,50 @@ pub struct KeyArgs {
 impl KeyArgs {
     /// The chosen secret source, if any.
     pub fn source(&self) -> Option<SecretSource> {
-        if let Some(path) = &self.key_file {
-            Some(SecretSource::KeyFile(path.clone()))
-        } else if let Some(path) = &self.passphrase_file {
-            Some(SecretSource::PassphraseFile(path.clone()))
-        } else if let Some(fd) = self.passphrase_fd {
-            Some(SecretSource::PassphraseFd(fd))
-        } else {
-            self.passphrase_env.as_ref().map(|name| SecretSource::PassphraseEnv(name.clone()))
-        }
+        source_from(&self.key_file, &self.passphrase_file, self.passphrase_fd, &self.passphrase_env)
+    }
+}
+
+/// The key to add to a repository (`repo key add`). Exactly one is required.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct NewKeyArgs {
+    /// The new key: a key file made by `keygen`.
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+    /// The new key: a passphrase read from this file.
+    #[arg(long, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// The new key: a passphrase read from this open file descriptor.
+    #[arg(long, value_name = "FD")]
+    pub new_passphrase_fd: Option<i32>,
+    /// The new key: a passphrase in this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub new_passphrase_env: Option<String>,
+}
+
+impl NewKeyArgs {
+    /// The new key's source.
+    pub fn source(&self) -> Option<SecretSource> {
+        source_from(&self.new_key_file, &self.new_passphrase_file, self.new_passphrase_fd, &self.new_passphrase_env)
+    }
+}
+
+/// The one source among the options given.
+fn source_from(
+    key_file: &Option<PathBuf>,
+    passphrase_file: &Option<PathBuf>,
+    passphrase_fd: Option<i32>,
+    passphrase_env: &Option<String>,
+) -> Option<SecretSource> {
+    if let Some(path) = key_file {
+        Some(SecretSource::KeyFile(path.clone()))
+    } else if let Some(path) = passphrase_file {
+        Some(SecretSource::PassphraseFile(path.clone()))
+    } else if let Some(fd) = passphrase_fd {
+        Some(SecretSource::PassphraseFd(fd))
+    } else {
+        passphrase_env.as_ref().map(|name| SecretSource::PassphraseEnv(name.clone()))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use backpipe::cdc::ChunkSizes;
-use backpipe::cli::{self, KeyArgs};
+use backpipe::cli::{self, KeyArgs, NewKeyArgs};
 use backpipe::repo::check::check;
 use backpipe::repo::fetch::{list, parse_time, Filter};
 use backpipe::repo::forget::{decide, parse_duration, Policy};
@@ -117,6 +117,11 @@ enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Manage the keys that open the repository.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Verify the repository: indexes, packs and snapshots; with --read-data,
     /// every stored chunk is read back, decrypted and checked against its ID.
     Check {
@@ -125,6 +130,33 @@ enum Command {
         /// Read and verify every byte of every pack.
         #[arg(long)]
         read_data: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Add a key file or passphrase that opens the repository (open it with an existing one).
+    Add {
+        /// The repository.
+        repo: String,
+        #[command(flatten)]
+        new: NewKeyArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// List the key slots: name and kind (needs no key).
+    List {
+        /// The repository.
+        repo: String,
+    },
+    /// Remove a key slot (open the repository with another key).
+    Remove {
+        /// The repository.
+        repo: String,
+        /// The slot's name, from `repo key list`.
+        slot: String,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -233,6 +265,25 @@ fn main() {
                 report.waiting,
                 report.unmarked
             ));
+            Ok(())
+        }
+        Command::Key { action: KeyAction::Add { repo, new, keys } } => {
+            let repo = cli::open_repo(&repo, &keys)?;
+            let source = new.source().expect("clap requires one new key option");
+            let name = repo.add_key(&source.load()?)?;
+            cli::say(&format!("repo: added key slot {name}"));
+            Ok(())
+        }
+        Command::Key { action: KeyAction::List { repo } } => {
+            let mut out = std::io::stdout().lock();
+            for (name, kind) in Repository::key_slots(&repo)? {
+                writeln!(out, "{name}  {kind}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
+            }
+            Ok(())
+        }
+        Command::Key { action: KeyAction::Remove { repo, slot, keys } } => {
+            cli::open_repo(&repo, &keys)?.remove_key(&slot)?;
+            cli::say(&format!("repo: removed key slot {slot}"));
             Ok(())
         }
         Command::Check { repo, read_data, keys } => {

@@ -76,3 +76,16 @@ impl KeySlot {
         }
     }
 }
+
+/// The slots of a repository: `(object name, slot)`.
+pub fn list(storage: &dyn super::storage::Storage) -> Result<Vec<(String, KeySlot)>> {
+    storage
+        .list("keys")?
+        .into_iter()
+        .map(|name| {
+            let slot = serde_json::from_slice(&storage.read(&name)?)
+                .map_err(|e| Error::integrity(format!("key slot '{name}' is damaged: {e}")))?;
+            Ok((name, slot))
+        })
+        .collect()
+}

@@ -61,6 +61,8 @@ pub struct Repository {
     /// The configuration.
     pub config: Config,
     master: MasterKey,
+    /// The key slot that opened it.
+    pub slot: String,
 }
 
 /// Opens the storage a location names. Only local paths are supported so far.
@@ -104,27 +106,62 @@ impl Repository {
         Ok(config)
     }
 
-    /// Opens the repository at `location` with a key or passphrase that one of its key slots accepts.
-    pub fn open(location: &str, secret: &Secret) -> Result<Repository> {
+    /// The key slots of the repository at `location`: name and kind. Needs no key.
+    pub fn key_slots(location: &str) -> Result<Vec<(String, String)>> {
+        let storage = Self::existing(location)?;
+        Ok(keyslot::list(&storage)?
+            .into_iter()
+            .map(|(name, slot)| (name.rsplit('/').next().unwrap_or_default().to_string(), slot.kind))
+            .collect())
+    }
+
+    /// The storage of an existing repository.
+    fn existing(location: &str) -> Result<LocalStorage> {
         let storage = storage_for(location)?;
         if !storage.exists("config")? {
             return Err(Error::usage(format!(
                 "'{location}' is not a backpipe repository (no config); create one with `repo init`"
             )));
         }
+        Ok(storage)
+    }
+
+    /// Opens the repository at `location` with a key or passphrase that one of its key slots accepts.
+    pub fn open(location: &str, secret: &Secret) -> Result<Repository> {
+        let storage = Self::existing(location)?;
         let config: Config = serde_json::from_slice(&storage.read("config")?)
             .map_err(|e| Error::integrity(format!("the repository config is damaged: {e}")))?;
         if config.repository != "backpipe" || config.version != 1 {
             return Err(Error::other(format!("'{location}' is not a version 1 backpipe repository")));
         }
-        for name in storage.list("keys")? {
-            let slot: KeySlot = serde_json::from_slice(&storage.read(&name)?)
-                .map_err(|e| Error::integrity(format!("key slot '{name}' is damaged: {e}")))?;
+        for (name, slot) in keyslot::list(&storage)? {
             if let Some(master) = slot.open(secret, &config.id)? {
-                return Ok(Repository { storage: Box::new(storage), config, master });
+                let slot = name.rsplit('/').next().unwrap_or_default().to_string();
+                return Ok(Repository { storage: Box::new(storage), config, master, slot });
             }
         }
         Err(Error::usage(format!("no key slot of '{location}' opens with the key or passphrase given")))
+    }
+
+    /// Adds a key slot that opens the repository with `secret`; returns its name.
+    pub fn add_key(&self, secret: &Secret) -> Result<String> {
+        let name = slot_name();
+        let slot = KeySlot::seal(&self.master, secret, &self.config.id)?;
+        self.storage.create(&format!("keys/{name}"), &serde_json::to_vec_pretty(&slot).unwrap())?;
+        Ok(name)
+    }
+
+    /// Removes key slot `name`; refuses the slot in use, so a repository always keeps a key that opens it.
+    pub fn remove_key(&self, name: &str) -> Result<()> {
+        if name == self.slot {
+            return Err(Error::usage(format!(
+                "key slot {name} is the one that opened the repository; open it with another key to remove this one"
+            )));
+        }
+        if !self.storage.exists(&format!("keys/{name}"))? {
+            return Err(Error::usage(format!("no key slot {name} (see `repo key list`)")));
+        }
+        self.storage.remove(&format!("keys/{name}"))
     }
 
     /// The repository's master key: what `chunk --repo` and `encrypt --repo` work with.
