@@ -27,13 +27,15 @@ enum Command {
         /// Where to create it.
         repo: String,
         /// Smallest chunk of every backup in this repository.
-        #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = cli::parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = cli::parse_size)]
         min_size: usize,
-        /// Average chunk.
-        #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = cli::parse_size)]
+        /// Average chunk. Smaller chunks store small changes in less space and
+        /// cost more index entries; 512K stores a 1% change of scattered
+        /// writes in about 5% of the data's compressed size.
+        #[arg(long, value_name = "SIZE", default_value = "512K", value_parser = cli::parse_size)]
         avg_size: usize,
         /// Largest chunk.
-        #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = cli::parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = cli::parse_size)]
         max_size: usize,
         #[command(flatten)]
         keys: KeyArgs,
