@@ -7,8 +7,6 @@ mod common;
 use std::path::Path;
 
 use backpipe::format::{Frame, Kind};
-use backpipe::reader::{Item, StreamReader};
-use backpipe::writer::StreamWriter;
 use common::*;
 
 const PREAMBLE: usize = 32;
@@ -172,44 +170,6 @@ fn dropped_reordered_and_spliced_frames_are_caught() {
         let err = expect_failure(dir.path(), &stream[..spans[last].0], "inspect", 3, &format!("{name} without End"));
         assert!(err.contains("before the End frame"), "{err}");
     }
-}
-
-/// Rewrites a stream frame by frame with valid checksums and sequence
-/// numbers, as an attacker with write access could: only the encryption can
-/// catch what `edit` does.
-fn forge(stream: &[u8], edit: impl FnOnce(&mut Vec<Frame>)) -> Vec<u8> {
-    let mut frames = frames_of(stream);
-    edit(&mut frames);
-    let mut out = Vec::new();
-    let mut writer = StreamWriter::new(&mut out);
-    writer
-        .start(
-            StreamReader::new(stream)
-                .next_item()
-                .map(|i| match i {
-                    Some(Item::Start(id)) => id,
-                    _ => unreachable!(),
-                })
-                .unwrap(),
-        )
-        .unwrap();
-    for frame in &frames {
-        writer.write(frame).unwrap();
-    }
-    writer.flush().unwrap();
-    out
-}
-
-/// The frames of one checked stream.
-fn frames_of(stream: &[u8]) -> Vec<Frame> {
-    let mut reader = StreamReader::new(stream);
-    let mut frames = Vec::new();
-    while let Some(item) = reader.next_item().unwrap() {
-        if let Item::Frame(f) = item {
-            frames.push(f);
-        }
-    }
-    frames
 }
 
 fn data_indexes(frames: &[Frame]) -> Vec<usize> {

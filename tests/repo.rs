@@ -111,7 +111,7 @@ fn forget_and_prune_free_space_and_keep_what_is_needed() {
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         put(&dir.path().join(format!("v{name}/db/data")), &data(6, 10 + i as u64), 0o644, 1_700_000_000);
     }
-    let first = ship(dir.path(), "va/db");
+    ship(dir.path(), "va/db");
     // Made before forget and prune: this stream refers to chunks of the first backup.
     sh_ok(
         dir.path(),
@@ -127,14 +127,16 @@ fn forget_and_prune_free_space_and_keep_what_is_needed() {
     sh_ok(dir.path(), "repo forget R --keep-last 1 --key-file k > /dev/null 2>&1");
     assert_eq!(snapshot_count(dir.path()), 1);
     // First prune only marks; a backup that refers to a marked pack is still accepted
-    // (it started before the mark), and that pack is then in use again.
+    // (it was chunked before the mark), and ship unmarks that pack before its snapshot appears.
     let err = String::from_utf8(sh(dir.path(), "repo prune R --key-file k").stderr).unwrap();
     assert!(err.contains("2 packs marked, 0 deleted"), "{err}");
     let again: serde_json::Value =
         serde_json::from_slice(&sh_ok(dir.path(), "ship R --key-file k < again.bp")).unwrap();
     assert_eq!(again["new_chunks"], 0, "{again}");
+    assert_eq!(walk_files(&dir.path().join("R/pending")).len(), 1, "the first backup's pack is unmarked");
     let err = String::from_utf8(sh(dir.path(), "repo prune R --grace 0m --key-file k").stderr).unwrap();
-    assert!(err.contains("1 deleted") && err.contains("1 back in use"), "{err}");
+    assert!(err.contains(": 0 packs marked, 1 deleted"), "{err}");
+    assert!(walk_files(&dir.path().join("R/pending")).is_empty());
     assert!(dir_size(&dir.path().join("R/data")) < before * 3 / 4, "space was freed");
     sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
     for (receipt, tree) in [(&third, "vc"), (&again, "va")] {
@@ -142,7 +144,6 @@ fn forget_and_prune_free_space_and_keep_what_is_needed() {
         sh_ok(dir.path(), &format!("rm -rf out && fetch R {id} --key-file k | {RESTORE} | unpack out"));
         assert_same_tree(&dir.path().join(tree).join("db"), &dir.path().join("out/db"));
     }
-    assert_ne!(first["snapshot"], again["snapshot"]);
     let err = sh_fails(dir.path(), "repo forget R --key-file k", 2);
     assert!(err.contains("--keep"), "{err}");
 }
@@ -152,7 +153,7 @@ fn prune_beside_a_running_ship_loses_nothing() {
     let dir = scratch();
     init(dir.path());
     put(&dir.path().join("old/data"), &data(8, 20), 0o644, 1_700_000_000);
-    // Large enough that the running ship writes packs (and leaves them unindexed) before it ends.
+    // Large enough that the running ship stores packs before its snapshot.
     put(&dir.path().join("new/data"), &data(160, 21), 0o644, 1_700_000_000);
     ship(dir.path(), "old");
     put(&dir.path().join("keep/data"), &data(2, 22), 0o644, 1_700_000_000);
@@ -330,6 +331,55 @@ fn keys_can_be_added_listed_and_removed() {
     assert!(err.contains("no key slot"), "{err}");
     sh_ok(dir.path(), "repo snapshots R --passphrase-file pw");
     sh_fails(dir.path(), "repo key list not-a-repo", 2);
+}
+
+#[test]
+fn forged_chunks_summaries_and_references_are_refused() {
+    use backpipe::format::Kind;
+    let dir = scratch();
+    init(dir.path());
+    put(&dir.path().join("db/data"), &data(3, 7), 0o644, 1_700_000_000);
+    sh_ok(dir.path(), "dump-files db | chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k > s.bp");
+    // A chunk altered in transit (framing re-made with valid checksums) is not stored.
+    let stream = std::fs::read(dir.path().join("s.bp")).unwrap();
+    let tampered = forge(&stream, |frames| {
+        let chunk = frames.iter_mut().find(|f| f.kind == Kind::Data).unwrap();
+        let n = chunk.payload.len();
+        chunk.payload[n - 20] ^= 1;
+    });
+    std::fs::write(dir.path().join("bad.bp"), tampered).unwrap();
+    let err = sh_fails(dir.path(), "ship R --key-file k < bad.bp", 4);
+    assert!(err.contains("authentication failed"), "{err}");
+    assert_eq!(snapshot_count(dir.path()), 0);
+    // References are for ship alone: `encrypt -d` refuses a stream that still holds them.
+    sh_ok(dir.path(), "ship R --key-file k < s.bp > /dev/null");
+    let err = sh_fails(
+        dir.path(),
+        "dump-files db | chunk --repo R --key-file k | encrypt --repo R --key-file k | encrypt -d --repo R --key-file k > /dev/null",
+        4,
+    );
+    assert!(err.contains("reference to a chunk"), "{err}");
+    // A summary paired with another snapshot's skeleton fails authentication.
+    put(&dir.path().join("db/data"), b"other", 0o644, 1_700_000_000);
+    ship(dir.path(), "db");
+    let snaps = walk_files(&dir.path().join("R/snapshots"));
+    let (a, b) = (std::fs::read(&snaps[0]).unwrap(), std::fs::read(&snaps[1]).unwrap());
+    let header = |s: &[u8]| 12 + u32::from_le_bytes(s[8..12].try_into().unwrap()) as usize;
+    let spliced = [&a[..header(&a)], &b[header(&b)..]].concat();
+    std::fs::write(dir.path().join("R/snapshots/00000000000000000000000000000000"), spliced).unwrap();
+    let out = sh(dir.path(), "repo snapshots R --key-file k");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    let err = sh_fails(dir.path(), "repo check R --key-file k", 4);
+    assert!(err.contains("00000000000000000000000000000000"), "{err}");
+    std::fs::remove_file(dir.path().join("R/snapshots/00000000000000000000000000000000")).unwrap();
+    // A damaged key slot does not lock out the others.
+    std::fs::write(dir.path().join("R/keys/0123456789abcdef"), b"{not json").unwrap();
+    let out = sh(dir.path(), "repo snapshots R --key-file k");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("damaged"));
+    let err = sh_fails(dir.path(), "repo key remove R ../config --key-file k", 2);
+    assert!(err.contains("not a key slot name"), "{err}");
+    assert!(dir.path().join("R/config").exists());
 }
 
 #[test]

@@ -33,6 +33,11 @@ impl MasterKey {
         Ok(MasterKey(Zeroizing::new(key)))
     }
 
+    /// A second copy of this key (for a tool that needs to hand one over).
+    pub fn duplicate(&self) -> MasterKey {
+        MasterKey(self.0.clone())
+    }
+
     /// The raw key bytes, for sealing into a repository key slot.
     pub fn expose(&self) -> &[u8] {
         &self.0[..]

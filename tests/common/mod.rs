@@ -7,6 +7,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use backpipe::format::Frame;
+use backpipe::reader::{Item, StreamReader};
+use backpipe::writer::StreamWriter;
+
 /// The directory holding the built tools.
 pub fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_dump-files")).parent().unwrap().to_path_buf()
@@ -135,4 +139,42 @@ fn same_content(a: &Path, b: &Path) -> bool {
 /// A fresh temporary directory for one test.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("backpipe-test-").tempdir().unwrap()
+}
+
+/// Rewrites a stream frame by frame with valid checksums and sequence
+/// numbers, as an attacker with write access could: only the encryption can
+/// catch what `edit` does.
+pub fn forge(stream: &[u8], edit: impl FnOnce(&mut Vec<Frame>)) -> Vec<u8> {
+    let mut frames = frames_of(stream);
+    edit(&mut frames);
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::new(&mut out);
+    writer
+        .start(
+            StreamReader::new(stream)
+                .next_item()
+                .map(|i| match i {
+                    Some(Item::Start(id)) => id,
+                    _ => unreachable!(),
+                })
+                .unwrap(),
+        )
+        .unwrap();
+    for frame in &frames {
+        writer.write(frame).unwrap();
+    }
+    writer.flush().unwrap();
+    out
+}
+
+/// The frames of one checked stream.
+pub fn frames_of(stream: &[u8]) -> Vec<Frame> {
+    let mut reader = StreamReader::new(stream);
+    let mut frames = Vec::new();
+    while let Some(item) = reader.next_item().unwrap() {
+        if let Item::Frame(f) = item {
+            frames.push(f);
+        }
+    }
+    frames
 }

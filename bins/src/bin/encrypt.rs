@@ -2,7 +2,7 @@
 
 use backpipe::cli::{self, KeyArgs};
 use backpipe::codec::crypt::{Decryptor, Encryptor};
-use backpipe::keys::{MasterKey, Secret};
+use backpipe::keys::Secret;
 use clap::Parser;
 
 /// Encrypt every frame's payload with AES-256-GCM (or decrypt with -d).
@@ -46,7 +46,7 @@ fn main() {
         let secret = match &args.repo {
             Some(location) => {
                 let repo = cli::open_repo(location, &args.keys)?;
-                Secret::Key(MasterKey::from_bytes(repo.master().expose())?)
+                Secret::Key(repo.master().duplicate())
             }
             None => cli::require_secret(&args.keys)?,
         };

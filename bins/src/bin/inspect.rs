@@ -31,7 +31,8 @@ fn main() {
     let args = Args::parse();
     cli::main("inspect", || {
         let options = InspectOptions { json: args.json, frames: args.frames };
-        let decryptor = cli::optional_secret(&args.keys)?.map(Decryptor::new);
+        // Listing a repository skeleton is fine: references are shown, not resolved.
+        let decryptor = cli::optional_secret(&args.keys)?.map(Decryptor::for_skeletons);
         let stdout = std::io::stdout().lock();
         match &args.file {
             Some(path) => {

@@ -224,6 +224,14 @@ impl ChunkOpener {
     pub fn open(&self, frame: Frame) -> Result<Frame> {
         Seal { frame, keys: self.keys.clone(), how: SealKind::ChunkDecrypt, index: 0 }.run()
     }
+
+    /// Checks an encrypted chunk Data frame authenticates, without keeping the plaintext.
+    pub fn check(&self, frame: &Frame) -> Result<()> {
+        if !frame.encodings.has(Encodings::ENCRYPTED) {
+            return Err(Error::integrity("chunk is not encrypted"));
+        }
+        self.open(frame.clone()).map(|_| ())
+    }
 }
 
 /// The sequential half of `encrypt`.
@@ -313,12 +321,21 @@ pub struct Decryptor {
     state: StreamState,
     /// Index of the next frame in the current stream, for messages.
     index: u64,
+    /// Accept ChunkRef frames (only a repository's own skeletons hold them).
+    skeletons: bool,
 }
 
 impl Decryptor {
-    /// A decryptor for a key or passphrase.
+    /// A decryptor for a key or passphrase. It refuses ChunkRef frames: a
+    /// stream for people to use has its chunks in place (`fetch` puts them back).
     pub fn new(secret: Secret) -> Decryptor {
-        Decryptor { secret, stretched: HashMap::new(), state: StreamState::default(), index: 0 }
+        Decryptor { secret, stretched: HashMap::new(), state: StreamState::default(), index: 0, skeletons: false }
+    }
+
+    /// A decryptor that authenticates a repository skeleton, where ChunkRef
+    /// frames stand for stored chunks (for `ship` and `repo check`).
+    pub fn for_skeletons(secret: Secret) -> Decryptor {
+        Decryptor { skeletons: true, ..Self::new(secret) }
     }
 
     fn open_stream(&mut self, frame: &Frame) -> Result<()> {
@@ -381,6 +398,11 @@ impl Planner for Decryptor {
             return Ok(());
         }
         if frame.kind == Kind::ChunkRef {
+            if !self.skeletons {
+                return Err(Error::integrity(format!(
+                    "frame {index} is a reference to a chunk stored in a repository, not the chunk; decrypt what `fetch` writes"
+                )));
+            }
             self.state.chain.add(chunk_ref_id(&frame, index)?);
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());

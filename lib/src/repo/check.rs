@@ -12,7 +12,7 @@ use crate::codec::squeeze::Recode;
 use crate::error::Result;
 use crate::filter::{Job, Planner, Step};
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
-use crate::keys::{MasterKey, Secret};
+use crate::keys::Secret;
 use crate::reader::{Item, StreamReader};
 
 /// What a check found.
@@ -94,8 +94,7 @@ fn check_snapshot(
 ) -> std::result::Result<(), String> {
     let bytes = repo.storage().read(name).map_err(|e| e.to_string())?;
     let (_, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, id).map_err(|e| e.to_string())?;
-    let master = MasterKey::from_bytes(repo.master().expose()).map_err(|e| e.to_string())?;
-    let mut decryptor = Decryptor::new(Secret::Key(master));
+    let mut decryptor = Decryptor::for_skeletons(Secret::Key(repo.master().duplicate()));
     let mut reader = StreamReader::new(skeleton);
     let fail = |e: crate::Error| format!("snapshot {id}: {e}");
     while let Some(item) = reader.next_item().map_err(fail)? {

@@ -18,11 +18,15 @@ pub fn list(repo: &Repository) -> Result<Vec<(String, Summary)>> {
     let mut all = Vec::new();
     for name in repo.storage().list("snapshots")? {
         let id = name.rsplit('/').next().unwrap_or_default().to_string();
-        let bytes = repo.storage().read(&name)?;
-        let (summary, _) = snapshot::decode(&bytes, repo.master(), &repo.config.id, &id)?;
-        all.push((id, summary));
+        // A snapshot removed by `forget` since it was listed is simply gone.
+        let Some(bytes) = repo.storage().read_if_exists(&name)? else { continue };
+        match snapshot::decode(&bytes, repo.master(), &repo.config.id, &id) {
+            Ok((summary, _)) => all.push((id, summary)),
+            Err(e) => crate::cli::say(&format!("warning: {e}; skipped (run `repo check`)")),
+        }
     }
-    all.sort_by(|a, b| (&a.1.started, &a.1.stored).cmp(&(&b.1.started, &b.1.stored)));
+    let when = |s: &Summary| (parse_time(&s.started).ok(), parse_time(&s.stored).ok());
+    all.sort_by_key(|(_, s)| when(s));
     Ok(all)
 }
 
@@ -83,6 +87,14 @@ pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Ve
     let Some(full) = covered.iter().rposition(|(_, s)| s.kind == "full") else {
         return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
     };
+    let groups: std::collections::HashSet<_> =
+        covered.iter().filter(|(_, s)| s.kind == "full").map(|(_, s)| (&s.host, &s.engine)).collect();
+    if groups.len() > 1 {
+        return Err(Error::usage(format!(
+            "backups of {} hosts or engines match; choose one with --host and --engine",
+            groups.len()
+        )));
+    }
     let (host, engine) = (covered[full].1.host.clone(), covered[full].1.engine.clone());
     Ok(covered[full..]
         .iter()
@@ -127,6 +139,12 @@ fn read_chunk(repo: &Repository, index: &HashMap<[u8; 32], Location>, id: &[u8])
         id.try_into().ok().and_then(|id: [u8; 32]| index.get(&id)).ok_or_else(|| {
             Error::integrity(format!("chunk {short} is missing from the repository (run `repo check`)"))
         })?;
+    if location.length as usize > crate::format::MAX_PAYLOAD {
+        return Err(Error::integrity(format!(
+            "the index entry of chunk {short} is damaged (length {})",
+            location.length
+        )));
+    }
     let payload = repo.storage().read_range(&pack_name(&location.pack), location.offset, location.length as usize)?;
     if payload.len() < CHUNK_ID_LEN || payload[..CHUNK_ID_LEN] != *id {
         return Err(Error::integrity(format!("pack {} is damaged at chunk {short}", location.pack)));

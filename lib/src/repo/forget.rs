@@ -47,7 +47,7 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration> {
         "y" => chrono::Duration::days(365),
         _ => return Err(bad()),
     };
-    unit.checked_mul(number as i32).ok_or_else(bad)
+    i32::try_from(number).ok().and_then(|n| unit.checked_mul(n)).ok_or_else(bad)
 }
 
 /// One snapshot's fate, and why.
@@ -69,7 +69,7 @@ type Dated<'a> = (&'a str, &'a Summary, DateTime<Utc>);
 /// full backup and the backups between) is kept too.
 pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Decision>> {
     if policy.is_empty() {
-        return Err(Error::usage("give at least one --keep-* rule; forget never removes everything"));
+        return Err(Error::usage("give at least one --keep-* rule"));
     }
     let mut reasons: HashMap<&str, Vec<String>> = HashMap::new();
     let mut groups: HashMap<(&str, &str), Vec<Dated>> = HashMap::new();

@@ -77,15 +77,16 @@ impl KeySlot {
     }
 }
 
-/// The slots of a repository: `(object name, slot)`.
+/// The readable slots of a repository: `(object name, slot)`. A damaged slot
+/// is reported on stderr and skipped, so it cannot lock out the others.
 pub fn list(storage: &dyn super::storage::Storage) -> Result<Vec<(String, KeySlot)>> {
-    storage
-        .list("keys")?
-        .into_iter()
-        .map(|name| {
-            let slot = serde_json::from_slice(&storage.read(&name)?)
-                .map_err(|e| Error::integrity(format!("key slot '{name}' is damaged: {e}")))?;
-            Ok((name, slot))
-        })
-        .collect()
+    let mut slots = Vec::new();
+    for name in storage.list("keys")? {
+        let Some(bytes) = storage.read_if_exists(&name)? else { continue };
+        match serde_json::from_slice::<KeySlot>(&bytes) {
+            Ok(slot) => slots.push((name, slot)),
+            Err(e) => crate::cli::say(&format!("warning: key slot '{name}' is damaged and was skipped: {e}")),
+        }
+    }
+    Ok(slots)
 }

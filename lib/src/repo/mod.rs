@@ -134,8 +134,10 @@ impl Repository {
         if config.repository != "backpipe" || config.version != 1 {
             return Err(Error::other(format!("'{location}' is not a version 1 backpipe repository")));
         }
+        config.sizes().validate(crate::format::MAX_PLAIN_PAYLOAD).map_err(|e| e.context("the repository config"))?;
         for (name, slot) in keyslot::list(&storage)? {
-            if let Some(master) = slot.open(secret, &config.id)? {
+            // A slot that cannot be opened (damaged, other parameters) is not this key's.
+            if let Ok(Some(master)) = slot.open(secret, &config.id) {
                 let slot = name.rsplit('/').next().unwrap_or_default().to_string();
                 return Ok(Repository { storage: Box::new(storage), config, master, slot });
             }
@@ -153,6 +155,9 @@ impl Repository {
 
     /// Removes key slot `name`; refuses the slot in use, so a repository always keeps a key that opens it.
     pub fn remove_key(&self, name: &str) -> Result<()> {
+        if name.len() != 16 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::usage(format!("'{name}' is not a key slot name (see `repo key list`)")));
+        }
         if name == self.slot {
             return Err(Error::usage(format!(
                 "key slot {name} is the one that opened the repository; open it with another key to remove this one"
@@ -192,7 +197,9 @@ impl Repository {
             if packs.contains(&pack) {
                 continue;
             }
-            for IndexEntry { id, location } in pack::decode_index(&self.storage.read(&name)?, &pack)? {
+            // An index removed by `prune` since it was listed is simply gone.
+            let Some(bytes) = self.storage.read_if_exists(&name)? else { continue };
+            for IndexEntry { id, location } in pack::decode_index(&bytes, &pack)? {
                 index.insert(id, location);
             }
         }

@@ -8,6 +8,14 @@ use crate::format::Encodings;
 /// Packs are closed once they reach this size.
 pub const PACK_TARGET: usize = 32 << 20;
 
+/// Random bytes at the start of every pack.
+pub const PACK_HEADER: usize = 16;
+
+/// True for a well-formed pack name: 64 lowercase hex digits.
+pub fn is_pack_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// First eight bytes of an index file.
 const INDEX_MAGIC: [u8; 8] = *b"BPINDEX1";
 /// Bytes per index entry.
@@ -90,14 +98,20 @@ pub struct PackWriter<'a> {
     storage: &'a dyn Storage,
     buffer: Vec<u8>,
     entries: Vec<([u8; 32], u64, u32, Encodings)>,
-    /// Pack bytes stored so far.
-    pub stored: u64,
 }
 
 impl<'a> PackWriter<'a> {
     /// A writer into `storage`.
     pub fn new(storage: &'a dyn Storage) -> PackWriter<'a> {
-        PackWriter { storage, buffer: Vec::new(), entries: Vec::new(), stored: 0 }
+        PackWriter { storage, buffer: Self::fresh(), entries: Vec::new() }
+    }
+
+    /// An empty pack: 16 random bytes, so no two writes ever make the same
+    /// pack (and name), even of the same chunks.
+    fn fresh() -> Vec<u8> {
+        let mut buffer = vec![0u8; PACK_HEADER];
+        crate::random::fill(&mut buffer);
+        buffer
     }
 
     /// Adds a chunk's stored payload; stores the pack when it is full.
@@ -126,8 +140,7 @@ impl<'a> PackWriter<'a> {
             })
             .collect();
         self.storage.create(&format!("index/{pack}"), &encode_index(&entries))?;
-        self.stored += self.buffer.len() as u64;
-        self.buffer.clear();
+        self.buffer = Self::fresh();
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use super::pack::{decode_index, pack_name};
+use super::pack::{decode_index, is_pack_name, pack_name};
 use super::snapshot;
 use super::storage::Storage;
 use super::Repository;
@@ -51,7 +51,7 @@ pub fn marked(storage: &dyn Storage) -> Result<HashSet<String>> {
 fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     let mut ids = HashSet::new();
     for name in repo.storage().list("snapshots")? {
-        let bytes = repo.storage().read(&name)?;
+        let Some(bytes) = repo.storage().read_if_exists(&name)? else { continue };
         let (_, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, &pack_of(&name))?;
         let mut reader = StreamReader::new(skeleton);
         while let Some(item) = reader.next_item()? {
@@ -76,6 +76,7 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc>, dry
     // Snapshots are read before the packs are listed, so a pack a new snapshot needs is either listed as referenced or is younger than this run.
     let in_use = referenced(repo)?;
     let mut unreferenced = Vec::new();
+    let mut expired = Vec::new();
     let mut indexed = HashSet::new();
     for name in storage.list("index")? {
         let pack = pack_of(&name);
@@ -92,7 +93,7 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc>, dry
     }
     for name in storage.list("data")? {
         let pack = pack_of(&name);
-        if !indexed.contains(&pack) {
+        if is_pack_name(&pack) && !indexed.contains(&pack) {
             unreferenced.push(pack);
         }
     }
@@ -101,12 +102,30 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc>, dry
         if !marks.contains(&pack) {
             report.marked += 1;
             if !dry_run {
-                storage.create(&mark, now.to_rfc3339().as_bytes())?;
+                storage.create(&mark, Utc::now().to_rfc3339().as_bytes())?;
             }
             continue;
         }
-        let since = String::from_utf8(storage.read(&mark)?).ok().and_then(|t| DateTime::parse_from_rfc3339(&t).ok());
-        if since.is_some_and(|t| now - t.with_timezone(&Utc) < grace) {
+        let since = storage
+            .read_if_exists(&mark)?
+            .and_then(|t| String::from_utf8(t).ok())
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok());
+        // A mark that is gone (a backup took the pack back) or unreadable never counts as expired.
+        if since.is_none_or(|t| now - t.with_timezone(&Utc) < grace) {
+            report.waiting += 1;
+            continue;
+        }
+        expired.push(pack);
+    }
+    // Snapshots stored while this run read the others may need an expired pack: look again.
+    let in_use = if expired.is_empty() { in_use } else { referenced(repo)? };
+    for pack in expired {
+        let mark = format!("pending/{pack}");
+        let entries = match storage.read_if_exists(&format!("index/{pack}"))? {
+            Some(bytes) => decode_index(&bytes, &pack)?,
+            None => Vec::new(),
+        };
+        if entries.iter().any(|e| in_use.contains(&e.id)) || !storage.exists(&mark)? {
             report.waiting += 1;
             continue;
         }

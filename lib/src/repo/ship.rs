@@ -1,7 +1,7 @@
 //! `ship`: stores a stream (or concatenated streams) in the repository, one
 //! snapshot per stream, and returns a receipt for each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use serde::Serialize;
@@ -9,11 +9,11 @@ use serde::Serialize;
 use super::pack::PackWriter;
 use super::snapshot::{self, Summary};
 use super::Repository;
-use crate::codec::crypt::Decryptor;
+use crate::codec::crypt::{ChunkOpener, Decryptor};
 use crate::error::{Error, Result};
 use crate::filter::{describe_abort, Output, Planner, Step};
 use crate::format::{Encodings, Frame, Kind, StreamId, CHUNK_ID_LEN};
-use crate::keys::{MasterKey, Secret};
+use crate::keys::Secret;
 use crate::meta::{Begin, End};
 use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
@@ -34,8 +34,18 @@ pub struct Receipt {
 const NOT_ENCRYPTED: &str =
     "ship stores streams encrypted with the repository's key: put `encrypt --repo R` before `ship R` in the pipeline";
 
+/// What ship knows of a chunk the repository holds.
+struct Known {
+    /// Its stored size.
+    stored: u64,
+    /// The pack holding it, when `prune` has marked that pack for deletion.
+    marked_pack: Option<String>,
+}
+
 /// One stream being shipped.
 struct Shipment {
+    /// Marked packs this stream refers to: unmarked before its snapshot is stored.
+    revived: HashSet<String>,
     /// Frames seen so far.
     skeleton_frames: u64,
     skeleton: StreamWriter<Vec<u8>>,
@@ -74,11 +84,17 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
     // may be deduplicated against it (not when `prune` has marked its pack).
     // References made before the mark are still honoured: the grace period covers them.
     let marked = super::prune::marked(repo.storage())?;
-    let mut known: HashMap<[u8; CHUNK_ID_LEN], (u64, bool)> =
-        repo.chunk_index()?.into_iter().map(|(id, at)| (id, (at.length as u64, !marked.contains(&at.pack)))).collect();
+    let mut known: HashMap<[u8; CHUNK_ID_LEN], Known> = repo
+        .chunk_index()?
+        .into_iter()
+        .map(|(id, at)| {
+            let marked_pack = marked.contains(&at.pack).then_some(at.pack);
+            (id, Known { stored: at.length as u64, marked_pack })
+        })
+        .collect();
     let mut packs = PackWriter::new(repo.storage());
-    let master = MasterKey::from_bytes(repo.master().expose())?;
-    let mut decryptor = Decryptor::new(Secret::Key(master));
+    let opener = ChunkOpener::new(repo.master());
+    let mut decryptor = Decryptor::for_skeletons(Secret::Key(repo.master().duplicate()));
     let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
     let mut current: Option<Shipment> = None;
     while let Some(item) = reader.next_item()? {
@@ -89,6 +105,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 skeleton.start(id)?;
                 decrypt(&mut decryptor, Item::Start(id))?;
                 current = Some(Shipment {
+                    revived: HashSet::new(),
                     skeleton_frames: 0,
                     skeleton,
                     stream_id: id,
@@ -108,7 +125,12 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
             return Err(Error::usage(NOT_ENCRYPTED));
         }
         ship.skeleton_frames += 1;
-        let is_chunk = frame.kind == Kind::Data && frame.encodings.has(Encodings::CHUNKED);
+        if frame.kind == Kind::Data && !frame.encodings.has(Encodings::CHUNKED) {
+            return Err(Error::usage(
+                "ship stores chunked content only: put `chunk --repo R` before `ship R` in the pipeline",
+            ));
+        }
+        let is_chunk = frame.kind == Kind::Data;
         if is_chunk || frame.kind == Kind::ChunkRef {
             let id: [u8; CHUNK_ID_LEN] = if is_chunk {
                 if !frame.encodings.has(Encodings::ENCRYPTED) {
@@ -116,20 +138,32 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 }
                 *frame.chunk_parts()?.0
             } else {
-                frame.payload[..].try_into().map_err(|_| Error::integrity("a ChunkRef frame is malformed"))?
+                let malformed = || Error::integrity("a ChunkRef frame is malformed");
+                if frame.encodings.0 != 0 {
+                    return Err(malformed());
+                }
+                frame.payload[..].try_into().map_err(|_| malformed())?
             };
             ship.chunks += 1;
             match known.get(&id) {
-                Some(&(stored, reusable)) if reusable || !is_chunk => ship.deduplicated_bytes += stored,
-                _ => {
-                    if !is_chunk {
-                        return Err(Error::integrity(format!(
-                            "the stream refers to chunk {} which the repository does not hold",
-                            hex::encode(&id[..8])
-                        )));
+                Some(held) if held.marked_pack.is_none() || !is_chunk => {
+                    ship.deduplicated_bytes += held.stored;
+                    if let Some(pack) = &held.marked_pack {
+                        ship.revived.insert(pack.clone());
                     }
+                }
+                _ if !is_chunk => {
+                    return Err(Error::integrity(format!(
+                        "the stream refers to chunk {} which the repository does not hold",
+                        hex::encode(&id[..8])
+                    )))
+                }
+                _ => {
+                    // Only a holder of the repository key can have sealed this chunk: check
+                    // before it is stored and every later backup deduplicates against it.
+                    opener.check(&frame).map_err(|e| e.context("ship"))?;
                     packs.add(id, frame.encodings, &frame.payload)?;
-                    known.insert(id, (frame.payload.len() as u64, true));
+                    known.insert(id, Known { stored: frame.payload.len() as u64, marked_pack: None });
                     ship.new_chunks += 1;
                     ship.new_bytes += frame.payload.len() as u64;
                 }
@@ -185,6 +219,10 @@ fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, s
         new_bytes: done.new_bytes,
         stored: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
     };
+    // A marked pack this snapshot needs is in use again: unmark it before the snapshot appears.
+    for pack in &done.revived {
+        repo.storage().remove(&format!("pending/{pack}"))?;
+    }
     let skeleton = done.skeleton.into_inner();
     let object = snapshot::encode(&summary, &skeleton, repo.master(), &repo.config.id);
     let id = snapshot::id_of(&object);

@@ -54,8 +54,9 @@ fn cipher(master: &MasterKey) -> Aes256Gcm {
     Aes256Gcm::new_from_slice(&master.derive(b"backpipe/v1/snapshot")[..]).expect("32-byte key")
 }
 
-fn aad(repo_id: &str) -> Vec<u8> {
-    [b"backpipe/v1/snapshot/".as_slice(), repo_id.as_bytes()].concat()
+/// Binds a summary to its repository and to its skeleton, so neither can be paired with another.
+fn aad(repo_id: &str, skeleton: &[u8]) -> Vec<u8> {
+    [b"backpipe/v1/snapshot/".as_slice(), repo_id.as_bytes(), blake3::hash(skeleton).as_bytes()].concat()
 }
 
 /// Encodes a snapshot object.
@@ -64,7 +65,7 @@ pub fn encode(summary: &Summary, skeleton: &[u8], master: &MasterKey, repo_id: &
     crate::random::fill(&mut nonce);
     let json = serde_json::to_vec(summary).expect("summaries serialize");
     let sealed = cipher(master)
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &json, aad: &aad(repo_id) })
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &json, aad: &aad(repo_id, skeleton) })
         .expect("AES-GCM sealing does not fail");
     let mut out = Vec::with_capacity(8 + 4 + 12 + sealed.len() + skeleton.len());
     out.extend_from_slice(&MAGIC);
@@ -86,11 +87,16 @@ pub fn decode<'a>(bytes: &'a [u8], master: &MasterKey, repo_id: &str, name: &str
         return Err(damaged("truncated"));
     }
     let sealed = &bytes[12..12 + sealed_len];
+    let skeleton = &bytes[12 + sealed_len..];
     let json = cipher(master)
-        .decrypt(Nonce::from_slice(&sealed[..12]), Payload { msg: &sealed[12..], aad: &aad(repo_id) })
+        .decrypt(Nonce::from_slice(&sealed[..12]), Payload { msg: &sealed[12..], aad: &aad(repo_id, skeleton) })
         .map_err(|_| damaged("its summary fails authentication"))?;
-    let summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
-    Ok((summary, &bytes[12 + sealed_len..]))
+    let summary: Summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
+    let preamble_id = skeleton.get(12..28).map(hex::encode);
+    if preamble_id.as_deref() != Some(summary.stream_id.as_str()) {
+        return Err(damaged("its skeleton is not the stream its summary describes"));
+    }
+    Ok((summary, skeleton))
 }
 
 /// The ID of a snapshot object: the first 16 bytes of its BLAKE3 hash, hex.

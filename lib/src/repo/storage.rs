@@ -16,6 +16,8 @@ pub trait Storage: Send + Sync {
     fn create(&self, name: &str, bytes: &[u8]) -> Result<bool>;
     /// Reads a whole object.
     fn read(&self, name: &str) -> Result<Vec<u8>>;
+    /// Reads a whole object, or `None` if it does not exist (removed since it was listed).
+    fn read_if_exists(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Reads `len` bytes of an object from `offset`.
     fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// Names of the objects under a folder (`"snapshots"`, `"data"`), recursively, sorted.
@@ -59,7 +61,15 @@ impl Storage for LocalStorage {
             return Ok(false);
         }
         let parent = target.parent().expect("object names have a folder or the root");
-        std::fs::create_dir_all(parent).map_err(|e| io(name, "create the folder of", e))?;
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).map_err(|e| io(name, "create the folder of", e))?;
+            // New folders must survive a crash too: flush the entries that name them.
+            let mut dir = parent;
+            while let Some(above) = dir.parent().filter(|_| dir != self.root) {
+                Self::sync_dir(above).map_err(|e| io(name, "flush the folders of", e))?;
+                dir = above;
+            }
+        }
         let mut temp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempfile_in(parent)
@@ -79,6 +89,14 @@ impl Storage for LocalStorage {
 
     fn read(&self, name: &str) -> Result<Vec<u8>> {
         std::fs::read(self.path(name)).map_err(|e| io(name, "read", e))
+    }
+
+    fn read_if_exists(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(self.path(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(name, "read", e)),
+        }
     }
 
     fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
