@@ -189,9 +189,9 @@ fn main() {
             let until = until.as_deref().map(parse_time).transpose()?;
             let mut out = std::io::stdout().lock();
             for (id, s) in list(&repo)? {
-                let started = parse_time(&s.started)?;
+                let started = parse_time(&s.begin.started)?;
                 let wanted = filter.matches(&s)
-                    && kind.as_ref().is_none_or(|k| *k == s.kind)
+                    && kind.as_ref().is_none_or(|k| *k == s.begin.kind)
                     && since.is_none_or(|t| started >= t)
                     && until.is_none_or(|t| started <= t);
                 if !wanted {
@@ -204,7 +204,7 @@ fn main() {
                 } else {
                     format!(
                         "{id}  {}  {:<10} {:<12} {:<8} {:>6} entries {:>14} bytes",
-                        s.started, s.host, s.engine, s.kind, s.entries, s.bytes
+                        s.begin.started, s.begin.host, s.begin.engine, s.begin.kind, s.entries, s.bytes
                     )
                 };
                 writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;

@@ -25,7 +25,7 @@ pub fn list(repo: &Repository) -> Result<Vec<(String, Summary)>> {
             Err(e) => crate::cli::say(&format!("warning: {e}; skipped (run `repo check`)")),
         }
     }
-    let when = |s: &Summary| (parse_time(&s.started).ok(), parse_time(&s.stored).ok());
+    let when = |s: &Summary| (parse_time(&s.begin.started).ok(), parse_time(&s.stored).ok());
     all.sort_by_key(|(_, s)| when(s));
     Ok(all)
 }
@@ -72,7 +72,8 @@ pub struct Filter {
 impl Filter {
     /// True when the summary matches.
     pub fn matches(&self, s: &Summary) -> bool {
-        self.host.as_ref().is_none_or(|h| *h == s.host) && self.engine.as_ref().is_none_or(|e| *e == s.engine)
+        self.host.as_ref().is_none_or(|h| *h == s.begin.host)
+            && self.engine.as_ref().is_none_or(|e| *e == s.begin.engine)
     }
 }
 
@@ -81,25 +82,25 @@ impl Filter {
 /// started at or before it, oldest first.
 pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Vec<String>> {
     let until = parse_time(until)?;
-    let started = |s: &Summary| parse_time(&s.started).ok();
+    let started = |s: &Summary| parse_time(&s.begin.started).ok();
     let covered: Vec<(String, Summary)> =
         list(repo)?.into_iter().filter(|(_, s)| filter.matches(s) && started(s).is_some_and(|t| t <= until)).collect();
-    let Some(full) = covered.iter().rposition(|(_, s)| s.kind == "full") else {
+    let Some(full) = covered.iter().rposition(|(_, s)| s.begin.kind == "full") else {
         return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
     };
     let groups: std::collections::HashSet<_> =
-        covered.iter().filter(|(_, s)| s.kind == "full").map(|(_, s)| (&s.host, &s.engine)).collect();
+        covered.iter().filter(|(_, s)| s.begin.kind == "full").map(|(_, s)| (&s.begin.host, &s.begin.engine)).collect();
     if groups.len() > 1 {
         return Err(Error::usage(format!(
             "backups of {} hosts or engines match; choose one with --host and --engine",
             groups.len()
         )));
     }
-    let (host, engine) = (covered[full].1.host.clone(), covered[full].1.engine.clone());
+    let (host, engine) = (covered[full].1.begin.host.clone(), covered[full].1.begin.engine.clone());
     Ok(covered[full..]
         .iter()
         .enumerate()
-        .filter(|(i, (_, s))| *i == 0 || (s.kind != "full" && s.host == host && s.engine == engine))
+        .filter(|(i, (_, s))| *i == 0 || (s.begin.kind != "full" && s.begin.host == host && s.begin.engine == engine))
         .map(|(_, (id, _))| id.clone())
         .collect())
 }

@@ -74,7 +74,7 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
     let mut reasons: HashMap<&str, Vec<String>> = HashMap::new();
     let mut groups: HashMap<(&str, &str), Vec<Dated>> = HashMap::new();
     for (id, s) in snapshots {
-        groups.entry((&s.host, &s.engine)).or_default().push((id, s, parse_time(&s.started)?));
+        groups.entry((&s.begin.host, &s.begin.engine)).or_default().push((id, s, parse_time(&s.begin.started)?));
     }
     for group in groups.values() {
         let newest_first: Vec<_> = group.iter().rev().collect();
@@ -112,9 +112,9 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
             if needed && !reasons.contains_key(id) {
                 reasons.entry(id).or_default().push("needed by a newer kept backup".into());
             }
-            if reasons.contains_key(id) && s.kind != "full" {
+            if reasons.contains_key(id) && s.begin.kind != "full" {
                 needed = true;
-            } else if s.kind == "full" {
+            } else if s.begin.kind == "full" {
                 needed = false;
             }
         }
@@ -131,17 +131,12 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::Begin;
 
     fn snap(id: &str, started: &str, kind: &str) -> (String, Summary) {
         let summary = Summary {
             stream_id: String::new(),
-            producer: "t".into(),
-            host: "h".into(),
-            engine: "e".into(),
-            kind: kind.into(),
-            started: started.into(),
-            positions: Default::default(),
-            parent: None,
+            begin: Begin { kind: kind.into(), started: started.into(), ..Begin::now("t", "e", "full") },
             entries: 0,
             bytes: 0,
             stream_bytes: 0,

@@ -204,13 +204,7 @@ fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, s
     let begin = done.begin.ok_or_else(|| Error::integrity("the stream has no Begin frame"))?;
     let summary = Summary {
         stream_id: hex::encode(done.stream_id),
-        producer: begin.producer,
-        host: begin.host,
-        engine: begin.engine,
-        kind: begin.kind,
-        started: begin.started,
-        positions: begin.positions,
-        parent: begin.parent,
+        begin,
         entries: end.entries,
         bytes: end.bytes,
         stream_bytes,

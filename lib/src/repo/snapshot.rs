@@ -4,10 +4,10 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::keys::MasterKey;
+use crate::meta::Begin;
 
 /// First eight bytes of a snapshot object.
 const MAGIC: [u8; 8] = *b"BPSNAP01";
@@ -17,22 +17,9 @@ const MAGIC: [u8; 8] = *b"BPSNAP01";
 pub struct Summary {
     /// The stream's ID, hex.
     pub stream_id: String,
-    /// The tool that produced the stream.
-    pub producer: String,
-    /// Host the data came from.
-    pub host: String,
-    /// Engine ("files", "mysql", ...).
-    pub engine: String,
-    /// Backup kind ("full", "incremental", ...).
-    pub kind: String,
-    /// When the backup started (RFC 3339, UTC).
-    pub started: String,
-    /// The engine's positions from the Begin frame.
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub positions: Map<String, Value>,
-    /// The backup this one continues.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
+    /// The stream's Begin frame: producer, host, engine, kind, start time, positions, parent.
+    #[serde(flatten)]
+    pub begin: Begin,
     /// Entries in the stream.
     pub entries: u64,
     /// Content bytes of the entries.
