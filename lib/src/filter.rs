@@ -57,6 +57,14 @@ pub trait Planner {
     fn plan(&mut self, item: Item, out: &mut Vec<Step<Self::Job>>) -> Result<()>;
 }
 
+/// Runs a planner on one item in the calling thread, jobs included: for tools
+/// that need a filter's effect on a few frames rather than a whole pipeline.
+pub fn run_inline<P: Planner>(planner: &mut P, item: Item) -> Result<Vec<Output>> {
+    let mut steps = Vec::new();
+    planner.plan(item, &mut steps)?;
+    steps.into_iter().map(Step::run).collect()
+}
+
 /// Passes a stream start straight through to `out`; returns the frame otherwise.
 pub fn split_item<J>(item: Item, out: &mut Vec<Step<J>>) -> Option<Frame> {
     match item {

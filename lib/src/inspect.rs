@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::codec::crypt::Decryptor;
 use crate::error::{Error, Result};
-use crate::filter::{describe_abort, Output, Planner, Step};
+use crate::filter::{describe_abort, run_inline, Output};
 use crate::format::{Encodings, Frame, Kind, StreamId};
 use crate::meta::{Begin, End, Entry, EntryEnd, EntryType};
 use crate::reader::{Item, StreamReader};
@@ -76,9 +76,7 @@ impl Decrypting {
                 Item::Frame(frame) => Output::Frame(frame),
             }]);
         };
-        let mut steps = Vec::new();
-        decryptor.plan(item, &mut steps)?;
-        steps.into_iter().map(Step::run).collect()
+        run_inline(decryptor, item)
     }
 }
 

@@ -10,7 +10,7 @@ use crate::codec::chunk::ChunkIdKey;
 use crate::codec::crypt::{ChunkOpener, Decryptor};
 use crate::codec::squeeze::Recode;
 use crate::error::Result;
-use crate::filter::{Job, Planner, Step};
+use crate::filter::{run_inline, Job};
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
 use crate::keys::Secret;
 use crate::reader::{Item, StreamReader};
@@ -109,11 +109,7 @@ fn check_snapshot(
                 }
             }
         }
-        let mut steps = Vec::new();
-        decryptor.plan(item, &mut steps).map_err(fail)?;
-        for step in steps {
-            Step::run(step).map_err(fail)?;
-        }
+        run_inline(&mut decryptor, item).map_err(fail)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use super::snapshot::{self, Summary};
 use super::Repository;
 use crate::codec::crypt::{ChunkOpener, Decryptor};
 use crate::error::{Error, Result};
-use crate::filter::{describe_abort, Output, Planner, Step};
+use crate::filter::{describe_abort, run_inline, Output};
 use crate::format::{Encodings, Frame, Kind, StreamId, CHUNK_ID_LEN};
 use crate::keys::Secret;
 use crate::meta::{Begin, End};
@@ -58,17 +58,15 @@ struct Shipment {
     deduplicated_bytes: u64,
 }
 
-/// Feeds a frame to the decryptor and returns what it yields.
+/// Feeds an item to the decryptor and returns the frames it yields.
 fn decrypt(decryptor: &mut Decryptor, item: Item) -> Result<Vec<Frame>> {
-    let mut steps = Vec::new();
-    decryptor.plan(item, &mut steps)?;
-    let mut frames = Vec::new();
-    for step in steps {
-        if let Output::Frame(frame) = Step::run(step)? {
-            frames.push(frame);
-        }
-    }
-    Ok(frames)
+    Ok(run_inline(decryptor, item)?
+        .into_iter()
+        .filter_map(|output| match output {
+            Output::Frame(frame) => Some(frame),
+            Output::Start(_) => None,
+        })
+        .collect())
 }
 
 fn chunk_ref(id: &[u8]) -> Frame {
