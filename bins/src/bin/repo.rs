@@ -299,8 +299,11 @@ fn main() {
                 report.snapshots,
                 report.packs,
                 report.chunks,
-                if report.unindexed_packs > 0 {
-                    format!(", {} packs left unindexed by interrupted ships (harmless)", report.unindexed_packs)
+                if report.unindexed_packs + report.unneeded_packs > 0 {
+                    format!(
+                        ", {} packs no snapshot needs and {} left unindexed by interrupted ships (harmless; `repo prune` reclaims them)",
+                        report.unneeded_packs, report.unindexed_packs
+                    )
                 } else {
                     String::new()
                 },

@@ -28,6 +28,8 @@ pub struct Report {
     pub chunks: usize,
     /// Packs with no index (left by an interrupted ship; harmless, reclaimable).
     pub unindexed_packs: usize,
+    /// Indexed packs no snapshot needs (after `forget`; reclaimable by `prune`).
+    pub unneeded_packs: usize,
 }
 
 /// Checks the repository; problems are collected, not returned as errors.
@@ -66,13 +68,15 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<Report> {
         .iter()
         .filter(|name| !indexed.contains(&name.rsplit('/').next().unwrap_or_default().to_string()))
         .count();
+    let mut needed = HashSet::new();
     for name in storage.list("snapshots")? {
         report.snapshots += 1;
         let id = name.rsplit('/').next().unwrap_or_default();
-        if let Err(e) = check_snapshot(repo, &name, id, &chunks) {
+        if let Err(e) = check_snapshot(repo, &name, id, &chunks, &mut needed) {
             report.problems.push(e);
         }
     }
+    report.unneeded_packs = by_pack.keys().filter(|pack| !needed.contains(*pack)).count();
     if read_data {
         let opener = ChunkOpener::new(repo.master());
         let ids = ChunkIdKey::for_master(repo.master());
@@ -91,6 +95,7 @@ fn check_snapshot(
     name: &str,
     id: &str,
     chunks: &HashMap<[u8; 32], Location>,
+    needed: &mut HashSet<String>,
 ) -> std::result::Result<(), String> {
     let bytes = repo.storage().read(name).map_err(|e| e.to_string())?;
     let (_, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, id).map_err(|e| e.to_string())?;
@@ -100,13 +105,14 @@ fn check_snapshot(
     while let Some(item) = reader.next_item().map_err(fail)? {
         if let Item::Frame(frame) = &item {
             if frame.kind == Kind::ChunkRef {
-                let known = <[u8; 32]>::try_from(&frame.payload[..]).ok().is_some_and(|k| chunks.contains_key(&k));
-                if !known {
+                let held = <[u8; 32]>::try_from(&frame.payload[..]).ok().and_then(|k| chunks.get(&k));
+                let Some(location) = held else {
                     return Err(format!(
                         "snapshot {id} needs chunk {} which no index lists",
                         hex::encode(&frame.payload)
                     ));
-                }
+                };
+                needed.insert(location.pack.clone());
             }
         }
         run_inline(&mut decryptor, item).map_err(fail)?;
