@@ -112,7 +112,7 @@ fn check_snapshot(
                         hex::encode(&frame.payload)
                     ));
                 };
-                needed.insert(location.pack.clone());
+                needed.insert(location.pack.to_string());
             }
         }
         run_inline(&mut decryptor, item).map_err(fail)?;

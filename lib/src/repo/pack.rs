@@ -1,6 +1,8 @@
 //! Pack files, which hold stored chunks back to back, and the index file
 //! written beside each, which says where each chunk is.
 
+use std::sync::Arc;
+
 use super::storage::Storage;
 use crate::error::{Error, Result};
 use crate::format::Encodings;
@@ -24,8 +26,8 @@ const ENTRY_LEN: usize = 48;
 /// Where a stored chunk is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
-    /// The pack's ID (hex BLAKE3 of its bytes).
-    pub pack: String,
+    /// The pack's ID (hex BLAKE3 of its bytes), shared by all its chunks' entries.
+    pub pack: Arc<str>,
     /// Offset of the stored chunk payload in the pack.
     pub offset: u64,
     /// Length of the stored payload (chunk ID, nonce, ciphertext, tag).
@@ -79,12 +81,13 @@ pub fn decode_index(bytes: &[u8], pack: &str) -> Result<Vec<IndexEntry>> {
     if body.len() != 12 + count * ENTRY_LEN {
         return Err(damaged("length does not match its entry count"));
     }
+    let shared: Arc<str> = Arc::from(pack);
     Ok(body[12..]
         .chunks_exact(ENTRY_LEN)
         .map(|raw| IndexEntry {
             id: raw[..32].try_into().unwrap(),
             location: Location {
-                pack: pack.to_string(),
+                pack: shared.clone(),
                 offset: u64::from_le_bytes(raw[32..40].try_into().unwrap()),
                 length: u32::from_le_bytes(raw[40..44].try_into().unwrap()),
                 encodings: Encodings(raw[44]),
@@ -129,7 +132,7 @@ impl<'a> PackWriter<'a> {
         if self.entries.is_empty() {
             return Ok(());
         }
-        let pack = blake3::hash(&self.buffer).to_hex().to_string();
+        let pack: Arc<str> = Arc::from(blake3::hash(&self.buffer).to_hex().as_str());
         self.storage.create(&pack_name(&pack), &self.buffer)?;
         let entries: Vec<IndexEntry> = self
             .entries
@@ -153,7 +156,7 @@ mod tests {
     fn index_round_trips_and_detects_damage() {
         let entries = vec![IndexEntry {
             id: [7; 32],
-            location: Location { pack: "ab".repeat(32), offset: 12, length: 99, encodings: Encodings(7) },
+            location: Location { pack: Arc::from("ab".repeat(32)), offset: 12, length: 99, encodings: Encodings(7) },
         }];
         let bytes = encode_index(&entries);
         assert_eq!(decode_index(&bytes, &"ab".repeat(32)).unwrap(), entries);

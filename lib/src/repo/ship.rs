@@ -86,7 +86,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
         .chunk_index()?
         .into_iter()
         .map(|(id, at)| {
-            let marked_pack = marked.contains(&at.pack).then_some(at.pack);
+            let marked_pack = marked.contains(&*at.pack).then(|| at.pack.to_string());
             (id, Known { stored: at.length as u64, marked_pack })
         })
         .collect();
