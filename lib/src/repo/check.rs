@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::filter::{run_inline, Job};
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
 use crate::keys::Secret;
-use crate::reader::{Item, StreamReader};
+use crate::reader::StreamReader;
 
 /// What a check found.
 #[derive(Debug, Default)]
@@ -99,23 +99,18 @@ fn check_snapshot(
 ) -> std::result::Result<(), String> {
     let bytes = repo.storage().read(name).map_err(|e| e.to_string())?;
     let (_, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, id).map_err(|e| e.to_string())?;
+    let fail = |e: crate::Error| format!("snapshot {id}: {e}");
+    // Every frame authenticates, chunk references included (through the chain).
     let mut decryptor = Decryptor::for_skeletons(Secret::Key(repo.master().duplicate()));
     let mut reader = StreamReader::new(skeleton);
-    let fail = |e: crate::Error| format!("snapshot {id}: {e}");
     while let Some(item) = reader.next_item().map_err(fail)? {
-        if let Item::Frame(frame) = &item {
-            if frame.kind == Kind::ChunkRef {
-                let held = <[u8; 32]>::try_from(&frame.payload[..]).ok().and_then(|k| chunks.get(&k));
-                let Some(location) = held else {
-                    return Err(format!(
-                        "snapshot {id} needs chunk {} which no index lists",
-                        hex::encode(&frame.payload)
-                    ));
-                };
-                needed.insert(location.pack.to_string());
-            }
-        }
         run_inline(&mut decryptor, item).map_err(fail)?;
+    }
+    for chunk in snapshot::chunk_refs(skeleton).map_err(fail)? {
+        let Some(location) = chunks.get(&chunk) else {
+            return Err(format!("snapshot {id} needs chunk {} which no index lists", hex::encode(chunk)));
+        };
+        needed.insert(location.pack.to_string());
     }
     Ok(())
 }

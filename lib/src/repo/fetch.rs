@@ -135,20 +135,21 @@ pub fn fetch(repo: &Repository, ids: &[String], output: impl Write) -> Result<()
 
 /// The stored Data frame of chunk `id`.
 fn read_chunk(repo: &Repository, index: &HashMap<[u8; 32], Location>, id: &[u8]) -> Result<Frame> {
-    let short = hex::encode(&id[..8.min(id.len())]);
-    let location =
-        id.try_into().ok().and_then(|id: [u8; 32]| index.get(&id)).ok_or_else(|| {
-            Error::integrity(format!("chunk {short} is missing from the repository (run `repo check`)"))
-        })?;
+    // Named only when something is wrong, not for every chunk.
+    let short = || hex::encode(&id[..8.min(id.len())]);
+    let location = id.try_into().ok().and_then(|id: [u8; 32]| index.get(&id)).ok_or_else(|| {
+        Error::integrity(format!("chunk {} is missing from the repository (run `repo check`)", short()))
+    })?;
     if location.length as usize > crate::format::MAX_PAYLOAD {
         return Err(Error::integrity(format!(
-            "the index entry of chunk {short} is damaged (length {})",
+            "the index entry of chunk {} is damaged (length {})",
+            short(),
             location.length
         )));
     }
     let payload = repo.storage().read_range(&pack_name(&location.pack), location.offset, location.length as usize)?;
     if payload.len() < CHUNK_ID_LEN || payload[..CHUNK_ID_LEN] != *id {
-        return Err(Error::integrity(format!("pack {} is damaged at chunk {short}", location.pack)));
+        return Err(Error::integrity(format!("pack {} is damaged at chunk {}", location.pack, short())));
     }
     Ok(Frame { kind: Kind::Data, encodings: location.encodings, payload })
 }

@@ -20,8 +20,6 @@ use super::snapshot;
 use super::storage::Storage;
 use super::Repository;
 use crate::error::Result;
-use crate::format::Kind;
-use crate::reader::{Item, StreamReader};
 
 /// What a prune run did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -53,16 +51,7 @@ fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     for name in repo.storage().list("snapshots")? {
         let Some(bytes) = repo.storage().read_if_exists(&name)? else { continue };
         let (_, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, &pack_of(&name))?;
-        let mut reader = StreamReader::new(skeleton);
-        while let Some(item) = reader.next_item()? {
-            if let Item::Frame(frame) = item {
-                if frame.kind == Kind::ChunkRef {
-                    if let Ok(id) = <[u8; 32]>::try_from(&frame.payload[..]) {
-                        ids.insert(id);
-                    }
-                }
-            }
-        }
+        ids.extend(snapshot::chunk_refs(skeleton)?);
     }
     Ok(ids)
 }

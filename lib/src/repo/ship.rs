@@ -46,8 +46,8 @@ struct Known {
 struct Shipment {
     /// Marked packs this stream refers to: unmarked before its snapshot is stored.
     revived: HashSet<String>,
-    /// Frames seen so far.
-    skeleton_frames: u64,
+    /// Whether the stream's first frame has been seen (it must be Cipher).
+    opened: bool,
     skeleton: StreamWriter<Vec<u8>>,
     stream_id: StreamId,
     begin: Option<Begin>,
@@ -104,7 +104,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 decrypt(&mut decryptor, Item::Start(id))?;
                 current = Some(Shipment {
                     revived: HashSet::new(),
-                    skeleton_frames: 0,
+                    opened: false,
                     skeleton,
                     stream_id: id,
                     begin: None,
@@ -119,10 +119,10 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
             Item::Frame(frame) => frame,
         };
         let ship = current.as_mut().expect("frames come after a preamble");
-        if ship.skeleton_frames == 0 && !matches!(frame.kind, Kind::Cipher | Kind::Abort) {
+        if !ship.opened && !matches!(frame.kind, Kind::Cipher | Kind::Abort) {
             return Err(Error::usage(NOT_ENCRYPTED));
         }
-        ship.skeleton_frames += 1;
+        ship.opened = true;
         if frame.kind == Kind::Data && !frame.encodings.has(Encodings::CHUNKED) {
             return Err(Error::usage(
                 "ship stores chunked content only: put `chunk --repo R` before `ship R` in the pipeline",
@@ -166,8 +166,9 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                     ship.new_bytes += frame.payload.len() as u64;
                 }
             }
-            ship.skeleton.write(&chunk_ref(&id))?;
-            decrypt(&mut decryptor, Item::Frame(chunk_ref(&id)))?;
+            let reference = chunk_ref(&id);
+            ship.skeleton.write(&reference)?;
+            decrypt(&mut decryptor, Item::Frame(reference))?;
             continue;
         }
         ship.skeleton.write(&frame)?;

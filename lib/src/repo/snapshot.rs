@@ -90,3 +90,18 @@ pub fn decode<'a>(bytes: &'a [u8], master: &MasterKey, repo_id: &str, name: &str
 pub fn id_of(bytes: &[u8]) -> String {
     hex::encode(&blake3::hash(bytes).as_bytes()[..16])
 }
+
+/// The chunk IDs a skeleton refers to, in order (checking its frames on the way).
+pub fn chunk_refs(skeleton: &[u8]) -> Result<Vec<[u8; 32]>> {
+    let mut ids = Vec::new();
+    let mut reader = crate::reader::StreamReader::new(skeleton);
+    while let Some(item) = reader.next_item()? {
+        if let crate::reader::Item::Frame(frame) = item {
+            if frame.kind == crate::format::Kind::ChunkRef {
+                let id = frame.payload[..].try_into().map_err(|_| Error::integrity("a ChunkRef frame is malformed"))?;
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
