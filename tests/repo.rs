@@ -1,15 +1,141 @@
-//! The local repository through real pipelines: ship and fetch round trips,
-//! deduplication, concurrent writers, crashes at any instant, damage, keys.
+//! The repository on every backend (a local directory, a private OpenSSH
+//! SFTP server, a private S3 server) through real pipelines: ship and fetch
+//! round trips, deduplication, concurrent writers, crashes at any instant,
+//! damage, keys. scripts/test starts the servers and sets BACKPIPE_TEST_*.
 
 mod common;
 
 use std::path::Path;
+use std::process::Output;
 
+use backpipe::repo::storage::Storage;
 use common::*;
 
-/// The backup and restore pipelines, with the key from the file `k`.
-const BACKUP: &str = "chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k | ship R --key-file k";
-const RESTORE: &str = "encrypt -d --repo R --key-file k | squeeze -d | chunk -d";
+/// The backup and restore pipelines, with the key from the file `k`, into the repository `$R`.
+const BACKUP: &str =
+    r#"chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k | ship "$R" --key-file k"#;
+const RESTORE: &str = r#"encrypt -d --repo "$R" --key-file k | squeeze -d | chunk -d"#;
+
+/// Where a test's repository lives.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Local,
+    Sftp,
+    S3,
+}
+
+/// A setting scripts/test exports for the private servers it starts.
+fn server_setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test, which starts the private SFTP and S3 servers")
+    })
+}
+
+impl Backend {
+    /// A fresh repository location for the test working in `dir`.
+    fn location(self, dir: &Path) -> String {
+        let unique = dir.file_name().unwrap().to_string_lossy().into_owned();
+        match self {
+            Backend::Local => dir.join("R").display().to_string(),
+            Backend::Sftp => format!(
+                "sftp://{}@{}:{}{}/{unique}",
+                server_setting("BACKPIPE_TEST_SFTP_USER"),
+                server_setting("BACKPIPE_TEST_SFTP_HOST"),
+                server_setting("BACKPIPE_TEST_SFTP_PORT"),
+                server_setting("BACKPIPE_TEST_SFTP_ROOT"),
+            ),
+            Backend::S3 => format!(
+                "s3://{}/{unique}?endpoint={}&region={}",
+                server_setting("BACKPIPE_TEST_S3_BUCKET"),
+                server_setting("BACKPIPE_TEST_S3_ENDPOINT"),
+                server_setting("BACKPIPE_TEST_S3_REGION"),
+            ),
+        }
+    }
+}
+
+/// One test's scratch directory and repository; scripts run in the
+/// directory with the repository's location in `$R`.
+struct Case {
+    dir: tempfile::TempDir,
+    repo: String,
+}
+
+impl Case {
+    /// A scratch directory, a key file `k` and an initialised repository.
+    fn new(backend: Backend) -> Case {
+        let case = Case::without_repo(backend);
+        case.ok(r#"keygen k && repo init "$R" --key-file k 2>/dev/null"#);
+        case
+    }
+
+    /// A scratch directory and a location where no repository exists yet.
+    fn without_repo(backend: Backend) -> Case {
+        let dir = scratch();
+        let repo = backend.location(dir.path());
+        Case { dir, repo }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, script: &str) -> Output {
+        sh(self.path(), &format!("export R='{}'\n{script}", self.repo))
+    }
+
+    fn ok(&self, script: &str) -> Vec<u8> {
+        sh_ok(self.path(), &format!("export R='{}'\n{script}", self.repo))
+    }
+
+    fn fails(&self, script: &str, code: i32) -> String {
+        sh_fails(self.path(), &format!("export R='{}'\n{script}", self.repo), code)
+    }
+
+    /// Ships the tree `what` and returns the receipt.
+    fn ship(&self, what: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.ok(&format!("dump-files {what} | {BACKUP}"))).expect("one JSON receipt")
+    }
+
+    fn snapshot_count(&self) -> usize {
+        String::from_utf8(self.ok(r#"repo snapshots "$R" --key-file k"#)).unwrap().lines().count()
+    }
+
+    /// Fetches snapshot `which` and restores it into `out` (emptied first).
+    fn restore(&self, which: &str, out: &str) {
+        self.ok(&format!(r#"rm -rf {out} && fetch "$R" {which} --key-file k | {RESTORE} | unpack {out}"#));
+    }
+
+    /// The repository's storage, reached directly, as an attacker or a failing disk would.
+    fn storage(&self) -> Box<dyn Storage> {
+        backpipe::repo::open_storage(&self.repo).unwrap()
+    }
+
+    fn objects(&self, folder: &str) -> Vec<String> {
+        self.storage().list(folder).unwrap()
+    }
+
+    /// Every object of the repository, by name.
+    fn all_objects(&self) -> Vec<String> {
+        let mut names = vec!["config".to_string()];
+        for folder in ["keys", "data", "index", "snapshots", "pending"] {
+            names.extend(self.objects(folder));
+        }
+        names
+    }
+
+    fn stored_bytes(&self, folder: &str) -> u64 {
+        let storage = self.storage();
+        self.objects(folder).iter().map(|name| storage.size(name).unwrap()).sum()
+    }
+
+    /// Replaces an object's bytes.
+    fn overwrite(&self, name: &str, bytes: &[u8]) {
+        let storage = self.storage();
+        storage.remove(name).unwrap();
+        storage.create(name, bytes).unwrap();
+    }
+}
 
 /// Some data with text and random parts, about `mib` MiB.
 fn data(mib: usize, seed: u64) -> Vec<u8> {
@@ -27,35 +153,43 @@ fn data(mib: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn init(dir: &Path) {
-    sh_ok(dir, "keygen k && repo init R --key-file k 2>/dev/null");
+/// Runs each named test function once per backend, as `local::name`, `sftp::name` and `s3::name`.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod local { $( #[test] fn $test() { super::$test(super::Backend::Local) } )* }
+        mod sftp { $( #[test] fn $test() { super::$test(super::Backend::Sftp) } )* }
+        mod s3 { $( #[test] fn $test() { super::$test(super::Backend::S3) } )* }
+    };
 }
 
-/// Ships `what` and returns the receipt as JSON.
-fn ship(dir: &Path, what: &str) -> serde_json::Value {
-    let out = sh_ok(dir, &format!("dump-files {what} | {BACKUP}"));
-    serde_json::from_slice(&out).expect("one JSON receipt")
-}
+on_every_backend!(
+    ship_and_fetch_round_trip_and_deduplicate,
+    fetch_until_picks_the_chain_that_covers_a_time,
+    forget_and_prune_free_space_and_keep_what_is_needed,
+    prune_beside_a_running_ship_loses_nothing,
+    concurrent_ships_all_restore,
+    a_killed_ship_leaves_a_repository_that_checks_clean,
+    damage_is_reported_and_never_restored_as_good,
+    ship_refuses_incomplete_unencrypted_and_foreign_streams,
+    keys_can_be_added_listed_and_removed,
+    forged_chunks_summaries_and_references_are_refused,
+    repository_files_hold_no_plaintext,
+);
 
-fn snapshot_count(dir: &Path) -> usize {
-    String::from_utf8(sh_ok(dir, "repo snapshots R --key-file k")).unwrap().lines().count()
-}
-
-#[test]
-fn ship_and_fetch_round_trip_and_deduplicate() {
-    let dir = scratch();
-    init(dir.path());
+fn ship_and_fetch_round_trip_and_deduplicate(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
     let v1 = data(24, 1);
-    put(&dir.path().join("db/table.sql"), &v1, 0o640, 1_700_000_000);
-    put(&dir.path().join("db/small"), b"small file", 0o600, 1_700_000_001);
-    let first = ship(dir.path(), "db");
+    put(&dir.join("db/table.sql"), &v1, 0o640, 1_700_000_000);
+    put(&dir.join("db/small"), b"small file", 0o600, 1_700_000_001);
+    let first = case.ship("db");
     assert_eq!(first["engine"], "files");
     assert_eq!(first["entries"], 3);
     let first_new = first["new_bytes"].as_u64().unwrap();
     assert!(first_new > 4 << 20, "{first}");
 
     // Unchanged: every chunk is already stored.
-    let second = ship(dir.path(), "db");
+    let second = case.ship("db");
     assert_eq!(second["new_chunks"], 0, "{second}");
     assert_eq!(second["new_bytes"], 0);
     assert_eq!(second["deduplicated_bytes"].as_u64().unwrap(), first_new);
@@ -65,363 +199,312 @@ fn ship_and_fetch_round_trip_and_deduplicate() {
     let mid = v2.len() / 2;
     v2[mid..mid + v1.len() / 100].copy_from_slice(&noise(v1.len() / 100, 9));
     v2.splice(100_000..100_000, noise(1000, 3));
-    put(&dir.path().join("db/table.sql"), &v2, 0o640, 1_700_000_100);
-    let third = ship(dir.path(), "db");
+    put(&dir.join("db/table.sql"), &v2, 0o640, 1_700_000_100);
+    let third = case.ship("db");
     let added = third["new_bytes"].as_u64().unwrap();
     assert!(added < first_new / 3, "a 1% change added {added} of {first_new} bytes");
 
-    assert_eq!(snapshot_count(dir.path()), 3);
-    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
-    // Latest gives v2; the first snapshot by its ID gives v1.
-    sh_ok(dir.path(), &format!("fetch R latest --key-file k | {RESTORE} | unpack latest"));
-    assert_eq!(std::fs::read(dir.path().join("latest/db/table.sql")).unwrap(), v2);
-    let id = first["snapshot"].as_str().unwrap();
-    sh_ok(dir.path(), &format!("fetch R {} --key-file k | {RESTORE} | unpack first", &id[..8]));
-    assert_eq!(std::fs::read(dir.path().join("first/db/table.sql")).unwrap(), v1);
-    assert_eq!(std::fs::read(dir.path().join("first/db/small")).unwrap(), b"small file");
+    assert_eq!(case.snapshot_count(), 3);
+    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+    // Latest gives v2; the first snapshot by its ID prefix gives v1.
+    case.restore("latest", "latest");
+    assert_eq!(std::fs::read(dir.join("latest/db/table.sql")).unwrap(), v2);
+    case.restore(&first["snapshot"].as_str().unwrap()[..8], "first");
+    assert_eq!(std::fs::read(dir.join("first/db/table.sql")).unwrap(), v1);
+    assert_eq!(std::fs::read(dir.join("first/db/small")).unwrap(), b"small file");
 }
 
-#[test]
-fn fetch_until_picks_the_chain_that_covers_a_time() {
-    let dir = scratch();
-    init(dir.path());
-    put(&dir.path().join("db/v"), b"version one", 0o644, 1_700_000_000);
-    ship(dir.path(), "db");
-    let between = String::from_utf8(sh_ok(dir.path(), "date -u +%Y-%m-%dT%H:%M:%SZ; sleep 2")).unwrap();
-    put(&dir.path().join("db/v"), b"version two", 0o644, 1_700_000_100);
-    ship(dir.path(), "db");
+fn fetch_until_picks_the_chain_that_covers_a_time(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("db/v"), b"version one", 0o644, 1_700_000_000);
+    case.ship("db");
+    let between = String::from_utf8(case.ok("date -u +%Y-%m-%dT%H:%M:%SZ; sleep 2")).unwrap();
+    put(&dir.join("db/v"), b"version two", 0o644, 1_700_000_100);
+    case.ship("db");
     let between = between.trim();
-    sh_ok(dir.path(), &format!("fetch R --until {between} --key-file k | {RESTORE} | unpack at-t1"));
-    assert_eq!(std::fs::read(dir.path().join("at-t1/db/v")).unwrap(), b"version one");
-    sh_ok(dir.path(), &format!("fetch R --until '2999-01-01 00:00' --key-file k | {RESTORE} | unpack now"));
-    assert_eq!(std::fs::read(dir.path().join("now/db/v")).unwrap(), b"version two");
+    case.ok(&format!(r#"fetch "$R" --until {between} --key-file k | {RESTORE} | unpack at-t1"#));
+    assert_eq!(std::fs::read(dir.join("at-t1/db/v")).unwrap(), b"version one");
+    case.ok(&format!(r#"fetch "$R" --until '2999-01-01 00:00' --key-file k | {RESTORE} | unpack now"#));
+    assert_eq!(std::fs::read(dir.join("now/db/v")).unwrap(), b"version two");
     let listed =
-        sh_ok(dir.path(), &format!("repo snapshots R --key-file k --until {between} --engine files --kind full"));
+        case.ok(&format!(r#"repo snapshots "$R" --key-file k --until {between} --engine files --kind full"#));
     assert_eq!(String::from_utf8(listed).unwrap().lines().count(), 1);
-    let err = sh_fails(dir.path(), "fetch R --until 2001-01-01 --key-file k > /dev/null", 1);
+    let err = case.fails(r#"fetch "$R" --until 2001-01-01 --key-file k > /dev/null"#, 1);
     assert!(err.contains("no full backup"), "{err}");
-    let err = sh_fails(dir.path(), "fetch R --until yesterday-ish --key-file k > /dev/null", 2);
+    let err = case.fails(r#"fetch "$R" --until yesterday-ish --key-file k > /dev/null"#, 2);
     assert!(err.contains("not a time"), "{err}");
 }
 
-#[test]
-fn forget_and_prune_free_space_and_keep_what_is_needed() {
-    let dir = scratch();
-    init(dir.path());
+fn forget_and_prune_free_space_and_keep_what_is_needed(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
-        put(&dir.path().join(format!("v{name}/db/data")), &data(6, 10 + i as u64), 0o644, 1_700_000_000);
+        put(&dir.join(format!("v{name}/db/data")), &data(6, 10 + i as u64), 0o644, 1_700_000_000);
     }
-    ship(dir.path(), "va/db");
+    case.ship("va/db");
     // Made before forget and prune: this stream refers to chunks of the first backup.
-    sh_ok(
-        dir.path(),
-        "dump-files va/db | chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k > again.bp",
-    );
-    ship(dir.path(), "vb/db");
-    let third = ship(dir.path(), "vc/db");
-    let before = dir_size(&dir.path().join("R/data"));
+    case.ok(r#"dump-files va/db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > again.bp"#);
+    case.ship("vb/db");
+    let third = case.ship("vc/db");
+    let before = case.stored_bytes("data");
     let listing =
-        String::from_utf8(sh_ok(dir.path(), "repo forget R --keep-last 1 --dry-run --key-file k 2>/dev/null")).unwrap();
+        String::from_utf8(case.ok(r#"repo forget "$R" --keep-last 1 --dry-run --key-file k 2>/dev/null"#)).unwrap();
     assert_eq!(listing.lines().filter(|l| l.starts_with("remove")).count(), 2, "{listing}");
-    assert_eq!(snapshot_count(dir.path()), 3, "a dry run removes nothing");
-    sh_ok(dir.path(), "repo forget R --keep-last 1 --key-file k > /dev/null 2>&1");
-    assert_eq!(snapshot_count(dir.path()), 1);
+    assert_eq!(case.snapshot_count(), 3, "a dry run removes nothing");
+    case.ok(r#"repo forget "$R" --keep-last 1 --key-file k > /dev/null 2>&1"#);
+    assert_eq!(case.snapshot_count(), 1);
     // First prune only marks; a backup that refers to a marked pack is still accepted
     // (it was chunked before the mark), and ship unmarks that pack before its snapshot appears.
-    let err = String::from_utf8(sh(dir.path(), "repo prune R --key-file k").stderr).unwrap();
+    let err = String::from_utf8(case.run(r#"repo prune "$R" --key-file k"#).stderr).unwrap();
     assert!(err.contains("2 packs marked, 0 deleted"), "{err}");
-    let again: serde_json::Value =
-        serde_json::from_slice(&sh_ok(dir.path(), "ship R --key-file k < again.bp")).unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&case.ok(r#"ship "$R" --key-file k < again.bp"#)).unwrap();
     assert_eq!(again["new_chunks"], 0, "{again}");
-    assert_eq!(walk_files(&dir.path().join("R/pending")).len(), 1, "the first backup's pack is unmarked");
-    let err = String::from_utf8(sh(dir.path(), "repo prune R --grace 0m --key-file k").stderr).unwrap();
+    assert_eq!(case.objects("pending").len(), 1, "the first backup's pack is unmarked");
+    let err = String::from_utf8(case.run(r#"repo prune "$R" --grace 0m --key-file k"#).stderr).unwrap();
     assert!(err.contains(": 0 packs marked, 1 deleted"), "{err}");
-    assert!(walk_files(&dir.path().join("R/pending")).is_empty());
-    assert!(dir_size(&dir.path().join("R/data")) < before * 3 / 4, "space was freed");
-    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    assert!(case.objects("pending").is_empty());
+    assert!(case.stored_bytes("data") < before * 3 / 4, "space was freed");
+    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
     for (receipt, tree) in [(&third, "vc"), (&again, "va")] {
-        let id = receipt["snapshot"].as_str().unwrap();
-        sh_ok(dir.path(), &format!("rm -rf out && fetch R {id} --key-file k | {RESTORE} | unpack out"));
-        assert_same_tree(&dir.path().join(tree).join("db"), &dir.path().join("out/db"));
+        case.restore(receipt["snapshot"].as_str().unwrap(), "out");
+        assert_same_tree(&dir.join(tree).join("db"), &dir.join("out/db"));
     }
-    let err = sh_fails(dir.path(), "repo forget R --key-file k", 2);
+    let err = case.fails(r#"repo forget "$R" --key-file k"#, 2);
     assert!(err.contains("--keep"), "{err}");
 }
 
-#[test]
-fn prune_beside_a_running_ship_loses_nothing() {
-    let dir = scratch();
-    init(dir.path());
-    put(&dir.path().join("old/data"), &data(8, 20), 0o644, 1_700_000_000);
+fn prune_beside_a_running_ship_loses_nothing(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("old/data"), &data(8, 20), 0o644, 1_700_000_000);
     // Large enough that the running ship stores packs before its snapshot.
-    put(&dir.path().join("new/data"), &data(160, 21), 0o644, 1_700_000_000);
-    ship(dir.path(), "old");
-    put(&dir.path().join("keep/data"), &data(2, 22), 0o644, 1_700_000_000);
-    let kept = ship(dir.path(), "keep");
-    sh_ok(dir.path(), "repo forget R --keep-last 1 --key-file k > /dev/null 2>&1");
-    sh_ok(
-        dir.path(),
-        &format!(
-            "(dump-files new | {BACKUP} > receipt) & ship_pid=$!
-             while kill -0 $ship_pid 2>/dev/null; do repo prune R --key-file k 2>/dev/null; done
-             wait $ship_pid"
-        ),
-    );
+    put(&dir.join("new/data"), &data(160, 21), 0o644, 1_700_000_000);
+    case.ship("old");
+    put(&dir.join("keep/data"), &data(2, 22), 0o644, 1_700_000_000);
+    let kept = case.ship("keep");
+    case.ok(r#"repo forget "$R" --keep-last 1 --key-file k > /dev/null 2>&1"#);
+    case.ok(&format!(
+        r#"(dump-files new | {BACKUP} > receipt) & ship_pid=$!
+           while kill -0 $ship_pid 2>/dev/null; do repo prune "$R" --key-file k 2>/dev/null; done
+           wait $ship_pid"#
+    ));
     // Once the ship is done, a prune past the grace period reclaims the forgotten backup.
-    sh_ok(
-        dir.path(),
-        "repo prune R --grace 0m --key-file k 2>/dev/null && repo prune R --grace 0m --key-file k 2>/dev/null",
-    );
-    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
-    let new: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("receipt")).unwrap()).unwrap();
+    case.ok(r#"repo prune "$R" --grace 0m --key-file k 2>/dev/null && repo prune "$R" --grace 0m --key-file k 2>/dev/null"#);
+    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+    let new: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("receipt")).unwrap()).unwrap();
     for (receipt, tree) in [(&new, "new"), (&kept, "keep")] {
-        let id = receipt["snapshot"].as_str().unwrap();
-        sh_ok(dir.path(), &format!("rm -rf out && fetch R {id} --key-file k | {RESTORE} | unpack out"));
-        assert_same_tree(&dir.path().join(tree), &dir.path().join("out").join(tree));
+        case.restore(receipt["snapshot"].as_str().unwrap(), "out");
+        assert_same_tree(&dir.join(tree), &dir.join("out").join(tree));
     }
 }
 
-fn dir_size(dir: &Path) -> u64 {
-    walk_files(dir).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
-}
-
-#[test]
-fn concurrent_ships_all_restore() {
-    let dir = scratch();
-    init(dir.path());
+fn concurrent_ships_all_restore(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
     for i in 0..4 {
-        put(&dir.path().join(format!("d{i}/data")), &data(6, i), 0o644, 1_700_000_000);
-        put(&dir.path().join(format!("d{i}/shared")), &data(4, 99), 0o644, 1_700_000_000);
+        put(&dir.join(format!("d{i}/data")), &data(6, i), 0o644, 1_700_000_000);
+        put(&dir.join(format!("d{i}/shared")), &data(4, 99), 0o644, 1_700_000_000);
     }
-    sh_ok(
-        dir.path(),
-        &format!(
-            "for i in 0 1 2 3; do (dump-files d$i | {BACKUP} > receipt$i) & done; wait
-             for i in 0 1 2 3; do test -s receipt$i; done"
-        ),
-    );
-    assert_eq!(snapshot_count(dir.path()), 4);
-    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    case.ok(&format!(
+        "for i in 0 1 2 3; do (dump-files d$i | {BACKUP} > receipt$i) & done; wait
+         for i in 0 1 2 3; do test -s receipt$i; done"
+    ));
+    assert_eq!(case.snapshot_count(), 4);
+    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
     for i in 0..4 {
-        let id: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join(format!("receipt{i}"))).unwrap()).unwrap();
-        let id = id["snapshot"].as_str().unwrap();
-        sh_ok(dir.path(), &format!("fetch R {id} --key-file k | {RESTORE} | unpack out{i}"));
-        assert_same_tree(&dir.path().join(format!("d{i}")), &dir.path().join(format!("out{i}/d{i}")));
+        let receipt: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(format!("receipt{i}"))).unwrap()).unwrap();
+        case.restore(receipt["snapshot"].as_str().unwrap(), &format!("out{i}"));
+        assert_same_tree(&dir.join(format!("d{i}")), &dir.join(format!("out{i}/d{i}")));
     }
 }
 
-#[test]
-fn a_killed_ship_leaves_a_repository_that_checks_clean() {
-    let dir = scratch();
-    init(dir.path());
-    put(&dir.path().join("big/data"), &data(96, 5), 0o644, 1_700_000_000);
-    sh_ok(
-        dir.path(),
-        "dump-files big | chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k > stream.bp",
-    );
-    for delay in ["0.01", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8"] {
-        let _ = sh(dir.path(), &format!("timeout -s KILL {delay} ship R --key-file k < stream.bp > /dev/null"));
-        sh_ok(dir.path(), "repo check R --key-file k 2>/dev/null");
-        let listed = snapshot_count(dir.path());
+fn a_killed_ship_leaves_a_repository_that_checks_clean(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("big/data"), &data(96, 5), 0o644, 1_700_000_000);
+    case.ok(r#"dump-files big | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > stream.bp"#);
+    // Kill instants from before the first pack upload to the snapshot write.
+    for delay in ["0.01", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8", "1.2", "2", "3"] {
+        let _ = case.run(&format!(r#"timeout -s KILL {delay} ship "$R" --key-file k < stream.bp > /dev/null"#));
+        case.ok(r#"repo check "$R" --key-file k 2>/dev/null"#);
+        let listed = case.snapshot_count();
         assert!(listed <= 1, "kill after {delay}s: {listed} snapshots");
         if listed == 1 {
             break;
         }
     }
     // Whatever happened, the next ship succeeds and restores.
-    sh_ok(dir.path(), "ship R --key-file k < stream.bp > receipt");
-    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
-    sh_ok(dir.path(), &format!("fetch R latest --key-file k | {RESTORE} | unpack out"));
-    assert_same_tree(&dir.path().join("big"), &dir.path().join("out/big"));
+    case.ok(r#"ship "$R" --key-file k < stream.bp > receipt"#);
+    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+    case.restore("latest", "out");
+    assert_same_tree(&dir.join("big"), &dir.join("out/big"));
 }
 
-#[test]
-fn damage_is_reported_and_never_restored_as_good() {
-    let dir = scratch();
-    init(dir.path());
-    put(&dir.path().join("db/data"), &data(8, 2), 0o644, 1_700_000_000);
-    ship(dir.path(), "db");
-    let packs: Vec<_> = walk_files(&dir.path().join("R/data"));
+fn damage_is_reported_and_never_restored_as_good(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("db/data"), &data(8, 2), 0o644, 1_700_000_000);
+    case.ship("db");
+    let packs = case.objects("data");
     assert_eq!(packs.len(), 1);
     let pack = &packs[0];
-    let original = std::fs::read(pack).unwrap();
+    let original = case.storage().read(pack).unwrap();
 
     // A flipped byte in a pack.
     let mut flipped = original.clone();
     flipped[original.len() / 2] ^= 1;
-    std::fs::write(pack, &flipped).unwrap();
-    let err = sh_fails(dir.path(), "repo check --read-data R --key-file k", 4);
+    case.overwrite(pack, &flipped);
+    let err = case.fails(r#"repo check --read-data "$R" --key-file k"#, 4);
     assert!(err.contains("damaged") || err.contains("authentication"), "{err}");
-    let out = sh(dir.path(), &format!("fetch R latest --key-file k | {RESTORE} | unpack out"));
+    let out = case.run(&format!(r#"fetch "$R" latest --key-file k | {RESTORE} | unpack out"#));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
-    assert!(!dir.path().join("out/db").exists(), "nothing restored");
+    assert!(!dir.join("out/db").exists(), "nothing restored");
 
     // A deleted pack.
-    std::fs::remove_file(pack).unwrap();
-    let err = sh_fails(dir.path(), "repo check R --key-file k", 4);
+    case.storage().remove(pack).unwrap();
+    let err = case.fails(r#"repo check "$R" --key-file k"#, 4);
     assert!(err.contains("missing"), "{err}");
-    let out = sh(dir.path(), "fetch R latest --key-file k > /dev/null");
+    let out = case.run(r#"fetch "$R" latest --key-file k > /dev/null"#);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(pack, &original).unwrap();
+    case.storage().create(pack, &original).unwrap();
 
     // A truncated index.
-    let index = walk_files(&dir.path().join("R/index")).remove(0);
-    let bytes = std::fs::read(&index).unwrap();
-    std::fs::write(&index, &bytes[..bytes.len() - 10]).unwrap();
-    let err = sh_fails(dir.path(), "repo check R --key-file k", 4);
+    let index = case.objects("index").remove(0);
+    let bytes = case.storage().read(&index).unwrap();
+    case.overwrite(&index, &bytes[..bytes.len() - 10]);
+    let err = case.fails(r#"repo check "$R" --key-file k"#, 4);
     assert!(err.contains("index"), "{err}");
-    let out = sh(dir.path(), "fetch R latest --key-file k > /dev/null");
+    let out = case.run(r#"fetch "$R" latest --key-file k > /dev/null"#);
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(&index, &bytes).unwrap();
-    sh_ok(dir.path(), "repo check --read-data R --key-file k 2>/dev/null");
+    case.overwrite(&index, &bytes);
+    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
 }
 
-#[test]
-fn ship_refuses_incomplete_unencrypted_and_foreign_streams() {
-    let dir = scratch();
-    init(dir.path());
-    put(&dir.path().join("db/data"), &data(4, 3), 0o644, 1_700_000_000);
-    sh_ok(dir.path(), "dump-files db | chunk --repo R --key-file k | encrypt --repo R --key-file k > s.bp");
-    let size = std::fs::metadata(dir.path().join("s.bp")).unwrap().len();
-    sh_fails(dir.path(), &format!("head -c {} s.bp | ship R --key-file k", size - 100), 3);
-    let err = sh_fails(dir.path(), "dump-files db | chunk --repo R --key-file k | ship R --key-file k", 2);
+fn ship_refuses_incomplete_unencrypted_and_foreign_streams(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("db/data"), &data(4, 3), 0o644, 1_700_000_000);
+    case.ok(r#"dump-files db | chunk --repo "$R" --key-file k | encrypt --repo "$R" --key-file k > s.bp"#);
+    let size = std::fs::metadata(dir.join("s.bp")).unwrap().len();
+    case.fails(&format!(r#"head -c {} s.bp | ship "$R" --key-file k"#, size - 100), 3);
+    let err = case.fails(r#"dump-files db | chunk --repo "$R" --key-file k | ship "$R" --key-file k"#, 2);
     assert!(err.contains("encrypt --repo"), "{err}");
-    let err = sh_fails(
-        dir.path(),
-        "keygen other && dump-files db | chunk | encrypt --key-file other | ship R --key-file k",
-        4,
-    );
-    assert!(err.contains("wrong key"), "{err}");
     let err =
-        sh_fails(dir.path(), "dump-files /proc/self/mem | encrypt --repo R --key-file k | ship R --key-file k", 3);
+        case.fails(r#"keygen other && dump-files db | chunk | encrypt --key-file other | ship "$R" --key-file k"#, 4);
+    assert!(err.contains("wrong key"), "{err}");
+    let err = case.fails(
+        r#"dump-files /proc/self/mem | encrypt --repo "$R" --key-file k | ship "$R" --key-file k"#,
+        3,
+    );
     assert!(err.contains("no snapshot was stored"), "{err}");
-    assert_eq!(snapshot_count(dir.path()), 0);
-    // Keys: a wrong key and a directory that is not a repository are usage errors.
-    let err = sh_fails(dir.path(), "repo snapshots R --key-file other", 2);
+    assert_eq!(case.snapshot_count(), 0);
+    assert!(case.objects("data").is_empty() && case.objects("snapshots").is_empty(), "nothing was stored");
+    // Keys: a wrong key and a place that is not a repository are usage errors.
+    let err = case.fails(r#"repo snapshots "$R" --key-file other"#, 2);
     assert!(err.contains("no key slot"), "{err}");
-    let err = sh_fails(dir.path(), "mkdir -p empty && repo snapshots empty --key-file k", 2);
+    let err = case.fails("mkdir -p empty && repo snapshots empty --key-file k", 2);
     assert!(err.contains("not a backpipe repository"), "{err}");
-    let err = sh_fails(dir.path(), "repo init R --key-file k", 1);
+    let err = case.fails(r#"repo init "$R" --key-file k"#, 1);
     assert!(err.contains("not empty"), "{err}");
 }
 
-#[test]
-fn keys_can_be_added_listed_and_removed() {
-    let dir = scratch();
-    init(dir.path());
-    put(&dir.path().join("db/data"), b"content", 0o644, 1_700_000_000);
-    ship(dir.path(), "db");
-    sh_ok(dir.path(), "printf 'second key' > pw && repo key add R --key-file k --new-passphrase-file pw 2>/dev/null");
-    let slots = String::from_utf8(sh_ok(dir.path(), "repo key list R")).unwrap();
+fn keys_can_be_added_listed_and_removed(backend: Backend) {
+    let case = Case::new(backend);
+    put(&case.path().join("db/data"), b"content", 0o644, 1_700_000_000);
+    case.ship("db");
+    case.ok(r#"printf 'second key' > pw && repo key add "$R" --key-file k --new-passphrase-file pw 2>/dev/null"#);
+    let slots = String::from_utf8(case.ok(r#"repo key list "$R""#)).unwrap();
     assert_eq!(slots.lines().count(), 2, "{slots}");
     assert!(slots.contains("passphrase") && slots.contains("key-file"), "{slots}");
     // The passphrase opens the same repository.
-    sh_ok(
-        dir.path(),
-        "fetch R latest --passphrase-file pw | encrypt -d --repo R --passphrase-file pw | chunk -d | unpack out",
+    case.ok(
+        r#"fetch "$R" latest --passphrase-file pw | encrypt -d --repo "$R" --passphrase-file pw | chunk -d | unpack out"#,
     );
-    assert_eq!(std::fs::read(dir.path().join("out/db/data")).unwrap(), b"content");
+    assert_eq!(std::fs::read(case.path().join("out/db/data")).unwrap(), b"content");
     let file_slot = slots.lines().find(|l| l.ends_with("key-file")).unwrap().split_whitespace().next().unwrap();
-    let err = sh_fails(dir.path(), &format!("repo key remove R {file_slot} --key-file k"), 2);
+    let err = case.fails(&format!(r#"repo key remove "$R" {file_slot} --key-file k"#), 2);
     assert!(err.contains("opened the repository"), "{err}");
-    sh_ok(dir.path(), &format!("repo key remove R {file_slot} --passphrase-file pw 2>/dev/null"));
-    let err = sh_fails(dir.path(), "repo snapshots R --key-file k", 2);
+    case.ok(&format!(r#"repo key remove "$R" {file_slot} --passphrase-file pw 2>/dev/null"#));
+    let err = case.fails(r#"repo snapshots "$R" --key-file k"#, 2);
     assert!(err.contains("no key slot"), "{err}");
-    sh_ok(dir.path(), "repo snapshots R --passphrase-file pw");
-    sh_fails(dir.path(), "repo key list not-a-repo", 2);
+    case.ok(r#"repo snapshots "$R" --passphrase-file pw"#);
+    case.fails("repo key list not-a-repo", 2);
 }
 
-#[test]
-fn forged_chunks_summaries_and_references_are_refused() {
+fn forged_chunks_summaries_and_references_are_refused(backend: Backend) {
     use backpipe::format::Kind;
-    let dir = scratch();
-    init(dir.path());
-    put(&dir.path().join("db/data"), &data(3, 7), 0o644, 1_700_000_000);
-    sh_ok(dir.path(), "dump-files db | chunk --repo R --key-file k | squeeze | encrypt --repo R --key-file k > s.bp");
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("db/data"), &data(3, 7), 0o644, 1_700_000_000);
+    case.ok(r#"dump-files db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > s.bp"#);
     // A chunk altered in transit (framing re-made with valid checksums) is not stored.
-    let stream = std::fs::read(dir.path().join("s.bp")).unwrap();
+    let stream = std::fs::read(dir.join("s.bp")).unwrap();
     let tampered = forge(&stream, |frames| {
         let chunk = frames.iter_mut().find(|f| f.kind == Kind::Data).unwrap();
         let n = chunk.payload.len();
         chunk.payload[n - 20] ^= 1;
     });
-    std::fs::write(dir.path().join("bad.bp"), tampered).unwrap();
-    let err = sh_fails(dir.path(), "ship R --key-file k < bad.bp", 4);
+    std::fs::write(dir.join("bad.bp"), tampered).unwrap();
+    let err = case.fails(r#"ship "$R" --key-file k < bad.bp"#, 4);
     assert!(err.contains("authentication failed"), "{err}");
-    assert_eq!(snapshot_count(dir.path()), 0);
+    assert_eq!(case.snapshot_count(), 0);
     // References are for ship alone: `encrypt -d` refuses a stream that still holds them.
-    sh_ok(dir.path(), "ship R --key-file k < s.bp > /dev/null");
-    let err = sh_fails(
-        dir.path(),
-        "dump-files db | chunk --repo R --key-file k | encrypt --repo R --key-file k | encrypt -d --repo R --key-file k > /dev/null",
+    case.ok(r#"ship "$R" --key-file k < s.bp > /dev/null"#);
+    let err = case.fails(
+        r#"dump-files db | chunk --repo "$R" --key-file k | encrypt --repo "$R" --key-file k | encrypt -d --repo "$R" --key-file k > /dev/null"#,
         4,
     );
     assert!(err.contains("reference to a chunk"), "{err}");
     // A summary paired with another snapshot's skeleton fails authentication.
-    put(&dir.path().join("db/data"), b"other", 0o644, 1_700_000_000);
-    ship(dir.path(), "db");
-    let snaps = walk_files(&dir.path().join("R/snapshots"));
-    let (a, b) = (std::fs::read(&snaps[0]).unwrap(), std::fs::read(&snaps[1]).unwrap());
+    put(&dir.join("db/data"), b"other", 0o644, 1_700_000_000);
+    case.ship("db");
+    let storage = case.storage();
+    let snaps = case.objects("snapshots");
+    let (a, b) = (storage.read(&snaps[0]).unwrap(), storage.read(&snaps[1]).unwrap());
     let header = |s: &[u8]| 12 + u32::from_le_bytes(s[8..12].try_into().unwrap()) as usize;
     let spliced = [&a[..header(&a)], &b[header(&b)..]].concat();
-    std::fs::write(dir.path().join("R/snapshots/00000000000000000000000000000000"), spliced).unwrap();
-    let out = sh(dir.path(), "repo snapshots R --key-file k");
+    let forged = "snapshots/00000000000000000000000000000000";
+    storage.create(forged, &spliced).unwrap();
+    let out = case.run(r#"repo snapshots "$R" --key-file k"#);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
-    let err = sh_fails(dir.path(), "repo check R --key-file k", 4);
+    let err = case.fails(r#"repo check "$R" --key-file k"#, 4);
     assert!(err.contains("00000000000000000000000000000000"), "{err}");
-    std::fs::remove_file(dir.path().join("R/snapshots/00000000000000000000000000000000")).unwrap();
+    storage.remove(forged).unwrap();
     // A damaged key slot does not lock out the others.
-    std::fs::write(dir.path().join("R/keys/0123456789abcdef"), b"{not json").unwrap();
-    let out = sh(dir.path(), "repo snapshots R --key-file k");
+    storage.create("keys/0123456789abcdef", b"{not json").unwrap();
+    let out = case.run(r#"repo snapshots "$R" --key-file k"#);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("damaged"));
-    let err = sh_fails(dir.path(), "repo key remove R ../config --key-file k", 2);
+    let err = case.fails(r#"repo key remove "$R" ../config --key-file k"#, 2);
     assert!(err.contains("not a key slot name"), "{err}");
-    assert!(dir.path().join("R/config").exists());
+    assert!(storage.exists("config").unwrap());
 }
 
-#[test]
-fn repository_files_hold_no_plaintext() {
-    let dir = scratch();
-    sh_ok(dir.path(), "printf 'repo pass' > pw && repo init R --passphrase-file pw 2>/dev/null");
+fn repository_files_hold_no_plaintext(backend: Backend) {
+    let case = Case::without_repo(backend);
+    case.ok(r#"printf 'repo pass' > pw && repo init "$R" --passphrase-file pw 2>/dev/null"#);
     let content = b"CONFIDENTIAL-PAYROLL-ROW ".repeat(20_000);
-    put(&dir.path().join("SECRET-DIRECTORY/PAYROLL-FILE-NAME"), &content, 0o644, 1_700_000_000);
-    sh_ok(
-        dir.path(),
-        "K='--passphrase-file pw'
-         dump-files SECRET-DIRECTORY | chunk --repo R $K | squeeze | encrypt --repo R $K | ship R $K > /dev/null",
+    put(&case.path().join("SECRET-DIRECTORY/PAYROLL-FILE-NAME"), &content, 0o644, 1_700_000_000);
+    case.ok(
+        r#"K='--passphrase-file pw'
+         dump-files SECRET-DIRECTORY | chunk --repo "$R" $K | squeeze | encrypt --repo "$R" $K | ship "$R" $K > /dev/null"#,
     );
     let host = backpipe::meta::host_name();
-    for file in walk_files(&dir.path().join("R")) {
-        let bytes = std::fs::read(&file).unwrap();
-        let mut markers = vec!["SECRET-DIRECTORY", "PAYROLL-FILE-NAME", "CONFIDENTIAL", "dump-files"];
-        if host.len() >= 6 {
-            markers.push(&host);
-        }
-        for marker in markers {
-            assert!(
-                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
-                "'{marker}' appears in {}",
-                file.display()
-            );
+    let mut markers = vec!["SECRET-DIRECTORY", "PAYROLL-FILE-NAME", "CONFIDENTIAL", "dump-files"];
+    if host.len() >= 6 {
+        markers.push(&host);
+    }
+    let storage = case.storage();
+    let names = case.all_objects();
+    assert!(names.len() >= 5, "{names:?}");
+    for name in names {
+        let bytes = storage.read(&name).unwrap();
+        for marker in &markers {
+            assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "'{marker}' appears in {name}");
         }
     }
-    sh_ok(dir.path(), "repo check --read-data R --passphrase-file pw 2>/dev/null");
-}
-
-/// Every regular file under a directory.
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk_files(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files.sort();
-    files
+    case.ok(r#"repo check --read-data "$R" --passphrase-file pw 2>/dev/null"#);
 }

@@ -9,19 +9,19 @@
 //! everything it needs is durable. Objects are never modified, so writers
 //! need no locks.
 
+pub mod address;
 pub mod check;
 pub mod fetch;
 pub mod forget;
 pub mod keyslot;
 pub mod pack;
 pub mod prune;
+pub mod remote;
 pub mod ship;
 pub mod snapshot;
 pub mod storage;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use crate::cdc::ChunkSizes;
@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::keys::{MasterKey, Secret};
 use keyslot::KeySlot;
 use pack::{IndexEntry, Location};
+use address::Address;
 use storage::{LocalStorage, Storage};
 
 /// The repository's `config` object (JSON, not encrypted).
@@ -65,14 +66,13 @@ pub struct Repository {
     pub slot: String,
 }
 
-/// Opens the storage a location names. Only local paths are supported so far.
-fn storage_for(location: &str) -> Result<LocalStorage> {
-    if location.contains("://") {
-        return Err(Error::usage(format!(
-            "'{location}': only local repositories are supported by this version (a path, not a URL)"
-        )));
-    }
-    Ok(LocalStorage::open(Path::new(location)))
+/// The storage a location (a path, an `sftp://` or an `s3://` URL) names,
+/// without opening a repository there: for `repo init` and for tests.
+pub fn open_storage(location: &str) -> Result<Box<dyn Storage>> {
+    Ok(match Address::parse(location)? {
+        Address::Local(path) => Box::new(LocalStorage::open(&path)),
+        remote => Box::new(remote::RemoteStorage::open(&remote, location)?),
+    })
 }
 
 impl Repository {
@@ -80,14 +80,8 @@ impl Repository {
     /// master key opens with `secret`.
     pub fn init(location: &str, secret: &Secret, sizes: ChunkSizes) -> Result<Config> {
         sizes.validate(crate::format::MAX_PLAIN_PAYLOAD)?;
-        let path = Path::new(location);
-        std::fs::create_dir_all(path).map_err(|e| Error::io(format!("cannot create '{location}'"), e))?;
-        let empty =
-            std::fs::read_dir(path).map_err(|e| Error::io(format!("cannot read '{location}'"), e))?.next().is_none();
-        if !empty {
-            return Err(Error::other(format!("'{location}' is not empty; a repository needs a directory of its own")));
-        }
-        let storage = storage_for(location)?;
+        let storage = open_storage(location)?;
+        storage.ensure_empty()?;
         let mut id = [0u8; 16];
         crate::random::fill(&mut id);
         let config = Config {
@@ -109,15 +103,15 @@ impl Repository {
     /// The key slots of the repository at `location`: name and kind. Needs no key.
     pub fn key_slots(location: &str) -> Result<Vec<(String, String)>> {
         let storage = Self::existing(location)?;
-        Ok(keyslot::list(&storage)?
+        Ok(keyslot::list(&*storage)?
             .into_iter()
             .map(|(name, slot)| (name.rsplit('/').next().unwrap_or_default().to_string(), slot.kind))
             .collect())
     }
 
     /// The storage of an existing repository.
-    fn existing(location: &str) -> Result<LocalStorage> {
-        let storage = storage_for(location)?;
+    fn existing(location: &str) -> Result<Box<dyn Storage>> {
+        let storage = open_storage(location)?;
         if !storage.exists("config")? {
             return Err(Error::usage(format!(
                 "'{location}' is not a backpipe repository (no config); create one with `repo init`"
@@ -135,11 +129,11 @@ impl Repository {
             return Err(Error::other(format!("'{location}' is not a version 1 backpipe repository")));
         }
         config.sizes().validate(crate::format::MAX_PLAIN_PAYLOAD).map_err(|e| e.context("the repository config"))?;
-        for (name, slot) in keyslot::list(&storage)? {
+        for (name, slot) in keyslot::list(&*storage)? {
             // A slot that cannot be opened (damaged, other parameters) is not this key's.
             if let Ok(Some(master)) = slot.open(secret, &config.id) {
                 let slot = name.rsplit('/').next().unwrap_or_default().to_string();
-                return Ok(Repository { storage: Box::new(storage), config, master, slot });
+                return Ok(Repository { storage, config, master, slot });
             }
         }
         Err(Error::usage(format!("no key slot of '{location}' opens with the key or passphrase given")))

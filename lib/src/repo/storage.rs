@@ -28,6 +28,13 @@ pub trait Storage: Send + Sync {
     fn size(&self, name: &str) -> Result<u64>;
     /// Deletes an object durably; deleting a missing object is not an error.
     fn remove(&self, name: &str) -> Result<()>;
+    /// Makes sure the place exists and holds nothing yet, for `repo init`.
+    fn ensure_empty(&self) -> Result<()>;
+}
+
+/// True for the names objects have while they are being written: listings skip them.
+pub fn is_temporary(name: &str) -> bool {
+    name.rsplit('/').next().is_some_and(|file| file.starts_with(".tmp-"))
 }
 
 /// A repository in a local directory.
@@ -119,7 +126,7 @@ impl Storage for LocalStorage {
             for child in listing {
                 let child = child.map_err(|e| io(&dir, "list", e))?;
                 let name = format!("{dir}/{}", child.file_name().to_string_lossy());
-                if child.file_name().to_string_lossy().starts_with(".tmp-") {
+                if is_temporary(&name) {
                     continue;
                 }
                 if child.file_type().map_err(|e| io(&name, "inspect", e))?.is_dir() {
@@ -149,5 +156,15 @@ impl Storage for LocalStorage {
 
     fn size(&self, name: &str) -> Result<u64> {
         std::fs::metadata(self.path(name)).map(|m| m.len()).map_err(|e| io(name, "inspect", e))
+    }
+
+    fn ensure_empty(&self) -> Result<()> {
+        let shown = self.root.display();
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(format!("cannot create '{shown}'"), e))?;
+        let mut listing = std::fs::read_dir(&self.root).map_err(|e| Error::io(format!("cannot read '{shown}'"), e))?;
+        if listing.next().is_some() {
+            return Err(Error::other(format!("'{shown}' is not empty; a repository needs a directory of its own")));
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,202 @@
+//! Repositories on SFTP servers and S3-compatible services, through Apache
+//! OpenDAL. Our [`Storage`] operations are blocking; each call runs OpenDAL's
+//! future to completion on a small private Tokio runtime.
+//!
+//! Publishing never relies on conditional writes: object names are content
+//! hashes or random, so two writers of one name write the same bytes, and an
+//! S3 PUT is atomic. SFTP writes land in a `.tmp-` name first and are renamed
+//! into place, so a killed writer never leaves a partial object under a real name.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::{ErrorKind as DalKind, Operator};
+
+use super::address::{Address, S3Address, SftpAddress};
+use super::storage::{is_temporary, Storage};
+use crate::error::{Error, Result};
+
+/// A repository on a remote service.
+pub struct RemoteStorage {
+    runtime: tokio::runtime::Runtime,
+    operator: Operator,
+    /// Where, for messages.
+    location: String,
+    /// Write under a temporary name and rename (SFTP, where writes are not atomic).
+    staged_writes: bool,
+}
+
+impl RemoteStorage {
+    /// Connects lazily to the service an `sftp://` or `s3://` address names.
+    pub fn open(address: &Address, location: &str) -> Result<RemoteStorage> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("backpipe-storage")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the storage runtime", e))?;
+        let config_error = |e: opendal::Error| Error::usage(format!("'{location}': {}", one_line(&e)));
+        let (operator, staged_writes) = match address {
+            Address::Sftp(sftp) => (sftp_operator(sftp).map_err(config_error)?, true),
+            Address::S3(s3) => (s3_operator(s3).map_err(config_error)?, false),
+            Address::Local(_) => unreachable!("local repositories use LocalStorage"),
+        };
+        let operator = operator
+            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
+            .layer(RetryLayer::new().with_max_times(3).with_jitter());
+        Ok(RemoteStorage { runtime, operator, location: location.to_string(), staged_writes })
+    }
+
+    fn run<T>(&self, work: impl IntoFuture<Output = opendal::Result<T>>) -> opendal::Result<T> {
+        self.runtime.block_on(work.into_future())
+    }
+
+    fn fail(&self, name: &str, what: &str, err: opendal::Error) -> Error {
+        let cause = one_line(&err);
+        let message = format!("cannot {what} '{name}' in {}: {cause}", self.location);
+        match err.kind() {
+            DalKind::ConfigInvalid => Error::usage(message),
+            _ => Error::other(message),
+        }
+    }
+
+    /// Writes under a temporary name in the same folder, then renames; the
+    /// rename fails rather than replace an object another writer published.
+    fn create_staged(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        let (folder, file) = name.rsplit_once('/').unwrap_or(("", name));
+        let mut random = [0u8; 8];
+        crate::random::fill(&mut random);
+        let temp = format!("{folder}/.tmp-{}-{file}", hex::encode(random));
+        self.run(self.operator.write(&temp, bytes.to_vec())).map_err(|e| self.fail(name, "write", e))?;
+        match self.run(self.operator.rename(&temp, name)) {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                let _ = self.run(self.operator.delete(&temp));
+                if self.exists(name)? {
+                    Ok(false)
+                } else {
+                    Err(self.fail(name, "publish", err))
+                }
+            }
+        }
+    }
+}
+
+/// The environment variable naming the SSH private key file for `sftp://`
+/// repositories; without it, `ssh`'s own configuration and agent decide.
+pub const SFTP_IDENTITY: &str = "BACKPIPE_SFTP_IDENTITY";
+
+fn sftp_operator(sftp: &SftpAddress) -> opendal::Result<Operator> {
+    let endpoint = match sftp.port {
+        Some(port) => format!("ssh://{}:{port}", sftp.host),
+        None => format!("ssh://{}", sftp.host),
+    };
+    let mut builder = opendal::services::Sftp::default().endpoint(&endpoint).root(&sftp.path);
+    if let Some(user) = &sftp.user {
+        builder = builder.user(user);
+    }
+    if let Some(identity) = std::env::var_os(SFTP_IDENTITY).filter(|v| !v.is_empty()) {
+        builder = builder.key(&identity.to_string_lossy());
+    }
+    // Host keys are checked against known_hosts; an unknown server is refused.
+    builder = builder.known_hosts_strategy("strict");
+    Operator::new(builder)
+}
+
+fn s3_operator(s3: &S3Address) -> opendal::Result<Operator> {
+    let region = s3.region.clone().or_else(|| std::env::var("AWS_REGION").ok()).unwrap_or_else(|| "us-east-1".into());
+    let mut builder = opendal::services::S3::default()
+        .bucket(&s3.bucket)
+        .root(&format!("/{}", s3.prefix))
+        .region(&region)
+        .disable_ec2_metadata();
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.endpoint(endpoint);
+    }
+    if s3.virtual_host {
+        builder = builder.enable_virtual_host_style();
+    }
+    Operator::new(builder)
+}
+
+/// OpenDAL's error text on one line.
+fn one_line(err: &opendal::Error) -> String {
+    let text = format!("{err}");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Storage for RemoteStorage {
+    fn create(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        if self.staged_writes {
+            return self.create_staged(name, bytes);
+        }
+        // Same name, same bytes: an existing object is rewritten identically.
+        self.run(self.operator.write(name, bytes.to_vec())).map_err(|e| self.fail(name, "write", e))?;
+        Ok(true)
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>> {
+        self.run(self.operator.read(name)).map(|b| b.to_vec()).map_err(|e| self.fail(name, "read", e))
+    }
+
+    fn read_if_exists(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self.run(self.operator.read(name)) {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(e) if e.kind() == DalKind::NotFound => Ok(None),
+            Err(e) => Err(self.fail(name, "read", e)),
+        }
+    }
+
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let bytes = self
+            .run(self.operator.read_with(name).range(offset..offset + len as u64))
+            .map_err(|e| self.fail(name, "read", e))?;
+        if bytes.len() != len {
+            return Err(Error::other(format!(
+                "cannot read '{name}' in {}: it ends {} bytes short of what its index says",
+                self.location,
+                len - bytes.len().min(len)
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    fn list(&self, folder: &str) -> Result<Vec<String>> {
+        let entries = match self.run(self.operator.list_with(&format!("{folder}/")).recursive(true)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == DalKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.fail(folder, "list", e)),
+        };
+        let mut names: Vec<String> = entries
+            .into_iter()
+            .map(|entry| entry.path().trim_start_matches('/').to_string())
+            .filter(|path| !path.ends_with('/') && !is_temporary(path))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.run(self.operator.exists(name)).map_err(|e| self.fail(name, "look for", e))
+    }
+
+    fn size(&self, name: &str) -> Result<u64> {
+        self.run(self.operator.stat(name)).map(|m| m.content_length()).map_err(|e| self.fail(name, "inspect", e))
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        self.run(self.operator.delete(name)).map_err(|e| self.fail(name, "delete", e))
+    }
+
+    fn ensure_empty(&self) -> Result<()> {
+        let entries = self.run(self.operator.list("/")).or_else(|e| match e.kind() {
+            DalKind::NotFound => Ok(Vec::new()),
+            _ => Err(self.fail("/", "list", e)),
+        })?;
+        if entries.iter().any(|entry| entry.path() != "/" && !entry.path().is_empty()) {
+            return Err(Error::other(format!("{} is not empty; a repository needs a place of its own", self.location)));
+        }
+        Ok(())
+    }
+}
