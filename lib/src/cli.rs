@@ -27,16 +27,12 @@ pub fn say(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
-/// Restores the default SIGPIPE action, so a tool whose reader went away
-/// stops quietly as Unix filters do, tunes the allocator for frame-sized
-/// buffers, and widens pipes on stdin and stdout to
-/// 1 MiB so frames move in few system calls.
+/// Tunes the allocator for frame-sized buffers and widens pipes on stdin and
+/// stdout to 1 MiB so frames move in few system calls. SIGPIPE stays ignored
+/// (Rust's default): a closed stdout ends the tool quietly through the
+/// broken-pipe error instead, and a dropped SSH connection is an error, not a
+/// silent kill.
 fn prepare_process() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: SIG_DFL installs no handler code; nothing runs at signal time.
-    unsafe {
-        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
-    }
     // Frame buffers of a few MiB are allocated and freed all the time. By
     // default glibc maps and unmaps each one (or trims the heap after it),
     // and the page faults cost more than the work; keep them on the heap.

@@ -30,6 +30,8 @@ pub struct RemoteStorage {
 impl RemoteStorage {
     /// Connects lazily to the service an `sftp://` or `s3://` address names.
     pub fn open(address: &Address, location: &str) -> Result<RemoteStorage> {
+        // Registers the HTTP transport S3 requests go through (once per process).
+        opendal::install_default();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("backpipe-storage")
