@@ -32,6 +32,17 @@ fn server_setting(name: &str) -> String {
 }
 
 impl Backend {
+    /// The directory on this machine that holds the repository (not for S3).
+    fn directory(self, dir: &Path) -> std::path::PathBuf {
+        match self {
+            Backend::Local => dir.join("R"),
+            Backend::Sftp => {
+                Path::new(&server_setting("BACKPIPE_TEST_SFTP_ROOT")).join(dir.file_name().unwrap())
+            }
+            Backend::S3 => panic!("an S3 repository has no local directory"),
+        }
+    }
+
     /// A fresh repository location for the test working in `dir`.
     fn location(self, dir: &Path) -> String {
         let unique = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -507,4 +518,156 @@ fn repository_files_hold_no_plaintext(backend: Backend) {
         }
     }
     case.ok(r#"repo check --read-data "$R" --passphrase-file pw 2>/dev/null"#);
+}
+
+/// Failures of the place a repository lives: each ends in one line on
+/// stderr and exit status 1, and leaves the stored backups as they were.
+mod failures {
+    use super::*;
+
+    #[test]
+    fn bad_locations_are_usage_errors() {
+        let dir = scratch();
+        sh_ok(dir.path(), "keygen k");
+        for (location, cause) in [
+            ("ftp://host/x", "unknown scheme"),
+            ("s3://bucket?colour=blue", "unknown option 'colour'"),
+            ("s3://KEYID:SECRET@bucket", "never go in a URL"),
+            ("sftp://host/", "name a directory"),
+            ("sftp://host:99999/x", "invalid port"),
+        ] {
+            let err = sh_fails(dir.path(), &format!("repo init '{location}' --key-file k"), 2);
+            assert!(single_line(&err).contains(cause), "{location}: {err}");
+        }
+    }
+
+    #[test]
+    fn sftp_unreachable_and_refused() {
+        let case = stored_once(Backend::Sftp);
+        let port = server_setting("BACKPIPE_TEST_SFTP_PORT");
+        let closed = case.repo.replace(&format!(":{port}/"), ":1/");
+        expect_refusal(&case, &format!("ship '{closed}' --key-file k < s.bp"), "Connection refused");
+        sh_ok(case.path(), "ssh-keygen -q -t ed25519 -N '' -f stranger_key");
+        expect_refusal(
+            &case,
+            r#"BACKPIPE_SFTP_IDENTITY=stranger_key ship "$R" --key-file k < s.bp"#,
+            "Permission denied (publickey)",
+        );
+    }
+
+    #[test]
+    fn s3_unreachable_and_refused() {
+        let case = stored_once(Backend::S3);
+        let endpoint = server_setting("BACKPIPE_TEST_S3_ENDPOINT");
+        let closed = case.repo.replace(&endpoint, "http://127.0.0.1:1");
+        expect_refusal(&case, &format!("ship '{closed}' --key-file k < s.bp"), "Connection refused");
+        expect_refusal(&case, r#"AWS_SECRET_ACCESS_KEY=wrong ship "$R" --key-file k < s.bp"#, "permission denied");
+        // Valid credentials of a user who has no access to the bucket.
+        expect_refusal(
+            &case,
+            r#"AWS_ACCESS_KEY_ID=$BACKPIPE_TEST_S3_STRANGER_KEY_ID AWS_SECRET_ACCESS_KEY=$BACKPIPE_TEST_S3_STRANGER_SECRET \
+               ship "$R" --key-file k < s.bp"#,
+            "permission denied",
+        );
+    }
+
+    #[test]
+    fn local_read_only() {
+        read_only(Backend::Local, "Read-only file system");
+    }
+
+    #[test]
+    fn sftp_read_only() {
+        // SFTP version 3 has no error code for a read-only file system.
+        read_only(Backend::Sftp, "cannot write");
+    }
+
+    #[test]
+    fn local_full_disk() {
+        full_disk(Backend::Local, "No space left on device");
+    }
+
+    #[test]
+    fn sftp_full_disk() {
+        // SFTP version 3 reports a full disk only as a failure, which backpipe explains.
+        full_disk(Backend::Sftp, "often a full disk");
+    }
+
+    /// A repository with one backup, and a stream `s.bp` ready to ship.
+    fn stored_once(backend: Backend) -> Case {
+        let case = Case::new(backend);
+        put(&case.path().join("db/data"), &data(2, 40), 0o644, 1_700_000_000);
+        case.ship("db");
+        put(&case.path().join("db/more"), &noise(3 << 20, 41), 0o644, 1_700_000_000);
+        case.ok(r#"dump-files db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > s.bp"#);
+        case
+    }
+
+    /// Runs `script`, which must fail with status 1 and one line naming
+    /// `cause`; the repository must hold exactly what it held before.
+    fn expect_refusal(case: &Case, script: &str, cause: &str) {
+        let before = case.all_objects();
+        let err = case.fails(script, 1);
+        assert!(single_line(&err).contains(cause), "expected '{cause}' in: {err}");
+        assert_eq!(case.all_objects(), before, "after: {script}");
+        assert_eq!(case.snapshot_count(), 1);
+    }
+
+    fn read_only(backend: Backend, cause: &str) {
+        let case = stored_once(backend);
+        let mount = Mount::read_only(&backend.directory(case.path()));
+        expect_refusal(&case, r#"ship "$R" --key-file k < s.bp"#, cause);
+        let err = case.fails(r#"printf pw > pw && repo key add "$R" --key-file k --new-passphrase-file pw"#, 1);
+        assert!(single_line(&err).contains(cause), "{err}");
+        drop(mount);
+        case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+    }
+
+    fn full_disk(backend: Backend, cause: &str) {
+        let case = Case::without_repo(backend);
+        let _mount = Mount::tmpfs(&backend.directory(case.path()), "6m");
+        case.ok(r#"keygen k && repo init "$R" --key-file k 2>/dev/null"#);
+        put(&case.path().join("small/data"), b"fits", 0o644, 1_700_000_000);
+        let kept = case.ship("small");
+        put(&case.path().join("big/data"), &noise(12 << 20, 42), 0o644, 1_700_000_000);
+        let err = case.fails(&format!("dump-files big | {BACKUP}"), 1);
+        assert!(single_line(&err).contains(cause), "{err}");
+        // Packs written before the disk filled are unreferenced until `prune`; no snapshot refers to them.
+        assert_eq!(case.snapshot_count(), 1);
+        case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+        case.restore(kept["snapshot"].as_str().unwrap(), "out");
+        assert_same_tree(&case.path().join("small"), &case.path().join("out/small"));
+    }
+
+    /// The one line of a failure message, asserting there is only one.
+    fn single_line(stderr: &str) -> &str {
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected one line:\n{stderr}");
+        lines[0]
+    }
+
+    /// A mount made for one test (the tests run as root), undone when dropped.
+    struct Mount(std::path::PathBuf);
+
+    impl Mount {
+        fn tmpfs(dir: &Path, size: &str) -> Mount {
+            Mount::run(dir, &format!("mkdir -p '{0}' && mount -t tmpfs -o size={size} tmpfs '{0}'", dir.display()))
+        }
+
+        fn read_only(dir: &Path) -> Mount {
+            Mount::run(dir, &format!("mount --bind '{0}' '{0}' && mount -o remount,ro,bind '{0}'", dir.display()))
+        }
+
+        fn run(dir: &Path, script: &str) -> Mount {
+            let out = sh(Path::new("/"), script);
+            assert!(out.status.success(), "mounting needs root: {}", String::from_utf8_lossy(&out.stderr));
+            Mount(dir.to_path_buf())
+        }
+    }
+
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = sh(Path::new("/"), &format!("umount '{}'", self.0.display()));
+        }
+    }
 }

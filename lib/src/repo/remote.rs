@@ -70,7 +70,13 @@ impl RemoteStorage {
         let mut random = [0u8; 8];
         crate::random::fill(&mut random);
         let temp = format!("{folder}/.tmp-{}-{file}", hex::encode(random));
-        self.run(self.operator.write(&temp, bytes.to_vec())).map_err(|e| self.fail(name, "write", e))?;
+        self.run(self.operator.write(&temp, bytes.to_vec())).map_err(|e| {
+            let _ = self.run(self.operator.delete(&temp));
+            // SFTP version 3 has no codes for a full disk or a read-only file system.
+            let vague = e.kind() == DalKind::Unexpected && e.to_string().contains("kind Failure");
+            let hint = if vague { " (the server gave no reason: often a full disk or a read-only directory)" } else { "" };
+            Error::other(format!("{}{hint}", self.fail(name, "write", e)))
+        })?;
         match self.run(self.operator.rename(&temp, name)) {
             Ok(()) => Ok(true),
             Err(err) => {
@@ -122,10 +128,33 @@ fn s3_operator(s3: &S3Address) -> opendal::Result<Operator> {
     Operator::new(builder)
 }
 
-/// OpenDAL's error text on one line.
+/// OpenDAL's error as one line a user can act on: what kind of failure,
+/// then the chain of causes (the deepest is usually the useful one), without
+/// the request context OpenDAL attaches.
 fn one_line(err: &opendal::Error) -> String {
-    let text = format!("{err}");
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    let kind = match err.kind() {
+        DalKind::PermissionDenied => "permission denied (check the credentials and the access rights)",
+        DalKind::NotFound => "not found",
+        DalKind::ConfigInvalid => "invalid configuration",
+        DalKind::RateLimited => "the service is refusing requests (rate limit)",
+        DalKind::Unsupported => "not supported by this service",
+        _ => "",
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut push = |text: String| {
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    };
+    push(kind.to_string());
+    push(err.message().to_string());
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        push(inner.to_string());
+        cause = inner.source();
+    }
+    parts.join(": ")
 }
 
 impl Storage for RemoteStorage {
