@@ -268,13 +268,26 @@ fn forged_encrypted_streams_fail_authentication() {
     });
     let err = expect_failure(dir.path(), &foreign_meta, "encrypt -d --key-file k", 4, "an Entry from another stream");
     assert!(err.contains("authentication failed"), "{err}");
-    let new_salt = forge(&sealed, |f| {
-        let text = String::from_utf8(f[0].payload.clone()).unwrap();
-        let salt = text.split("\"salt\":\"").nth(1).unwrap()[..64].to_string();
-        f[0].payload = text.replace(&salt, &"ab".repeat(32)).into_bytes();
+    // The Cipher frame's sealed stream secret: damaged, or another stream's (same key).
+    let envelope_of = |frame: &backpipe::format::Frame| {
+        let text = String::from_utf8(frame.payload.clone()).unwrap();
+        text.split("\"envelope\":\"").nth(1).unwrap()[..160].to_string()
+    };
+    let theirs = envelope_of(&frames_of(&other)[0]);
+    let swapped_secret = forge(&sealed, |f| {
+        let ours = envelope_of(&f[0]);
+        f[0].payload = String::from_utf8(f[0].payload.clone()).unwrap().replace(&ours, &theirs).into_bytes();
     });
-    let err = expect_failure(dir.path(), &new_salt, "encrypt -d --key-file k", 4, "the Cipher frame's salt changed");
-    assert!(err.contains("wrong key"), "{err}");
+    let err =
+        expect_failure(dir.path(), &swapped_secret, "encrypt -d --key-file k", 4, "another stream's sealed secret");
+    assert!(err.contains("authentication failed"), "{err}");
+    let damaged_secret = forge(&sealed, |f| {
+        let ours = envelope_of(&f[0]);
+        let flipped = format!("{}{}", if ours.starts_with('0') { "1" } else { "0" }, &ours[1..]);
+        f[0].payload = String::from_utf8(f[0].payload.clone()).unwrap().replace(&ours, &flipped).into_bytes();
+    });
+    let err = expect_failure(dir.path(), &damaged_secret, "encrypt -d --key-file k", 4, "a damaged sealed secret");
+    assert!(err.contains("Cipher frame is damaged"), "{err}");
     // Stripping the encryption is refused, not passed through as plaintext.
     let stripped = forge(&sealed, |f| {
         f.remove(0);

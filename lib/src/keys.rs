@@ -51,6 +51,21 @@ impl MasterKey {
         out
     }
 
+    /// The X25519 secret that opens what is sealed to this key's public key
+    /// (stream keys, snapshot summaries).
+    pub fn recipient_secret(&self) -> x25519_dalek::StaticSecret {
+        x25519_dalek::StaticSecret::from(*self.derive(b"backpipe/v1/recipient"))
+    }
+
+    /// What a writer needs and nothing more: see [`WriteKey`].
+    pub fn write_key(&self) -> WriteKey {
+        WriteKey {
+            chunk_id: self.derive(b"backpipe/v1/chunk-id"),
+            chunk_gear: self.derive(b"backpipe/v1/chunk-gear"),
+            recipient: x25519_dalek::PublicKey::from(&self.recipient_secret()),
+        }
+    }
+
     /// Stretches a passphrase into a master key with Argon2id.
     pub fn from_passphrase(passphrase: &[u8], params: &Argon2Params) -> Result<MasterKey> {
         let salt = hex::decode(&params.salt).map_err(|_| Error::integrity("Argon2 salt is not hex"))?;
@@ -141,6 +156,43 @@ impl Argon2Params {
             )));
         }
         Ok(())
+    }
+}
+
+/// The write half of a master key: the chunking and chunk-ID keys, so equal
+/// data gives equal chunks and deduplicates, and the public key that new
+/// streams are sealed to. It cannot open anything: a repository hands it to
+/// a write-only key slot.
+pub struct WriteKey {
+    /// Keys chunk IDs (keyed BLAKE3).
+    pub chunk_id: Zeroizing<[u8; 32]>,
+    /// Seeds the content-defined chunker's gear table.
+    pub chunk_gear: Zeroizing<[u8; 32]>,
+    /// The public key new stream keys and snapshot summaries are sealed to.
+    pub recipient: x25519_dalek::PublicKey,
+}
+
+impl WriteKey {
+    /// Length of [`WriteKey::to_bytes`].
+    pub const LEN: usize = 96;
+
+    /// A second copy of this key.
+    pub fn duplicate(&self) -> WriteKey {
+        WriteKey { chunk_id: self.chunk_id.clone(), chunk_gear: self.chunk_gear.clone(), recipient: self.recipient }
+    }
+
+    /// `chunk_id || chunk_gear || recipient`, for sealing into a key slot.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new([&self.chunk_id[..], &self.chunk_gear[..], self.recipient.as_bytes()].concat())
+    }
+
+    /// The inverse of [`WriteKey::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<WriteKey> {
+        if bytes.len() != Self::LEN {
+            return Err(Error::integrity("a write key must be 96 bytes"));
+        }
+        let part = |i: usize| Zeroizing::new(<[u8; 32]>::try_from(&bytes[i * 32..(i + 1) * 32]).unwrap());
+        Ok(WriteKey { chunk_id: part(0), chunk_gear: part(1), recipient: (*part(2)).into() })
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod cdc;
 pub mod cli;
 pub mod codec;
+pub mod envelope;
 pub mod error;
 pub mod filter;
 pub mod format;

@@ -79,7 +79,7 @@ fn run_everything(input: &[u8]) -> Vec<(&'static str, bool)> {
     filter!("chunk -d", Joiner);
     filter!("squeeze", Squeezer { level: 1 });
     filter!("squeeze -d", Unsqueezer);
-    filter!("encrypt", Encryptor::new(Secret::Key(key())));
+    filter!("encrypt", Encryptor::new(Secret::Key(key())).unwrap());
     filter!("encrypt -d", Decryptor::new(Secret::Key(key())));
     let options = InspectOptions { json: true, frames: true };
     results.push(("inspect", inspect(input, std::io::sink(), &options, None).is_ok()));
@@ -106,7 +106,7 @@ fn sealed(files: &[Vec<u8>]) -> Vec<u8> {
     let mut squeezed = Vec::new();
     backpipe::filter::run("squeeze", Squeezer { level: 1 }, &chunked[..], &mut squeezed).unwrap();
     let mut out = Vec::new();
-    backpipe::filter::run("encrypt", Encryptor::new(Secret::Key(key())), &squeezed[..], &mut out).unwrap();
+    backpipe::filter::run("encrypt", Encryptor::new(Secret::Key(key())).unwrap(), &squeezed[..], &mut out).unwrap();
     out
 }
 

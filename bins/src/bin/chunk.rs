@@ -52,13 +52,13 @@ fn main() {
             if let Some(location) = &args.repo {
                 let repo = cli::open_repo(location, &args.keys)?;
                 let known = Arc::new(repo.dedup_index()?.into_keys().collect());
-                Chunker::deduplicating(repo.master(), repo.config.sizes(), known)
+                Chunker::deduplicating(repo.write_key(), repo.config.sizes(), known)
             } else {
                 let sizes = ChunkSizes { min: args.min_size, avg: args.avg_size, max: args.max_size };
                 sizes.validate(MAX_PLAIN_PAYLOAD)?;
                 match args.keys.source().map(|s| s.load()).transpose()? {
                     None => Chunker::public(sizes),
-                    Some(Secret::Key(master)) => Chunker::keyed(&master, sizes),
+                    Some(Secret::Key(master)) => Chunker::keyed(&master.write_key(), sizes),
                     Some(Secret::Passphrase(_)) => return Err(backpipe::Error::usage(
                         "chunk takes a key file or --repo, not a passphrase (chunk IDs must not change between runs)",
                     )),

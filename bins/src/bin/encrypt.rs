@@ -43,18 +43,25 @@ Exit status: 0 success, 1 error, 2 usage or missing key, 3 incomplete input,
 fn main() {
     let args = Args::parse();
     cli::main(if args.decrypt { "encrypt -d" } else { "encrypt" }, || {
-        let secret = match &args.repo {
+        let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
+        match &args.repo {
             Some(location) => {
                 let repo = cli::open_repo(location, &args.keys)?;
-                Secret::Key(repo.master().duplicate())
+                if args.decrypt {
+                    let secret = Secret::Key(repo.master()?.duplicate());
+                    backpipe::filter::run("encrypt -d", Decryptor::new(secret), input, output)
+                } else {
+                    backpipe::filter::run("encrypt", Encryptor::for_write_key(repo.write_key()), input, output)
+                }
             }
-            None => cli::require_secret(&args.keys)?,
-        };
-        let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
-        if args.decrypt {
-            backpipe::filter::run("encrypt -d", Decryptor::new(secret), input, output)
-        } else {
-            backpipe::filter::run("encrypt", Encryptor::new(secret), input, output)
+            None => {
+                let secret = cli::require_secret(&args.keys)?;
+                if args.decrypt {
+                    backpipe::filter::run("encrypt -d", Decryptor::new(secret), input, output)
+                } else {
+                    backpipe::filter::run("encrypt", Encryptor::new(secret)?, input, output)
+                }
+            }
         }
     })
 }

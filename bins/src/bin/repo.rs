@@ -143,12 +143,17 @@ enum KeyAction {
     Add {
         /// The repository.
         repo: String,
+        /// The new key may only ship new backups (with deduplication): it
+        /// cannot read, fetch, decrypt, check, forget, prune or manage keys.
+        /// For backup hosts; see docs/SECURITY.md.
+        #[arg(long)]
+        write_only: bool,
         #[command(flatten)]
         new: NewKeyArgs,
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// List the key slots: name and kind (needs no key).
+    /// List the key slots: name, kind and access (needs no key).
     List {
         /// The repository.
         repo: String,
@@ -269,17 +274,17 @@ fn main() {
             ));
             Ok(())
         }
-        Command::Key { action: KeyAction::Add { repo, new, keys } } => {
+        Command::Key { action: KeyAction::Add { repo, write_only, new, keys } } => {
             let repo = cli::open_repo(&repo, &keys)?;
             let source = new.source().expect("clap requires one new key option");
-            let name = repo.add_key(&source.load()?)?;
-            cli::say(&format!("repo: added key slot {name}"));
+            let name = repo.add_key(&source.load()?, write_only)?;
+            cli::say(&format!("repo: added {} key slot {name}", if write_only { "write-only" } else { "full" }));
             Ok(())
         }
         Command::Key { action: KeyAction::List { repo } } => {
             let mut out = std::io::stdout().lock();
-            for (name, kind) in Repository::key_slots(&repo)? {
-                writeln!(out, "{name}  {kind}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
+            for (name, kind, access) in Repository::key_slots(&repo)? {
+                writeln!(out, "{name}  {kind}  {access}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
             }
             Ok(())
         }

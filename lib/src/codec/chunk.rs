@@ -10,7 +10,7 @@ use crate::cdc::{self, ChunkSizes, Cutter};
 use crate::error::{Error, Result};
 use crate::filter::{split_item, Job, Output, Planner, Step};
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
-use crate::keys::MasterKey;
+use crate::keys::WriteKey;
 use crate::reader::Item;
 
 /// How chunk IDs are computed.
@@ -23,9 +23,9 @@ pub enum ChunkIdKey {
 }
 
 impl ChunkIdKey {
-    /// The keyed chunk IDs of everything chunked with `master`.
-    pub fn for_master(master: &MasterKey) -> ChunkIdKey {
-        ChunkIdKey::Keyed(Arc::new(master.derive(b"backpipe/v1/chunk-id")))
+    /// The keyed chunk IDs of everything chunked with `key`.
+    pub fn for_key(key: &WriteKey) -> ChunkIdKey {
+        ChunkIdKey::Keyed(Arc::new(key.chunk_id.clone()))
     }
 
     /// The ID of a chunk body.
@@ -75,15 +75,15 @@ impl Chunker {
         Self::new(Cutter::new(cdc::default_gear(), sizes), ChunkIdKey::Public, sizes.max)
     }
 
-    /// A chunker whose cut points and chunk IDs are keyed by subkeys of `master`.
-    pub fn keyed(master: &MasterKey, sizes: ChunkSizes) -> Chunker {
-        let gear = cdc::keyed_gear(&master.derive(b"backpipe/v1/chunk-gear"));
-        Self::new(Cutter::new(gear, sizes), ChunkIdKey::for_master(master), sizes.max)
+    /// A chunker whose cut points and chunk IDs are keyed by `key` (a master key's write half).
+    pub fn keyed(key: &WriteKey, sizes: ChunkSizes) -> Chunker {
+        let gear = cdc::keyed_gear(&key.chunk_gear);
+        Self::new(Cutter::new(gear, sizes), ChunkIdKey::for_key(key), sizes.max)
     }
 
     /// A keyed chunker that passes chunks in `known` on as references, without their content.
-    pub fn deduplicating(master: &MasterKey, sizes: ChunkSizes, known: KnownChunks) -> Chunker {
-        Chunker { known: Some(known), ..Self::keyed(master, sizes) }
+    pub fn deduplicating(key: &WriteKey, sizes: ChunkSizes, known: KnownChunks) -> Chunker {
+        Chunker { known: Some(known), ..Self::keyed(key, sizes) }
     }
 
     fn new(cutter: Cutter, key: ChunkIdKey, max: usize) -> Chunker {

@@ -1,66 +1,199 @@
 //! `encrypt`: AES-256-GCM over every frame's payload (metadata included), and
 //! `encrypt -d`.
 //!
-//! Each stream gets a Cipher frame with a fresh random salt. Chunk bodies are
-//! sealed with a random nonce under a key derived from the master key alone,
-//! with the chunk ID as associated data, so a stored chunk stays decryptable
-//! on its own. ChunkRef frames (a chunk ID alone) stay in the clear. Every
-//! other frame is sealed under a per-stream key with its position as nonce
-//! and, as associated data, its kind, its inner encodings, its position, and
-//! a hash of the chunk IDs (of Data frames and ChunkRefs) since the previous
-//! such frame. A dropped, reordered, replayed or foreign frame therefore fails
+//! Each stream gets a fresh random stream secret, announced in its Cipher
+//! frame sealed to the key's X25519 public key (see [`crate::envelope`]), so
+//! only a holder of the master key (or passphrase) can open it, while a
+//! write-only key can still encrypt. In transit the Cipher frame also carries
+//! the secret sealed under the write key, for `ship` to authenticate what it
+//! stores; `ship` removes that copy. Chunk bodies are sealed under a key from
+//! the stream secret with a random nonce and the chunk ID as associated data,
+//! and carry the sealed stream secret in front, so a stored chunk stays
+//! decryptable on its own when another stream refers to it. ChunkRef frames
+//! (a chunk ID alone) stay in the clear. Every other frame is sealed under a
+//! second key from the stream secret with its position as nonce and, as
+//! associated data, its kind, its inner encodings, its position, and a hash of
+//! the chunk IDs (of Data frames and ChunkRefs) since the previous such frame.
+//! A dropped, reordered, replayed or foreign frame therefore fails
 //! authentication at the latest at the next metadata frame; EntryEnd follows
 //! every entry and End closes every stream.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use serde::{Deserialize, Serialize};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
+use crate::envelope;
 use crate::error::{Error, Result};
 use crate::filter::{split_item, Job, Output, Planner, Step};
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
-use crate::keys::{Argon2Params, MasterKey, Secret};
+use crate::keys::{Argon2Params, MasterKey, Secret, WriteKey};
 use crate::reader::Item;
 
 /// The scheme name recorded in Cipher frames.
-const SCHEME: &str = "aes-256-gcm/v1";
+const SCHEME: &str = "x25519-aes-256-gcm/v1";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
+/// A stream secret sealed to a public key.
+const ENVELOPE_LEN: usize = 32 + envelope::OVERHEAD;
+/// Associated data of a sealed stream secret.
+const ENVELOPE_AAD: &[u8] = b"backpipe/v1/stream-secret";
+/// Bytes an encrypted chunk adds in front of its body: ID, sealed stream secret, nonce.
+const CHUNK_HEAD: usize = CHUNK_ID_LEN + ENVELOPE_LEN + NONCE_LEN;
 
 /// Payload of a Cipher frame (JSON): what a holder of the key needs to decrypt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CipherParams {
-    /// The encryption scheme, "aes-256-gcm/v1".
+    /// The encryption scheme, "x25519-aes-256-gcm/v1".
     pub scheme: String,
-    /// Per-stream random salt, hex (32 bytes).
-    pub salt: String,
-    /// Key check value, hex (8 bytes): tells a wrong key from damage.
-    pub check: String,
-    /// Present when the master key comes from a passphrase.
+    /// ID of the public key the stream is sealed to (hex, 8 bytes): tells a wrong key from damage.
+    pub recipient: String,
+    /// The stream secret sealed to that public key (hex, 80 bytes).
+    pub envelope: String,
+    /// In transit only: the stream secret sealed under the write key (hex), for `ship`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit: Option<String>,
+    /// Present when the key comes from a passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argon2: Option<Argon2Params>,
 }
 
-/// The working keys of one stream.
+impl CipherParams {
+    /// The same parameters without the transit copy: what `ship` stores.
+    pub fn without_transit(&self) -> CipherParams {
+        CipherParams { transit: None, ..self.clone() }
+    }
+}
+
+/// The ID of a public key, as Cipher frames record it.
+fn key_id(public: &PublicKey) -> String {
+    hex::encode(&blake3::hash(public.as_bytes()).as_bytes()[..8])
+}
+
+/// The working keys of one stream, from its stream secret.
 struct StreamKeys {
     chunk: Aes256Gcm,
     stream: Aes256Gcm,
+    /// The stream secret sealed to the public key, put in front of every chunk.
+    envelope: [u8; ENVELOPE_LEN],
 }
 
 impl StreamKeys {
-    fn derive(master: &MasterKey, salt: &[u8]) -> (StreamKeys, String) {
-        let with_salt = |label: &[u8]| [label, salt].concat();
-        let chunk = master.derive(b"backpipe/v1/chunk-body");
-        let stream = master.derive(&with_salt(b"backpipe/v1/stream/"));
-        let check = master.derive(&with_salt(b"backpipe/v1/check/"));
-        let keys = StreamKeys {
-            chunk: Aes256Gcm::new_from_slice(&chunk[..]).expect("32-byte key"),
-            stream: Aes256Gcm::new_from_slice(&stream[..]).expect("32-byte key"),
+    fn from_secret(secret: &[u8], envelope: [u8; ENVELOPE_LEN]) -> StreamKeys {
+        let key = |context: &str| Zeroizing::new(blake3::derive_key(context, secret));
+        StreamKeys {
+            chunk: Aes256Gcm::new_from_slice(&key("backpipe v1 chunk body key")[..]).expect("32-byte key"),
+            stream: Aes256Gcm::new_from_slice(&key("backpipe v1 stream frame key")[..]).expect("32-byte key"),
+            envelope,
+        }
+    }
+}
+
+/// The AES key that seals the transit copy of stream secrets.
+fn transit_cipher(write: &WriteKey) -> Aes256Gcm {
+    let material = Zeroizing::new([&write.chunk_id[..], &write.chunk_gear[..]].concat());
+    let key = Zeroizing::new(blake3::derive_key("backpipe v1 transit key", &material));
+    Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key")
+}
+
+/// What opens stream secrets: the secret half of the public key streams are
+/// sealed to (a master key), or the write key, which opens only the transit
+/// copy a stream carries on its way to `ship`.
+pub enum KeyRing {
+    /// Opens any stream and any stored chunk sealed to this secret's public key.
+    Recipient(StaticSecret),
+    /// Opens a stream in transit, and its chunks, through the write key.
+    Transit(Box<WriteKey>),
+}
+
+impl KeyRing {
+    /// The ring of a master key.
+    pub fn for_master(master: &MasterKey) -> KeyRing {
+        KeyRing::Recipient(master.recipient_secret())
+    }
+
+    fn public(&self) -> PublicKey {
+        match self {
+            KeyRing::Recipient(secret) => PublicKey::from(secret),
+            KeyRing::Transit(write) => write.recipient,
+        }
+    }
+
+    /// The keys of the stream a Cipher frame announces.
+    fn stream_keys(&self, params: &CipherParams) -> Result<StreamKeys> {
+        if params.scheme != SCHEME {
+            return Err(Error::other(format!("unsupported encryption scheme '{}'", params.scheme)));
+        }
+        if params.recipient != key_id(&self.public()) {
+            return Err(Error::integrity(
+                "wrong key or passphrase: this stream was encrypted for another key (or another repository)",
+            ));
+        }
+        let damaged = |what: &str| Error::integrity(format!("the Cipher frame is damaged ({what})"));
+        let envelope: [u8; ENVELOPE_LEN] = hex::decode(&params.envelope)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| damaged("its sealed stream secret is malformed"))?;
+        let secret = match self {
+            KeyRing::Recipient(secret) => {
+                envelope::open(secret, &envelope, ENVELOPE_AAD).ok_or_else(|| damaged("its stream secret does not open"))?
+            }
+            KeyRing::Transit(write) => {
+                let transit = params.transit.as_deref().ok_or_else(|| {
+                    Error::usage("this stream was stored or fetched, not written by `encrypt --repo` just now; ship takes streams straight from encrypt")
+                })?;
+                let sealed = hex::decode(transit).ok().filter(|b| b.len() == NONCE_LEN + 32 + TAG_LEN);
+                let sealed = sealed.ok_or_else(|| damaged("its transit copy is malformed"))?;
+                let opened = transit_cipher(write)
+                    .decrypt(Nonce::from_slice(&sealed[..NONCE_LEN]), Payload { msg: &sealed[NONCE_LEN..], aad: &envelope })
+                    .map_err(|_| damaged("its transit copy does not open"))?;
+                Zeroizing::new(opened)
+            }
         };
-        (keys, hex::encode(&check[..8]))
+        Ok(StreamKeys::from_secret(&secret, envelope))
+    }
+}
+
+/// Stream keys by sealed stream secret: chunks from many streams appear in
+/// one fetched stream, and opening a secret costs an X25519 operation.
+struct KeyCache {
+    ring: Arc<KeyRing>,
+    opened: Mutex<HashMap<[u8; ENVELOPE_LEN], Arc<StreamKeys>>>,
+}
+
+/// How many opened stream secrets a cache keeps before it starts over.
+const CACHE_LIMIT: usize = 4096;
+
+impl KeyCache {
+    fn new(ring: Arc<KeyRing>) -> KeyCache {
+        KeyCache { ring, opened: Mutex::new(HashMap::new()) }
+    }
+
+    /// Remembers the keys of a stream opened through its Cipher frame.
+    fn remember(&self, keys: &Arc<StreamKeys>) {
+        let mut opened = self.opened.lock().expect("no panics while locked");
+        if opened.len() >= CACHE_LIMIT {
+            opened.clear();
+        }
+        opened.insert(keys.envelope, keys.clone());
+    }
+
+    /// The keys of the stream a chunk was sealed in, from the sealed secret in front of it.
+    fn chunk_keys(&self, envelope: &[u8]) -> Option<Arc<StreamKeys>> {
+        let envelope: [u8; ENVELOPE_LEN] = envelope.try_into().ok()?;
+        if let Some(keys) = self.opened.lock().expect("no panics while locked").get(&envelope) {
+            return Some(keys.clone());
+        }
+        // A write key opens only streams in transit, never stored chunks.
+        let KeyRing::Recipient(secret) = &*self.ring else { return None };
+        let stream_secret = envelope::open(secret, &envelope, ENVELOPE_AAD)?;
+        let keys = Arc::new(StreamKeys::from_secret(&stream_secret, envelope));
+        self.remember(&keys);
+        Some(keys)
     }
 }
 
@@ -146,14 +279,15 @@ impl Job for Seal {
             SealKind::ChunkEncrypt(nonce) => {
                 let inner = frame.encodings;
                 let (id, body) = frame.payload.split_at(CHUNK_ID_LEN);
-                let mut sealed = Vec::with_capacity(frame.payload.len() + NONCE_LEN + TAG_LEN);
+                let mut sealed = Vec::with_capacity(frame.payload.len() + CHUNK_HEAD - CHUNK_ID_LEN + TAG_LEN);
                 sealed.extend_from_slice(id);
+                sealed.extend_from_slice(&keys.envelope);
                 sealed.extend_from_slice(&nonce);
                 sealed.extend_from_slice(body);
                 let aad = chunk_aad(inner, id);
                 let tag = keys
                     .chunk
-                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut sealed[CHUNK_ID_LEN + NONCE_LEN..])
+                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut sealed[CHUNK_HEAD..])
                     .map_err(|_| Error::other("encryption failed"))?;
                 sealed.extend_from_slice(&tag);
                 frame.payload = sealed;
@@ -171,18 +305,18 @@ impl Job for Seal {
             }
             SealKind::ChunkDecrypt => {
                 let inner = frame.encodings.without(Encodings::ENCRYPTED);
-                if frame.payload.len() < CHUNK_ID_LEN + NONCE_LEN + TAG_LEN {
+                if frame.payload.len() < CHUNK_HEAD + TAG_LEN {
                     return Err(auth_failure(index, kind));
                 }
                 let tag_at = frame.payload.len() - TAG_LEN;
                 let tag = Tag::clone_from_slice(&frame.payload[tag_at..]);
-                let (head, body) = frame.payload[..tag_at].split_at_mut(CHUNK_ID_LEN + NONCE_LEN);
-                let (id, nonce) = head.split_at(CHUNK_ID_LEN);
+                let (head, body) = frame.payload[..tag_at].split_at_mut(CHUNK_HEAD);
+                let (id, nonce) = (&head[..CHUNK_ID_LEN], &head[CHUNK_HEAD - NONCE_LEN..]);
                 keys.chunk
                     .decrypt_in_place_detached(Nonce::from_slice(nonce), &chunk_aad(inner, id), body, &tag)
                     .map_err(|_| auth_failure(index, kind))?;
                 frame.payload.truncate(tag_at);
-                frame.payload.drain(CHUNK_ID_LEN..CHUNK_ID_LEN + NONCE_LEN);
+                frame.payload.drain(CHUNK_ID_LEN..CHUNK_HEAD);
                 frame.encodings = inner;
             }
             SealKind::FrameDecrypt(position, chain) => {
@@ -208,21 +342,28 @@ impl Job for Seal {
     }
 }
 
-/// Opens stored chunks with a master key's chunk key, outside any stream
-/// (for `repo check --read-data`).
+/// The sealed stream secret in front of an encrypted chunk's body.
+fn chunk_envelope(frame: &Frame) -> Option<&[u8]> {
+    frame.payload.get(CHUNK_ID_LEN..CHUNK_ID_LEN + ENVELOPE_LEN)
+}
+
+/// Opens encrypted chunks outside any stream: stored chunks for `repo
+/// check --read-data`, and new chunks of a stream in transit for `ship`.
 pub struct ChunkOpener {
-    keys: Arc<StreamKeys>,
+    cache: Arc<KeyCache>,
 }
 
 impl ChunkOpener {
-    /// An opener for chunks encrypted under `master`.
+    /// An opener for any chunk sealed to `master`'s public key.
     pub fn new(master: &MasterKey) -> ChunkOpener {
-        ChunkOpener { keys: Arc::new(StreamKeys::derive(master, &[0; 32]).0) }
+        ChunkOpener { cache: Arc::new(KeyCache::new(Arc::new(KeyRing::for_master(master)))) }
     }
 
     /// Decrypts one encrypted chunk Data frame, checking it against its ID.
     pub fn open(&self, frame: Frame) -> Result<Frame> {
-        Seal { frame, keys: self.keys.clone(), how: SealKind::ChunkDecrypt, index: 0 }.run()
+        let kind = frame.kind;
+        let keys = chunk_envelope(&frame).and_then(|e| self.cache.chunk_keys(e)).ok_or_else(|| auth_failure(0, kind))?;
+        Seal { frame, keys, how: SealKind::ChunkDecrypt, index: 0 }.run()
     }
 
     /// Checks an encrypted chunk Data frame authenticates, without keeping the plaintext.
@@ -236,39 +377,62 @@ impl ChunkOpener {
 
 /// The sequential half of `encrypt`.
 pub struct Encryptor {
-    secret: Secret,
+    recipient: PublicKey,
+    transit: Aes256Gcm,
+    /// For a passphrase: the stretching parameters, recorded in every Cipher frame.
+    argon2: Option<Argon2Params>,
     /// Index of the next frame in the current input stream, for messages.
     index: u64,
-    /// For a passphrase: the stretched key and its parameters, made once per run.
-    stretched: Option<(MasterKey, Argon2Params)>,
     state: StreamState,
 }
 
 impl Encryptor {
-    /// An encryptor for a key or passphrase.
-    pub fn new(secret: Secret) -> Encryptor {
-        Encryptor { secret, index: 0, stretched: None, state: StreamState::default() }
+    /// An encryptor for a key file's key or a passphrase (stretched once, here).
+    pub fn new(secret: Secret) -> Result<Encryptor> {
+        match secret {
+            Secret::Key(master) => Ok(Self::for_write_key(&master.write_key())),
+            Secret::Passphrase(passphrase) => {
+                let params = Argon2Params::fresh();
+                let master = MasterKey::from_passphrase(&passphrase, &params)?;
+                Ok(Encryptor { argon2: Some(params), ..Self::for_write_key(&master.write_key()) })
+            }
+        }
     }
 
-    /// Sets up a new stream: fresh salt and keys, and the Cipher frame announcing them.
-    fn start_stream(&mut self) -> Result<Frame> {
-        let (master, argon2) = match &self.secret {
-            Secret::Key(key) => (key, None),
-            Secret::Passphrase(passphrase) => {
-                if self.stretched.is_none() {
-                    let params = Argon2Params::fresh();
-                    self.stretched = Some((MasterKey::from_passphrase(passphrase, &params)?, params));
-                }
-                let (key, params) = self.stretched.as_ref().unwrap();
-                (key, Some(params.clone()))
-            }
+    /// An encryptor that needs only the write half of a key (a repository's write-only key will do).
+    pub fn for_write_key(write: &WriteKey) -> Encryptor {
+        Encryptor {
+            recipient: write.recipient,
+            transit: transit_cipher(write),
+            argon2: None,
+            index: 0,
+            state: StreamState::default(),
+        }
+    }
+
+    /// Sets up a new stream: a fresh stream secret, sealed to the public key
+    /// and (for `ship`) under the write key, announced in a Cipher frame.
+    fn start_stream(&mut self) -> Frame {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        crate::random::fill(&mut secret[..]);
+        let envelope: [u8; ENVELOPE_LEN] =
+            envelope::seal(&self.recipient, &secret[..], ENVELOPE_AAD).try_into().expect("a sealed 32-byte secret");
+        let mut nonce = [0u8; NONCE_LEN];
+        crate::random::fill(&mut nonce);
+        let transit = self
+            .transit
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &secret[..], aad: &envelope })
+            .expect("AES-GCM sealing does not fail");
+        self.state =
+            StreamState { keys: Some(Arc::new(StreamKeys::from_secret(&secret[..], envelope))), ..StreamState::default() };
+        let params = CipherParams {
+            scheme: SCHEME.to_string(),
+            recipient: key_id(&self.recipient),
+            envelope: hex::encode(envelope),
+            transit: Some(hex::encode([&nonce[..], &transit].concat())),
+            argon2: self.argon2.clone(),
         };
-        let mut salt = [0u8; 32];
-        crate::random::fill(&mut salt);
-        let (keys, check) = StreamKeys::derive(master, &salt);
-        self.state = StreamState { keys: Some(Arc::new(keys)), ..StreamState::default() };
-        let params = CipherParams { scheme: SCHEME.to_string(), salt: hex::encode(salt), check, argon2 };
-        Ok(Frame::json(Kind::Cipher, &params))
+        Frame::json(Kind::Cipher, &params)
     }
 }
 
@@ -278,7 +442,7 @@ impl Planner for Encryptor {
     fn plan(&mut self, item: Item, out: &mut Vec<Step<Seal>>) -> Result<()> {
         if let Item::Start(id) = item {
             out.push(Step::Ready(Output::Start(id)));
-            let cipher = self.start_stream()?;
+            let cipher = self.start_stream();
             self.index = 0;
             out.push(Step::Ready(Output::Frame(cipher)));
             return Ok(());
@@ -313,11 +477,19 @@ impl Planner for Encryptor {
     }
 }
 
+/// Where `encrypt -d` gets its keys.
+enum KeySource {
+    /// A key: one ring for every stream.
+    Ring(Arc<KeyCache>),
+    /// A passphrase, stretched once per set of Argon2 parameters.
+    Passphrase(Zeroizing<Vec<u8>>, HashMap<Argon2Params, Arc<KeyCache>>),
+}
+
 /// The sequential half of `encrypt -d`.
 pub struct Decryptor {
-    secret: Secret,
-    /// Passphrase-derived keys by Argon2 parameters, so concatenated streams stretch once.
-    stretched: HashMap<Argon2Params, MasterKey>,
+    source: KeySource,
+    /// The keys of the current stream's key, for chunks sealed in other streams.
+    current: Option<Arc<KeyCache>>,
     state: StreamState,
     /// Index of the next frame in the current stream, for messages.
     index: u64,
@@ -329,48 +501,57 @@ impl Decryptor {
     /// A decryptor for a key or passphrase. It refuses ChunkRef frames: a
     /// stream for people to use has its chunks in place (`fetch` puts them back).
     pub fn new(secret: Secret) -> Decryptor {
-        Decryptor { secret, stretched: HashMap::new(), state: StreamState::default(), index: 0, skeletons: false }
+        let source = match secret {
+            Secret::Key(master) => KeySource::Ring(Arc::new(KeyCache::new(Arc::new(KeyRing::for_master(&master))))),
+            Secret::Passphrase(passphrase) => KeySource::Passphrase(passphrase, HashMap::new()),
+        };
+        Decryptor { source, current: None, state: StreamState::default(), index: 0, skeletons: false }
     }
 
     /// A decryptor that authenticates a repository skeleton, where ChunkRef
-    /// frames stand for stored chunks (for `ship` and `repo check`).
+    /// frames stand for stored chunks (for `repo check` and `inspect`).
     pub fn for_skeletons(secret: Secret) -> Decryptor {
         Decryptor { skeletons: true, ..Self::new(secret) }
     }
 
+    /// For `ship`: a decryptor that opens streams in transit with the write
+    /// key (ChunkRefs allowed), and an opener for their new chunks.
+    pub fn in_transit(write: WriteKey) -> (Decryptor, ChunkOpener) {
+        let cache = Arc::new(KeyCache::new(Arc::new(KeyRing::Transit(Box::new(write)))));
+        let opener = ChunkOpener { cache: cache.clone() };
+        let decryptor = Decryptor {
+            source: KeySource::Ring(cache),
+            current: None,
+            state: StreamState::default(),
+            index: 0,
+            skeletons: true,
+        };
+        (decryptor, opener)
+    }
+
     fn open_stream(&mut self, frame: &Frame) -> Result<()> {
         let params: CipherParams = frame.parse_json()?;
-        if params.scheme != SCHEME {
-            return Err(Error::other(format!("unsupported encryption scheme '{}'", params.scheme)));
-        }
-        let salt = hex::decode(&params.salt)
-            .ok()
-            .filter(|salt| salt.len() == 32)
-            .ok_or_else(|| Error::integrity("the Cipher frame is damaged (its salt is not 32 bytes of hex)"))?;
-        let master = match (&self.secret, &params.argon2) {
-            (Secret::Key(key), None) => key,
-            (Secret::Passphrase(passphrase), Some(argon2)) => {
+        let cache = match (&mut self.source, &params.argon2) {
+            (KeySource::Ring(cache), None) => cache.clone(),
+            (KeySource::Passphrase(passphrase, stretched), Some(argon2)) => {
                 argon2.check_plausible()?;
-                if !self.stretched.contains_key(argon2) {
-                    let key = MasterKey::from_passphrase(passphrase, argon2)?;
-                    self.stretched.insert(argon2.clone(), key);
+                if !stretched.contains_key(argon2) {
+                    let master = MasterKey::from_passphrase(passphrase, argon2)?;
+                    stretched.insert(argon2.clone(), Arc::new(KeyCache::new(Arc::new(KeyRing::for_master(&master)))));
                 }
-                &self.stretched[argon2]
+                stretched[argon2].clone()
             }
-            (Secret::Key(_), Some(_)) => {
+            (KeySource::Ring(_), Some(_)) => {
                 return Err(Error::usage("this stream was encrypted with a passphrase, not a key file"))
             }
-            (Secret::Passphrase(_), None) => {
+            (KeySource::Passphrase(..), None) => {
                 return Err(Error::usage("this stream was encrypted with a key file, not a passphrase"))
             }
         };
-        let (keys, check) = StreamKeys::derive(master, &salt);
-        if check != params.check {
-            return Err(Error::integrity(
-                "wrong key or passphrase: it does not match the one this stream was encrypted with",
-            ));
-        }
-        self.state = StreamState { keys: Some(Arc::new(keys)), ..StreamState::default() };
+        let keys = Arc::new(cache.ring.stream_keys(&params)?);
+        cache.remember(&keys);
+        self.state = StreamState { keys: Some(keys), ..StreamState::default() };
+        self.current = Some(cache);
         Ok(())
     }
 }
@@ -407,7 +588,7 @@ impl Planner for Decryptor {
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());
         }
-        let Some(keys) = self.state.keys.clone() else {
+        let Some(stream_keys) = self.state.keys.clone() else {
             return Err(Error::integrity(if encrypted {
                 format!("frame {index} ({}) is encrypted but the stream has no Cipher frame", frame.kind.name())
             } else {
@@ -420,16 +601,24 @@ impl Planner for Decryptor {
                 frame.kind.name()
             )));
         }
-        let how = if frame.kind == Kind::Data && frame.encodings.has(Encodings::CHUNKED) {
+        let (how, keys) = if frame.kind == Kind::Data && frame.encodings.has(Encodings::CHUNKED) {
             let (id, rest) = frame.chunk_parts()?;
-            if rest.len() < NONCE_LEN + TAG_LEN {
+            if rest.len() < CHUNK_HEAD - CHUNK_ID_LEN + TAG_LEN {
                 return Err(auth_failure(index, frame.kind));
             }
             self.state.chain.add(id);
-            SealKind::ChunkDecrypt
+            // A chunk stored from another stream carries that stream's sealed secret.
+            let envelope = chunk_envelope(&frame).expect("length checked");
+            let keys = if envelope == stream_keys.envelope {
+                stream_keys
+            } else {
+                let cache = self.current.as_ref().expect("a stream with keys has a key cache");
+                cache.chunk_keys(envelope).ok_or_else(|| auth_failure(index, frame.kind))?
+            };
+            (SealKind::ChunkDecrypt, keys)
         } else {
             self.state.position += 1;
-            SealKind::FrameDecrypt(self.state.position, self.state.chain.take())
+            (SealKind::FrameDecrypt(self.state.position, self.state.chain.take()), stream_keys)
         };
         out.push(Step::Work(Seal { frame, keys, how, index }));
         Ok(())

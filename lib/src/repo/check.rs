@@ -34,6 +34,7 @@ pub struct Report {
 
 /// Checks the repository; problems are collected, not returned as errors.
 pub fn check(repo: &Repository, read_data: bool) -> Result<Report> {
+    repo.master()?;
     let mut report = Report::default();
     let storage = repo.storage();
     let mut by_pack: HashMap<String, Vec<IndexEntry>> = HashMap::new();
@@ -78,8 +79,9 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<Report> {
     }
     report.unneeded_packs = by_pack.keys().filter(|pack| !needed.contains(*pack)).count();
     if read_data {
-        let opener = ChunkOpener::new(repo.master());
-        let ids = ChunkIdKey::for_master(repo.master());
+        let master = repo.master()?;
+        let opener = ChunkOpener::new(master);
+        let ids = ChunkIdKey::for_key(&master.write_key());
         for (pack, entries) in &by_pack {
             if let Err(problem) = read_pack(repo, pack, entries, &opener, &ids) {
                 report.problems.push(problem);
@@ -98,10 +100,11 @@ fn check_snapshot(
     needed: &mut HashSet<String>,
 ) -> std::result::Result<(), String> {
     let bytes = repo.storage().read(name).map_err(|e| e.to_string())?;
-    let (_, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, id).map_err(|e| e.to_string())?;
+    let (_, skeleton) = repo.open_snapshot(&bytes, id).map_err(|e| e.to_string())?;
     let fail = |e: crate::Error| format!("snapshot {id}: {e}");
     // Every frame authenticates, chunk references included (through the chain).
-    let mut decryptor = Decryptor::for_skeletons(Secret::Key(repo.master().duplicate()));
+    let master = repo.master().map_err(|e| e.to_string())?;
+    let mut decryptor = Decryptor::for_skeletons(Secret::Key(master.duplicate()));
     let mut reader = StreamReader::new(skeleton);
     while let Some(item) = reader.next_item().map_err(fail)? {
         run_inline(&mut decryptor, item).map_err(fail)?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use super::pack::{pack_name, Location};
-use super::snapshot::{self, Summary};
+use super::snapshot::Summary;
 use super::Repository;
 use crate::error::{Error, Result};
 use crate::format::{Frame, Kind, CHUNK_ID_LEN};
@@ -15,12 +15,13 @@ use crate::writer::StreamWriter;
 
 /// Every snapshot's ID and summary, oldest first.
 pub fn list(repo: &Repository) -> Result<Vec<(String, Summary)>> {
+    repo.master()?;
     let mut all = Vec::new();
     for name in repo.storage().list("snapshots")? {
         let id = name.rsplit('/').next().unwrap_or_default().to_string();
         // A snapshot removed by `forget` since it was listed is simply gone.
         let Some(bytes) = repo.storage().read_if_exists(&name)? else { continue };
-        match snapshot::decode(&bytes, repo.master(), &repo.config.id, &id) {
+        match repo.open_snapshot(&bytes, &id) {
             Ok((summary, _)) => all.push((id, summary)),
             Err(e) => crate::cli::say(&format!("warning: {e}; skipped (run `repo check`)")),
         }
@@ -107,12 +108,13 @@ pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Ve
 
 /// Writes the stored stream of each snapshot in `ids`, in order, to `output`.
 pub fn fetch(repo: &Repository, ids: &[String], output: impl Write) -> Result<()> {
+    repo.master()?;
     let progress = Progress::for_stage("fetch");
     let index = repo.chunk_index()?;
     let mut writer = StreamWriter::new(std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, output));
     for id in ids {
         let bytes = repo.storage().read(&format!("snapshots/{id}"))?;
-        let (summary, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, id)?;
+        let (summary, skeleton) = repo.open_snapshot(&bytes, id)?;
         progress.set_total(summary.stream_bytes);
         progress.set(0);
         let mut reader = StreamReader::new(skeleton);

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cdc::ChunkSizes;
 use crate::error::{Error, Result};
-use crate::keys::{MasterKey, Secret};
-use keyslot::KeySlot;
+use crate::keys::{MasterKey, Secret, WriteKey};
+use keyslot::{KeySlot, Unlocked};
 use pack::{IndexEntry, Location};
 use address::Address;
 use storage::{LocalStorage, Storage};
@@ -56,12 +56,14 @@ impl Config {
     }
 }
 
-/// An open repository with its master key.
+/// An open repository with the key that opened it.
 pub struct Repository {
     storage: Box<dyn Storage>,
     /// The configuration.
     pub config: Config,
-    master: MasterKey,
+    /// The master key; None when a write-only key opened the repository.
+    master: Option<MasterKey>,
+    write: WriteKey,
     /// The key slot that opened it.
     pub slot: String,
 }
@@ -93,19 +95,19 @@ impl Repository {
             chunk_max: sizes.max,
         };
         let master = MasterKey::generate();
-        let slot = KeySlot::seal(&master, secret, &config.id)?;
+        let slot = KeySlot::seal(&master, false, secret, &config.id)?;
         storage.create(&format!("keys/{}", slot_name()), &serde_json::to_vec_pretty(&slot).unwrap())?;
         // The config is written last: a directory without it is not a repository.
         storage.create("config", &serde_json::to_vec_pretty(&config).unwrap())?;
         Ok(config)
     }
 
-    /// The key slots of the repository at `location`: name and kind. Needs no key.
-    pub fn key_slots(location: &str) -> Result<Vec<(String, String)>> {
+    /// The key slots of the repository at `location`: name, kind and access. Needs no key.
+    pub fn key_slots(location: &str) -> Result<Vec<(String, String, String)>> {
         let storage = Self::existing(location)?;
         Ok(keyslot::list(&*storage)?
             .into_iter()
-            .map(|(name, slot)| (name.rsplit('/').next().unwrap_or_default().to_string(), slot.kind))
+            .map(|(name, slot)| (name.rsplit('/').next().unwrap_or_default().to_string(), slot.kind, slot.access))
             .collect())
     }
 
@@ -131,18 +133,23 @@ impl Repository {
         config.sizes().validate(crate::format::MAX_PLAIN_PAYLOAD).map_err(|e| e.context("the repository config"))?;
         for (name, slot) in keyslot::list(&*storage)? {
             // A slot that cannot be opened (damaged, other parameters) is not this key's.
-            if let Ok(Some(master)) = slot.open(secret, &config.id) {
+            if let Ok(Some(unlocked)) = slot.open(secret, &config.id) {
                 let slot = name.rsplit('/').next().unwrap_or_default().to_string();
-                return Ok(Repository { storage, config, master, slot });
+                let (master, write) = match unlocked {
+                    Unlocked::Full(master) => (Some(master.duplicate()), master.write_key()),
+                    Unlocked::WriteOnly(write) => (None, write),
+                };
+                return Ok(Repository { storage, config, master, write, slot });
             }
         }
         Err(Error::usage(format!("no key slot of '{location}' opens with the key or passphrase given")))
     }
 
-    /// Adds a key slot that opens the repository with `secret`; returns its name.
-    pub fn add_key(&self, secret: &Secret) -> Result<String> {
+    /// Adds a key slot that opens the repository with `secret` (only to
+    /// ship new backups, with `write_only`); returns its name.
+    pub fn add_key(&self, secret: &Secret, write_only: bool) -> Result<String> {
         let name = slot_name();
-        let slot = KeySlot::seal(&self.master, secret, &self.config.id)?;
+        let slot = KeySlot::seal(self.master()?, write_only, secret, &self.config.id)?;
         self.storage.create(&format!("keys/{name}"), &serde_json::to_vec_pretty(&slot).unwrap())?;
         Ok(name)
     }
@@ -152,6 +159,7 @@ impl Repository {
         if name.len() != 16 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::usage(format!("'{name}' is not a key slot name (see `repo key list`)")));
         }
+        self.master()?;
         if name == self.slot {
             return Err(Error::usage(format!(
                 "key slot {name} is the one that opened the repository; open it with another key to remove this one"
@@ -163,9 +171,25 @@ impl Repository {
         self.storage.remove(&format!("keys/{name}"))
     }
 
-    /// The repository's master key: what `chunk --repo` and `encrypt --repo` work with.
-    pub fn master(&self) -> &MasterKey {
-        &self.master
+    /// The repository's master key, for everything that reads or changes
+    /// stored backups; a write-only key is refused here (usage error).
+    pub fn master(&self) -> Result<&MasterKey> {
+        self.master.as_ref().ok_or_else(|| {
+            Error::usage(format!(
+                "key slot {} is write-only: it can ship new backups but not read, fetch, check, forget, prune or manage keys",
+                self.slot
+            ))
+        })
+    }
+
+    /// Opens a snapshot object read as `id`: its summary and skeleton (needs the master key).
+    pub fn open_snapshot<'a>(&self, bytes: &'a [u8], id: &str) -> Result<(snapshot::Summary, &'a [u8])> {
+        snapshot::decode(bytes, &self.master()?.recipient_secret(), &self.config.id, id)
+    }
+
+    /// The write half of the key: what `chunk --repo`, `encrypt --repo` and `ship` work with.
+    pub fn write_key(&self) -> &WriteKey {
+        &self.write
     }
 
     /// The storage.

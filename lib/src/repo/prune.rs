@@ -50,7 +50,7 @@ fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     let mut ids = HashSet::new();
     for name in repo.storage().list("snapshots")? {
         let Some(bytes) = repo.storage().read_if_exists(&name)? else { continue };
-        let (_, skeleton) = snapshot::decode(&bytes, repo.master(), &repo.config.id, &pack_of(&name))?;
+        let (_, skeleton) = repo.open_snapshot(&bytes, &pack_of(&name))?;
         ids.extend(snapshot::chunk_refs(skeleton)?);
     }
     Ok(ids)
@@ -59,6 +59,7 @@ fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
 /// Marks unreferenced packs, deletes those marked longer than `grace` ago, and
 /// unmarks packs in use again. With `dry_run`, reports without changing anything.
 pub fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc>, dry_run: bool) -> Result<Report> {
+    repo.master()?;
     let storage = repo.storage();
     let mut report = Report::default();
     let marks = marked(storage)?;

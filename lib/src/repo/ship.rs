@@ -9,11 +9,10 @@ use serde::Serialize;
 use super::pack::PackWriter;
 use super::snapshot::{self, Summary};
 use super::Repository;
-use crate::codec::crypt::{ChunkOpener, Decryptor};
+use crate::codec::crypt::{CipherParams, Decryptor};
 use crate::error::{Error, Result};
 use crate::filter::{describe_abort, run_inline, Output};
 use crate::format::{Encodings, Frame, Kind, StreamId, CHUNK_ID_LEN};
-use crate::keys::Secret;
 use crate::meta::{Begin, End};
 use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
@@ -91,8 +90,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
         })
         .collect();
     let mut packs = PackWriter::new(repo.storage());
-    let opener = ChunkOpener::new(repo.master());
-    let mut decryptor = Decryptor::for_skeletons(Secret::Key(repo.master().duplicate()));
+    let (mut decryptor, opener) = Decryptor::in_transit(repo.write_key().duplicate());
     let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
     let mut current: Option<Shipment> = None;
     while let Some(item) = reader.next_item()? {
@@ -171,7 +169,13 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
             decrypt(&mut decryptor, Item::Frame(reference))?;
             continue;
         }
-        ship.skeleton.write(&frame)?;
+        if frame.kind == Kind::Cipher {
+            // The transit copy of the stream secret opens with the write key: it never reaches the repository.
+            let params: CipherParams = frame.parse_json()?;
+            ship.skeleton.write(&Frame::json(Kind::Cipher, &params.without_transit()))?;
+        } else {
+            ship.skeleton.write(&frame)?;
+        }
         for plain in decrypt(&mut decryptor, Item::Frame(frame))? {
             match plain.kind {
                 Kind::Begin => ship.begin = Some(plain.parse_json()?),
@@ -217,7 +221,7 @@ fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, s
         repo.storage().remove(&format!("pending/{pack}"))?;
     }
     let skeleton = done.skeleton.into_inner();
-    let object = snapshot::encode(&summary, &skeleton, repo.master(), &repo.config.id);
+    let object = snapshot::encode(&summary, &skeleton, &repo.write_key().recipient, &repo.config.id);
     let id = snapshot::id_of(&object);
     repo.storage().create(&format!("snapshots/{id}"), &object)?;
     Ok(Receipt { snapshot: id, deduplicated_bytes: done.deduplicated_bytes, summary })

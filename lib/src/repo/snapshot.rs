@@ -1,12 +1,11 @@
 //! Snapshot objects: a sealed summary of one stored stream, then its
 //! skeleton (the stream with every chunk replaced by a ChunkRef).
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
+use x25519_dalek::{PublicKey, StaticSecret};
 
+use crate::envelope;
 use crate::error::{Error, Result};
-use crate::keys::MasterKey;
 use crate::meta::Begin;
 
 /// First eight bytes of a snapshot object.
@@ -37,47 +36,37 @@ pub struct Summary {
     pub stored: String,
 }
 
-fn cipher(master: &MasterKey) -> Aes256Gcm {
-    Aes256Gcm::new_from_slice(&master.derive(b"backpipe/v1/snapshot")[..]).expect("32-byte key")
-}
-
 /// Binds a summary to its repository and to its skeleton, so neither can be paired with another.
 fn aad(repo_id: &str, skeleton: &[u8]) -> Vec<u8> {
     [b"backpipe/v1/snapshot/".as_slice(), repo_id.as_bytes(), blake3::hash(skeleton).as_bytes()].concat()
 }
 
-/// Encodes a snapshot object.
-pub fn encode(summary: &Summary, skeleton: &[u8], master: &MasterKey, repo_id: &str) -> Vec<u8> {
-    let mut nonce = [0u8; 12];
-    crate::random::fill(&mut nonce);
+/// Encodes a snapshot object, its summary sealed to the repository's public key.
+pub fn encode(summary: &Summary, skeleton: &[u8], recipient: &PublicKey, repo_id: &str) -> Vec<u8> {
     let json = serde_json::to_vec(summary).expect("summaries serialize");
-    let sealed = cipher(master)
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &json, aad: &aad(repo_id, skeleton) })
-        .expect("AES-GCM sealing does not fail");
-    let mut out = Vec::with_capacity(8 + 4 + 12 + sealed.len() + skeleton.len());
+    let sealed = envelope::seal(recipient, &json, &aad(repo_id, skeleton));
+    let mut out = Vec::with_capacity(8 + 4 + sealed.len() + skeleton.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&((12 + sealed.len()) as u32).to_le_bytes());
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
     out.extend_from_slice(&sealed);
     out.extend_from_slice(skeleton);
     out
 }
 
-/// Decodes a snapshot object: its summary and its skeleton.
-pub fn decode<'a>(bytes: &'a [u8], master: &MasterKey, repo_id: &str, name: &str) -> Result<(Summary, &'a [u8])> {
+/// Decodes a snapshot object with the repository's secret: its summary and its skeleton.
+pub fn decode<'a>(bytes: &'a [u8], secret: &StaticSecret, repo_id: &str, name: &str) -> Result<(Summary, &'a [u8])> {
     let damaged = |why: &str| Error::integrity(format!("snapshot {name} is damaged ({why})"));
     if bytes.len() < 12 || bytes[..8] != MAGIC {
         return Err(damaged("bad magic"));
     }
     let sealed_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    if sealed_len < 12 + 16 || bytes.len() < 12 + sealed_len {
+    if sealed_len < envelope::OVERHEAD || bytes.len() < 12 + sealed_len {
         return Err(damaged("truncated"));
     }
     let sealed = &bytes[12..12 + sealed_len];
     let skeleton = &bytes[12 + sealed_len..];
-    let json = cipher(master)
-        .decrypt(Nonce::from_slice(&sealed[..12]), Payload { msg: &sealed[12..], aad: &aad(repo_id, skeleton) })
-        .map_err(|_| damaged("its summary fails authentication"))?;
+    let json = envelope::open(secret, sealed, &aad(repo_id, skeleton))
+        .ok_or_else(|| damaged("its summary fails authentication"))?;
     let summary: Summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
     let preamble_id = skeleton.get(12..28).map(hex::encode);
     if preamble_id.as_deref() != Some(summary.stream_id.as_str()) {
