@@ -185,6 +185,7 @@ on_every_backend!(
     keys_can_be_added_listed_and_removed,
     forged_chunks_summaries_and_references_are_refused,
     repository_files_hold_no_plaintext,
+    a_write_only_key_ships_and_deduplicates_but_reads_nothing,
 );
 
 fn ship_and_fetch_round_trip_and_deduplicate(backend: Backend) {
@@ -518,6 +519,59 @@ fn repository_files_hold_no_plaintext(backend: Backend) {
         }
     }
     case.ok(r#"repo check --read-data "$R" --passphrase-file pw 2>/dev/null"#);
+}
+
+fn a_write_only_key_ships_and_deduplicates_but_reads_nothing(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("db/data"), &data(6, 50), 0o644, 1_700_000_000);
+    let full = case.ship("db");
+    case.ok(r#"keygen w && repo key add "$R" --key-file k --write-only --new-key-file w 2>/dev/null"#);
+    let slots = String::from_utf8(case.ok(r#"repo key list "$R""#)).unwrap();
+    assert!(slots.lines().any(|l| l.ends_with("key-file  write-only")), "{slots}");
+    let write_only = |what: &str| -> serde_json::Value {
+        let pipeline = BACKUP.replace("--key-file k", "--key-file w");
+        serde_json::from_slice(&case.ok(&format!("dump-files {what} | {pipeline}"))).unwrap()
+    };
+    // It ships, and deduplicates against what the full key stored and against its own backups.
+    let first = write_only("db");
+    assert_eq!(first["new_chunks"], 0, "{first}");
+    assert_eq!(first["engine"], "files", "the receipt has the Begin frame's fields");
+    put(&dir.join("db/more"), &data(3, 51), 0o644, 1_700_000_000);
+    let second = write_only("db");
+    assert!(second["new_chunks"].as_u64().unwrap() > 0, "{second}");
+    let third = write_only("db");
+    assert_eq!(third["new_chunks"], 0, "{third}");
+    // Every read path refuses it, as a usage error naming the cause.
+    for read in [
+        r#"repo snapshots "$R" --key-file w"#,
+        r#"fetch "$R" latest --key-file w > out.bp"#,
+        r#"fetch "$R" --until 2999-01-01 --key-file w > out.bp"#,
+        r#"repo check "$R" --key-file w"#,
+        r#"repo check --read-data "$R" --key-file w"#,
+        r#"repo forget "$R" --keep-last 1 --key-file w"#,
+        r#"repo prune "$R" --key-file w"#,
+        r#"repo key add "$R" --key-file w --new-passphrase-file w"#,
+        r#"repo key remove "$R" 0123456789abcdef --key-file w"#,
+        r#"fetch "$R" latest --key-file k | encrypt -d --repo "$R" --key-file w > out.bp"#,
+    ] {
+        let err = case.fails(read, 2);
+        assert!(err.contains("write-only"), "{read}: {err}");
+    }
+    // Its key file alone decrypts nothing stored either.
+    let err = case.fails(r#"fetch "$R" latest --key-file k | encrypt -d --key-file w > out.bp"#, 4);
+    assert!(err.contains("wrong key"), "{err}");
+    // The full key reads what the write-only key stored.
+    case.restore(third["snapshot"].as_str().unwrap(), "out");
+    assert_same_tree(&dir.join("db"), &dir.join("out/db"));
+    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+    // The transit copy of stream secrets (which the write key opens) never reaches the repository.
+    let storage = case.storage();
+    for name in case.objects("snapshots") {
+        let bytes = storage.read(&name).unwrap();
+        assert!(!bytes.windows(9).any(|w| w == b"\"transit\""), "{name} holds a transit copy");
+    }
+    assert_eq!(case.snapshot_count(), 4, "{full}");
 }
 
 /// Failures of the place a repository lives: each ends in one line on
