@@ -65,8 +65,14 @@ impl Error {
         Self::new(ErrorKind::Integrity, message)
     }
 
-    /// Wraps an I/O error with what was being done when it happened.
+    /// Wraps an I/O error with what was being done when it happened. An I/O
+    /// error that carries one of ours (from a reader of repository objects)
+    /// keeps its class.
     pub fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let inner = err.into_inner().expect("checked above").downcast::<Error>().expect("checked above");
+            return inner.context(context);
+        }
         let mut error = Self::other(format!("{context}: {}", describe_io(&err)));
         error.broken_pipe = err.kind() == std::io::ErrorKind::BrokenPipe;
         error

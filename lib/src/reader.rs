@@ -58,6 +58,11 @@ impl<R: Read> StreamReader<R> {
         }
     }
 
+    /// The input.
+    pub fn get_ref(&self) -> &R {
+        &self.input
+    }
+
     /// Bytes consumed from the input so far.
     pub fn offset(&self) -> u64 {
         self.offset

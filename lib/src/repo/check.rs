@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::filter::{run_inline, Job};
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
 use crate::keys::Secret;
-use crate::reader::StreamReader;
+use crate::reader::Item;
 
 /// What a check found.
 #[derive(Debug, Default)]
@@ -73,7 +73,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<Report> {
     for name in storage.list("snapshots")? {
         report.snapshots += 1;
         let id = name.rsplit('/').next().unwrap_or_default();
-        if let Err(e) = check_snapshot(repo, &name, id, &chunks, &mut needed) {
+        if let Err(e) = check_snapshot(repo, id, &chunks, &mut needed) {
             report.problems.push(e);
         }
     }
@@ -94,26 +94,29 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<Report> {
 /// Authenticates a snapshot's summary and skeleton and checks every chunk it needs is indexed.
 fn check_snapshot(
     repo: &Repository,
-    name: &str,
     id: &str,
     chunks: &HashMap<[u8; 32], Location>,
     needed: &mut HashSet<String>,
 ) -> std::result::Result<(), String> {
-    let bytes = repo.storage().read(name).map_err(|e| e.to_string())?;
-    let (_, skeleton) = repo.open_snapshot(&bytes, id).map_err(|e| e.to_string())?;
     let fail = |e: crate::Error| format!("snapshot {id}: {e}");
+    let Some(opened) = repo.open_snapshot(id).map_err(|e| e.to_string())? else { return Ok(()) };
     // Every frame authenticates, chunk references included (through the chain).
     let master = repo.master().map_err(|e| e.to_string())?;
     let mut decryptor = Decryptor::for_skeletons(Secret::Key(master.duplicate()));
-    let mut reader = StreamReader::new(skeleton);
+    let mut reader = opened.skeleton(repo.storage(), id).map_err(fail)?;
     while let Some(item) = reader.next_item().map_err(fail)? {
+        match &item {
+            Item::Start(stream) => reader.get_ref().check_stream(stream).map_err(fail)?,
+            Item::Frame(frame) if frame.kind == Kind::ChunkRef => {
+                let chunk = snapshot::chunk_ref(frame).map_err(fail)?;
+                let Some(location) = chunks.get(&chunk) else {
+                    return Err(format!("snapshot {id} needs chunk {} which no index lists", hex::encode(chunk)));
+                };
+                needed.insert(location.pack.to_string());
+            }
+            Item::Frame(_) => {}
+        }
         run_inline(&mut decryptor, item).map_err(fail)?;
-    }
-    for chunk in snapshot::chunk_refs(skeleton).map_err(fail)? {
-        let Some(location) = chunks.get(&chunk) else {
-            return Err(format!("snapshot {id} needs chunk {} which no index lists", hex::encode(chunk)));
-        };
-        needed.insert(location.pack.to_string());
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use super::Repository;
 use crate::error::{Error, Result};
 use crate::format::{Frame, Kind, CHUNK_ID_LEN};
 use crate::progress::Progress;
-use crate::reader::{Item, StreamReader};
+use crate::reader::Item;
 use crate::writer::StreamWriter;
 
 /// Every snapshot's ID and summary, oldest first.
@@ -20,9 +20,9 @@ pub fn list(repo: &Repository) -> Result<Vec<(String, Summary)>> {
     for name in repo.storage().list("snapshots")? {
         let id = name.rsplit('/').next().unwrap_or_default().to_string();
         // A snapshot removed by `forget` since it was listed is simply gone.
-        let Some(bytes) = repo.storage().read_if_exists(&name)? else { continue };
-        match repo.open_snapshot(&bytes, &id) {
-            Ok((summary, _)) => all.push((id, summary)),
+        match repo.open_snapshot(&id) {
+            Ok(Some(opened)) => all.push((id, opened.summary)),
+            Ok(None) => {}
             Err(e) => crate::cli::say(&format!("warning: {e}; skipped (run `repo check`)")),
         }
     }
@@ -113,18 +113,29 @@ pub fn fetch(repo: &Repository, ids: &[String], output: impl Write) -> Result<()
     let index = repo.chunk_index()?;
     let mut writer = StreamWriter::new(std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, output));
     for id in ids {
-        let bytes = repo.storage().read(&format!("snapshots/{id}"))?;
-        let (summary, skeleton) = repo.open_snapshot(&bytes, id)?;
-        progress.set_total(summary.stream_bytes);
+        let opened = repo.open_snapshot(id)?.ok_or_else(|| Error::other(format!("snapshot {id} no longer exists")))?;
+        progress.set_total(opened.summary.stream_bytes);
         progress.set(0);
-        let mut reader = StreamReader::new(skeleton);
-        while let Some(item) = reader.next_item().map_err(|e| e.context(format!("snapshot {id}")))? {
+        let mut reader = opened.skeleton(repo.storage(), id)?;
+        let in_snapshot = |e: Error| e.context(format!("snapshot {id}"));
+        while let Some(item) = reader.next_item().map_err(in_snapshot)? {
             match item {
-                Item::Start(stream) => writer.start(stream)?,
+                Item::Start(stream) => {
+                    reader.get_ref().check_stream(&stream)?;
+                    writer.start(stream)?
+                }
                 Item::Frame(frame) if frame.kind == Kind::ChunkRef => {
                     let chunk = read_chunk(repo, &index, &frame.payload)?;
                     progress.add(chunk.payload.len() as u64);
                     writer.write(&chunk)?;
+                }
+                Item::Frame(frame) if frame.kind == Kind::End => {
+                    // The End frame commits the stream downstream: first read the
+                    // skeleton to its end, which checks it against the summary.
+                    if reader.next_item().map_err(in_snapshot)?.is_some() {
+                        return Err(Error::integrity(format!("snapshot {id} is damaged (data after its End frame)")));
+                    }
+                    writer.write(&frame)?;
                 }
                 Item::Frame(frame) => writer.write(&frame)?,
             }

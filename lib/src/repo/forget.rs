@@ -144,6 +144,7 @@ mod tests {
             new_chunks: 0,
             new_bytes: 0,
             stored: started.into(),
+            skeleton_blake3: String::new(),
         };
         (id.into(), summary)
     }

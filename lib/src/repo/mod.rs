@@ -182,9 +182,13 @@ impl Repository {
         })
     }
 
-    /// Opens a snapshot object read as `id`: its summary and skeleton (needs the master key).
-    pub fn open_snapshot<'a>(&self, bytes: &'a [u8], id: &str) -> Result<(snapshot::Summary, &'a [u8])> {
-        snapshot::decode(bytes, &self.master()?.recipient_secret(), &self.config.id, id)
+    /// Opens snapshot `id`'s summary (needs the master key); `None` when
+    /// the snapshot was removed (by `repo forget`) since it was listed.
+    pub fn open_snapshot(&self, id: &str) -> Result<Option<snapshot::Opened>> {
+        match snapshot::open(&*self.storage, id, &self.master()?.recipient_secret(), &self.config.id) {
+            Err(_) if !self.storage.exists(&format!("snapshots/{id}"))? => Ok(None),
+            opened => opened.map(Some),
+        }
     }
 
     /// The write half of the key: what `chunk --repo`, `encrypt --repo` and `ship` work with.

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::pack::{decode_index, is_pack_name, pack_name};
 use super::snapshot;
+use crate::format::Kind;
 use super::storage::Storage;
 use super::Repository;
 use crate::error::Result;
@@ -49,9 +50,15 @@ pub fn marked(storage: &dyn Storage) -> Result<HashSet<String>> {
 fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     let mut ids = HashSet::new();
     for name in repo.storage().list("snapshots")? {
-        let Some(bytes) = repo.storage().read_if_exists(&name)? else { continue };
-        let (_, skeleton) = repo.open_snapshot(&bytes, &pack_of(&name))?;
-        ids.extend(snapshot::chunk_refs(skeleton)?);
+        let id = pack_of(&name);
+        // A snapshot removed by `forget` since it was listed is simply gone.
+        let Some(opened) = repo.open_snapshot(&id)? else { continue };
+        snapshot::walk(opened.skeleton(repo.storage(), &id)?, |frame| {
+            if frame.kind == Kind::ChunkRef {
+                ids.insert(snapshot::chunk_ref(&frame)?);
+            }
+            Ok(())
+        })?;
     }
     Ok(ids)
 }

@@ -8,6 +8,7 @@
 //! into place, so a killed writer never leaves a partial object under a real name.
 
 use std::future::IntoFuture;
+use std::io::Read;
 use std::time::Duration;
 
 use opendal::layers::{RetryLayer, TimeoutLayer};
@@ -16,6 +17,9 @@ use opendal::{ErrorKind as DalKind, Operator};
 use super::address::{Address, S3Address, SftpAddress};
 use super::storage::{is_temporary, Storage};
 use crate::error::{Error, Result};
+
+/// Bytes sent per write request (S3 multipart parts are at least 5 MiB).
+const UPLOAD_PIECE: usize = 8 << 20;
 
 /// A repository on a remote service.
 pub struct RemoteStorage {
@@ -63,20 +67,46 @@ impl RemoteStorage {
         }
     }
 
+    /// Writes what `content` reads to object `target`, a piece at a time.
+    fn upload(&self, name: &str, target: &str, content: &mut dyn Read) -> Result<()> {
+        let unreadable = |e: std::io::Error| Error::io(format!("cannot read what goes into '{name}'"), e);
+        let mut writer = self.run(self.operator.writer(target)).map_err(|e| self.fail(name, "write", e))?;
+        let mut piece = vec![0u8; UPLOAD_PIECE];
+        loop {
+            let mut filled = 0;
+            while filled < piece.len() {
+                match content.read(&mut piece[filled..]).map_err(unreadable)? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            self.run(writer.write(piece[..filled].to_vec())).map_err(|e| self.write_failure(name, e))?;
+        }
+        self.run(writer.close()).map_err(|e| self.write_failure(name, e))?;
+        Ok(())
+    }
+
+    fn write_failure(&self, name: &str, err: opendal::Error) -> Error {
+        // SFTP version 3 has no codes for a full disk or a read-only file system.
+        let vague = err.kind() == DalKind::Unexpected && err.to_string().contains("kind Failure");
+        let hint = if vague { " (the server gave no reason: often a full disk or a read-only directory)" } else { "" };
+        Error::other(format!("{}{hint}", self.fail(name, "write", err)))
+    }
+
     /// Writes under a temporary name in the same folder, then renames; the
     /// rename fails rather than replace an object another writer published.
-    fn create_staged(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+    fn create_staged(&self, name: &str, content: &mut dyn Read) -> Result<bool> {
         let (folder, file) = name.rsplit_once('/').unwrap_or(("", name));
         let mut random = [0u8; 8];
         crate::random::fill(&mut random);
         let temp = format!("{folder}/.tmp-{}-{file}", hex::encode(random));
-        self.run(self.operator.write(&temp, bytes.to_vec())).map_err(|e| {
+        if let Err(err) = self.upload(name, &temp, content) {
             let _ = self.run(self.operator.delete(&temp));
-            // SFTP version 3 has no codes for a full disk or a read-only file system.
-            let vague = e.kind() == DalKind::Unexpected && e.to_string().contains("kind Failure");
-            let hint = if vague { " (the server gave no reason: often a full disk or a read-only directory)" } else { "" };
-            Error::other(format!("{}{hint}", self.fail(name, "write", e)))
-        })?;
+            return Err(err);
+        }
         match self.run(self.operator.rename(&temp, name)) {
             Ok(()) => Ok(true),
             Err(err) => {
@@ -158,12 +188,12 @@ fn one_line(err: &opendal::Error) -> String {
 }
 
 impl Storage for RemoteStorage {
-    fn create(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+    fn create_from(&self, name: &str, content: &mut dyn Read) -> Result<bool> {
         if self.staged_writes {
-            return self.create_staged(name, bytes);
+            return self.create_staged(name, content);
         }
         // Same name, same bytes: an existing object is rewritten identically.
-        self.run(self.operator.write(name, bytes.to_vec())).map_err(|e| self.fail(name, "write", e))?;
+        self.upload(name, name, content)?;
         Ok(true)
     }
 

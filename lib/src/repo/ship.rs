@@ -2,7 +2,7 @@
 //! snapshot per stream, and returns a receipt for each.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Seek, Write};
 
 use serde::Serialize;
 
@@ -41,13 +41,47 @@ struct Known {
     marked_pack: Option<String>,
 }
 
+/// A skeleton on its way to the repository, spooled to an unnamed temporary
+/// file (it grows with the backup) and hashed as it is written.
+struct Spool {
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: blake3::Hasher,
+}
+
+impl Spool {
+    fn new() -> Result<Spool> {
+        let file = tempfile::tempfile().map_err(|e| Error::io("cannot create a temporary file for the skeleton", e))?;
+        Ok(Spool { file: std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, file), hasher: blake3::Hasher::new() })
+    }
+
+    /// The skeleton's hash, and the file rewound to read it back.
+    fn finish(self) -> Result<([u8; 32], std::fs::File)> {
+        let failed = |e: std::io::Error| Error::io("cannot spool the skeleton", e);
+        let mut file = self.file.into_inner().map_err(|e| failed(e.into_error()))?;
+        file.rewind().map_err(failed)?;
+        Ok((*self.hasher.finalize().as_bytes(), file))
+    }
+}
+
+impl Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// One stream being shipped.
 struct Shipment {
     /// Marked packs this stream refers to: unmarked before its snapshot is stored.
     revived: HashSet<String>,
     /// Whether the stream's first frame has been seen (it must be Cipher).
     opened: bool,
-    skeleton: StreamWriter<Vec<u8>>,
+    skeleton: StreamWriter<Spool>,
     stream_id: StreamId,
     begin: Option<Begin>,
     started_at: u64,
@@ -97,7 +131,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
         progress.set(reader.offset());
         let frame = match item {
             Item::Start(id) => {
-                let mut skeleton = StreamWriter::new(Vec::new());
+                let mut skeleton = StreamWriter::new(Spool::new()?);
                 skeleton.start(id)?;
                 decrypt(&mut decryptor, Item::Start(id))?;
                 current = Some(Shipment {
@@ -205,6 +239,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
 fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, stream_bytes: u64) -> Result<Receipt> {
     packs.flush()?;
     let begin = done.begin.ok_or_else(|| Error::integrity("the stream has no Begin frame"))?;
+    let (skeleton_hash, mut skeleton) = done.skeleton.into_inner().finish()?;
     let summary = Summary {
         stream_id: hex::encode(done.stream_id),
         begin,
@@ -215,14 +250,14 @@ fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, s
         new_chunks: done.new_chunks,
         new_bytes: done.new_bytes,
         stored: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        skeleton_blake3: hex::encode(skeleton_hash),
     };
     // A marked pack this snapshot needs is in use again: unmark it before the snapshot appears.
     for pack in &done.revived {
         repo.storage().remove(&format!("pending/{pack}"))?;
     }
-    let skeleton = done.skeleton.into_inner();
-    let object = snapshot::encode(&summary, &skeleton, &repo.write_key().recipient, &repo.config.id);
-    let id = snapshot::id_of(&object);
-    repo.storage().create(&format!("snapshots/{id}"), &object)?;
+    let header = snapshot::header(&summary, &repo.write_key().recipient, &repo.config.id);
+    let id = snapshot::id_of(&header);
+    repo.storage().create_from(&format!("snapshots/{id}"), &mut (&header[..]).chain(&mut skeleton))?;
     Ok(Receipt { snapshot: id, deduplicated_bytes: done.deduplicated_bytes, summary })
 }

@@ -1,12 +1,18 @@
 //! Snapshot objects: a sealed summary of one stored stream, then its
-//! skeleton (the stream with every chunk replaced by a ChunkRef).
+//! skeleton (the stream with every chunk replaced by a ChunkRef). Both are
+//! written and read a piece at a time: a skeleton grows with its backup.
+
+use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::storage::{ObjectReader, Storage};
 use crate::envelope;
 use crate::error::{Error, Result};
+use crate::format::{Frame, StreamId};
 use crate::meta::Begin;
+use crate::reader::{Item, StreamReader};
 
 /// First eight bytes of a snapshot object.
 const MAGIC: [u8; 8] = *b"BPSNAP01";
@@ -34,63 +40,139 @@ pub struct Summary {
     /// When `ship` stored the snapshot (RFC 3339, UTC, nanoseconds): orders
     /// snapshots that started in the same second.
     pub stored: String,
+    /// BLAKE3 of the skeleton, hex: binds the summary to its skeleton.
+    pub skeleton_blake3: String,
 }
 
-/// Binds a summary to its repository and to its skeleton, so neither can be paired with another.
-fn aad(repo_id: &str, skeleton: &[u8]) -> Vec<u8> {
-    [b"backpipe/v1/snapshot/".as_slice(), repo_id.as_bytes(), blake3::hash(skeleton).as_bytes()].concat()
+/// Binds a summary to its repository.
+fn aad(repo_id: &str) -> Vec<u8> {
+    [b"backpipe/v1/snapshot/".as_slice(), repo_id.as_bytes()].concat()
 }
 
-/// Encodes a snapshot object, its summary sealed to the repository's public key.
-pub fn encode(summary: &Summary, skeleton: &[u8], recipient: &PublicKey, repo_id: &str) -> Vec<u8> {
+/// The largest sealed summary a reader accepts.
+const MAX_SEALED: usize = 16 << 20;
+
+/// The head of a snapshot object: magic, length, and the summary sealed to
+/// the repository's public key. The skeleton follows it.
+pub fn header(summary: &Summary, recipient: &PublicKey, repo_id: &str) -> Vec<u8> {
     let json = serde_json::to_vec(summary).expect("summaries serialize");
-    let sealed = envelope::seal(recipient, &json, &aad(repo_id, skeleton));
-    let mut out = Vec::with_capacity(8 + 4 + sealed.len() + skeleton.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-    out.extend_from_slice(&sealed);
-    out.extend_from_slice(skeleton);
-    out
+    let sealed = envelope::seal(recipient, &json, &aad(repo_id));
+    [&MAGIC[..], &(sealed.len() as u32).to_le_bytes(), &sealed].concat()
 }
 
-/// Decodes a snapshot object with the repository's secret: its summary and its skeleton.
-pub fn decode<'a>(bytes: &'a [u8], secret: &StaticSecret, repo_id: &str, name: &str) -> Result<(Summary, &'a [u8])> {
-    let damaged = |why: &str| Error::integrity(format!("snapshot {name} is damaged ({why})"));
-    if bytes.len() < 12 || bytes[..8] != MAGIC {
-        return Err(damaged("bad magic"));
-    }
-    let sealed_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    if sealed_len < envelope::OVERHEAD || bytes.len() < 12 + sealed_len {
+/// The ID of a snapshot: the first 16 bytes of the BLAKE3 hash of its
+/// header, hex. The header holds the skeleton's hash, so the ID names both.
+pub fn id_of(header: &[u8]) -> String {
+    hex::encode(&blake3::hash(header).as_bytes()[..16])
+}
+
+/// A snapshot's authenticated summary, and where its skeleton starts.
+pub struct Opened {
+    /// The summary.
+    pub summary: Summary,
+    /// Offset of the skeleton in the object.
+    pub skeleton_at: u64,
+    /// The skeleton's BLAKE3 hash, from the summary.
+    skeleton_hash: [u8; 32],
+}
+
+/// Reads and authenticates snapshot `id`'s header with the repository's secret.
+pub fn open(storage: &dyn Storage, id: &str, secret: &StaticSecret, repo_id: &str) -> Result<Opened> {
+    let name = format!("snapshots/{id}");
+    let damaged = |why: &str| Error::integrity(format!("snapshot {id} is damaged ({why})"));
+    let size = storage.size(&name)?;
+    if size < 12 {
         return Err(damaged("truncated"));
     }
-    let sealed = &bytes[12..12 + sealed_len];
-    let skeleton = &bytes[12 + sealed_len..];
-    let json = envelope::open(secret, sealed, &aad(repo_id, skeleton))
-        .ok_or_else(|| damaged("its summary fails authentication"))?;
-    let summary: Summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
-    let preamble_id = skeleton.get(12..28).map(hex::encode);
-    if preamble_id.as_deref() != Some(summary.stream_id.as_str()) {
-        return Err(damaged("its skeleton is not the stream its summary describes"));
+    let head = storage.read_range(&name, 0, 12)?;
+    if head[..8] != MAGIC {
+        return Err(damaged("bad magic"));
     }
-    Ok((summary, skeleton))
+    let sealed_len = u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize;
+    if sealed_len < envelope::OVERHEAD || sealed_len > MAX_SEALED || size < 12 + sealed_len as u64 {
+        return Err(damaged("truncated"));
+    }
+    let sealed = storage.read_range(&name, 12, sealed_len)?;
+    if id_of(&[&head[..], &sealed].concat()) != id {
+        return Err(damaged("its content does not match its name"));
+    }
+    let json = envelope::open(secret, &sealed, &aad(repo_id)).ok_or_else(|| damaged("its summary fails authentication"))?;
+    let summary: Summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
+    let skeleton_hash = hex::decode(&summary.skeleton_blake3)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| damaged("its summary has no valid skeleton hash"))?;
+    Ok(Opened { summary, skeleton_at: 12 + sealed_len as u64, skeleton_hash })
 }
 
-/// The ID of a snapshot object: the first 16 bytes of its BLAKE3 hash, hex.
-pub fn id_of(bytes: &[u8]) -> String {
-    hex::encode(&blake3::hash(bytes).as_bytes()[..16])
+impl Opened {
+    /// The skeleton as a stream reader, read in bounded pieces. It checks
+    /// the skeleton against the summary's hash and stream ID as it goes:
+    /// reading on after the last frame, to the end, reports a mismatch.
+    pub fn skeleton<'a>(&self, storage: &'a dyn Storage, id: &str) -> Result<StreamReader<CheckedSkeleton<'a>>> {
+        let inner = ObjectReader::new(storage, &format!("snapshots/{id}"), self.skeleton_at)?;
+        let checked = CheckedSkeleton {
+            inner,
+            hasher: blake3::Hasher::new(),
+            expected: self.skeleton_hash,
+            stream_id: self.summary.stream_id.clone(),
+            id: id.to_string(),
+        };
+        Ok(StreamReader::new(checked))
+    }
 }
 
-/// The chunk IDs a skeleton refers to, in order (checking its frames on the way).
-pub fn chunk_refs(skeleton: &[u8]) -> Result<Vec<[u8; 32]>> {
-    let mut ids = Vec::new();
-    let mut reader = crate::reader::StreamReader::new(skeleton);
+/// A snapshot's skeleton bytes, hashed as they are read; at the end the hash
+/// must be the summary's and the stream the summary's.
+pub struct CheckedSkeleton<'a> {
+    inner: ObjectReader<'a>,
+    hasher: blake3::Hasher,
+    expected: [u8; 32],
+    stream_id: String,
+    id: String,
+}
+
+impl Read for CheckedSkeleton<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.hasher.update(&out[..n]);
+        let mismatch = |why: &str| {
+            let err = Error::integrity(format!("snapshot {} is damaged ({why})", self.id));
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+        };
+        if n == 0 && *self.hasher.finalize().as_bytes() != self.expected {
+            return mismatch("its skeleton does not match its summary");
+        }
+        Ok(n)
+    }
+}
+
+impl CheckedSkeleton<'_> {
+    /// Checks the preamble's stream ID is the summary's.
+    pub fn check_stream(&self, stream: &StreamId) -> Result<()> {
+        if hex::encode(stream) != self.stream_id {
+            return Err(Error::integrity(format!(
+                "snapshot {} is damaged (its skeleton is not the stream its summary describes)",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole skeleton, calling `frame` for each frame and checking the
+/// stream ID and, at the end, the hash.
+pub fn walk(mut reader: StreamReader<CheckedSkeleton<'_>>, mut frame: impl FnMut(Frame) -> Result<()>) -> Result<()> {
     while let Some(item) = reader.next_item()? {
-        if let crate::reader::Item::Frame(frame) = item {
-            if frame.kind == crate::format::Kind::ChunkRef {
-                let id = frame.payload[..].try_into().map_err(|_| Error::integrity("a ChunkRef frame is malformed"))?;
-                ids.push(id);
-            }
+        match item {
+            Item::Start(stream) => reader.get_ref().check_stream(&stream)?,
+            Item::Frame(f) => frame(f)?,
         }
     }
-    Ok(ids)
+    Ok(())
+}
+
+/// The chunk ID a ChunkRef frame carries.
+pub fn chunk_ref(frame: &Frame) -> Result<[u8; 32]> {
+    frame.payload[..].try_into().map_err(|_| Error::integrity("a ChunkRef frame is malformed"))
 }

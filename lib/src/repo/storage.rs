@@ -1,7 +1,7 @@
 //! Where repository objects live. Every backend offers the same small set of
 //! operations; objects are immutable once created.
 
-use std::io::Write;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat2, RenameFlags};
@@ -10,10 +10,15 @@ use crate::error::{Error, Result};
 
 /// Object storage for a repository: named, immutable byte strings.
 pub trait Storage: Send + Sync {
-    /// Creates object `name` with `bytes`, durably, if no object has that
-    /// name. Returns false when it already existed (left untouched). Never
-    /// exposes a partly written object.
-    fn create(&self, name: &str, bytes: &[u8]) -> Result<bool>;
+    /// Creates object `name` with what `content` reads, durably, if no object
+    /// has that name. Returns false when it already existed (left
+    /// untouched). Never exposes a partly written object. Memory use does
+    /// not grow with the object's size.
+    fn create_from(&self, name: &str, content: &mut dyn Read) -> Result<bool>;
+    /// Creates object `name` with `bytes`; see [`Storage::create_from`].
+    fn create(&self, name: &str, mut bytes: &[u8]) -> Result<bool> {
+        self.create_from(name, &mut bytes)
+    }
     /// Reads a whole object.
     fn read(&self, name: &str) -> Result<Vec<u8>>;
     /// Reads a whole object, or `None` if it does not exist (removed since it was listed).
@@ -30,6 +35,46 @@ pub trait Storage: Send + Sync {
     fn remove(&self, name: &str) -> Result<()>;
     /// Makes sure the place exists and holds nothing yet, for `repo init`.
     fn ensure_empty(&self) -> Result<()>;
+}
+
+/// Reads an object front to back in ranges of [`ObjectReader::STEP`] bytes,
+/// so objects of any size are read in bounded memory.
+pub struct ObjectReader<'a> {
+    storage: &'a dyn Storage,
+    name: String,
+    offset: u64,
+    end: u64,
+    buffer: Vec<u8>,
+    consumed: usize,
+}
+
+impl<'a> ObjectReader<'a> {
+    /// Bytes fetched per request.
+    pub const STEP: usize = 8 << 20;
+
+    /// A reader of object `name` from byte `offset` to its end.
+    pub fn new(storage: &'a dyn Storage, name: &str, offset: u64) -> Result<ObjectReader<'a>> {
+        let end = storage.size(name)?;
+        Ok(ObjectReader { storage, name: name.to_string(), offset, end, buffer: Vec::new(), consumed: 0 })
+    }
+}
+
+impl Read for ObjectReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.consumed == self.buffer.len() {
+            let step = (self.end.saturating_sub(self.offset)).min(Self::STEP as u64) as usize;
+            if step == 0 {
+                return Ok(0);
+            }
+            self.buffer = self.storage.read_range(&self.name, self.offset, step).map_err(std::io::Error::other)?;
+            self.offset += step as u64;
+            self.consumed = 0;
+        }
+        let n = out.len().min(self.buffer.len() - self.consumed);
+        out[..n].copy_from_slice(&self.buffer[self.consumed..self.consumed + n]);
+        self.consumed += n;
+        Ok(n)
+    }
 }
 
 /// True for the names objects have while they are being written: listings skip them.
@@ -62,7 +107,7 @@ fn io(name: &str, what: &str, err: std::io::Error) -> Error {
 }
 
 impl Storage for LocalStorage {
-    fn create(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+    fn create_from(&self, name: &str, content: &mut dyn Read) -> Result<bool> {
         let target = self.path(name);
         if target.exists() {
             return Ok(false);
@@ -81,7 +126,9 @@ impl Storage for LocalStorage {
             .prefix(".tmp-")
             .tempfile_in(parent)
             .map_err(|e| io(name, "create a temporary file for", e))?;
-        temp.write_all(bytes).and_then(|()| temp.as_file().sync_all()).map_err(|e| io(name, "write", e))?;
+        std::io::copy(content, &mut temp)
+            .and_then(|_| temp.as_file().sync_all())
+            .map_err(|e| io(name, "write", e))?;
         // Publish atomically, never over an existing object (a concurrent writer's identical one).
         match renameat2(None, temp.path(), None, &target, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {
