@@ -626,6 +626,18 @@ mod failures {
     }
 
     #[test]
+    fn s3_credentials_from_a_file_or_none() {
+        let case = stored_once(Backend::S3);
+        let without_env = "env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY HOME=/nonexistent";
+        expect_refusal(&case, &format!(r#"{without_env} ship "$R" --key-file k < s.bp"#), "no S3 credentials");
+        case.ok(
+            r#"printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > creds"#,
+        );
+        case.ok(&format!(r#"{without_env} AWS_SHARED_CREDENTIALS_FILE=$PWD/creds ship "$R" --key-file k < s.bp > /dev/null"#));
+        assert_eq!(case.snapshot_count(), 2);
+    }
+
+    #[test]
     fn local_read_only() {
         read_only(Backend::Local, "Read-only file system");
     }

@@ -21,10 +21,13 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a repository in an empty or new directory, with a new random master
+    /// Create a repository in an empty or new place, with a new random master
     /// key sealed under the given key file or passphrase.
     Init {
-        /// Where to create it.
+        /// Where to create it: a path, sftp://[user@]host[:port]/path, or
+        /// s3://bucket[/prefix][?endpoint=URL&region=NAME&addressing=path|virtual]
+        /// (S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the
+        /// shared credentials file; SSH from ~/.ssh/config or BACKPIPE_SFTP_IDENTITY).
         repo: String,
         /// Smallest chunk of every backup in this repository.
         #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = cli::parse_size)]

@@ -22,7 +22,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "ship", version, after_help = AFTER_HELP)]
 struct Args {
-    /// The repository (a directory made by `repo init`).
+    /// The repository made by `repo init`: a path, sftp://[user@]host[:port]/path,
+    /// or s3://bucket[/prefix][?endpoint=URL&region=NAME&addressing=path|virtual].
     repo: String,
     #[command(flatten)]
     keys: KeyArgs,

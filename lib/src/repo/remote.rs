@@ -49,7 +49,7 @@ impl RemoteStorage {
             Address::Local(_) => unreachable!("local repositories use LocalStorage"),
         };
         let operator = operator
-            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
+            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(300)))
             .layer(RetryLayer::new().with_max_times(3).with_jitter());
         Ok(RemoteStorage { runtime, operator, location: location.to_string(), staged_writes })
     }
@@ -59,7 +59,12 @@ impl RemoteStorage {
     }
 
     fn fail(&self, name: &str, what: &str, err: opendal::Error) -> Error {
-        let cause = one_line(&err);
+        let mut cause = one_line(&err);
+        if cause.contains("failed to load signing credential") {
+            cause.push_str(
+                " (no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a credentials file: AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)",
+            );
+        }
         let message = format!("cannot {what} '{name}' in {}: {cause}", self.location);
         match err.kind() {
             DalKind::ConfigInvalid => Error::usage(message),
@@ -69,8 +74,17 @@ impl RemoteStorage {
 
     /// Writes what `content` reads to object `target`, a piece at a time.
     fn upload(&self, name: &str, target: &str, content: &mut dyn Read) -> Result<()> {
-        let unreadable = |e: std::io::Error| Error::io(format!("cannot read what goes into '{name}'"), e);
         let mut writer = self.run(self.operator.writer(target)).map_err(|e| self.fail(name, "write", e))?;
+        let sent = self.send(name, &mut writer, content);
+        if sent.is_err() {
+            // Gives up a multipart upload, so no stored parts are left behind.
+            let _ = self.run(writer.abort());
+        }
+        sent
+    }
+
+    fn send(&self, name: &str, writer: &mut opendal::Writer, content: &mut dyn Read) -> Result<()> {
+        let unreadable = |e: std::io::Error| Error::io(format!("cannot read what goes into '{name}'"), e);
         let mut piece = vec![0u8; UPLOAD_PIECE];
         loop {
             let mut filled = 0;
@@ -96,8 +110,10 @@ impl RemoteStorage {
         Error::other(format!("{}{hint}", self.fail(name, "write", err)))
     }
 
-    /// Writes under a temporary name in the same folder, then renames; the
-    /// rename fails rather than replace an object another writer published.
+    /// Writes under a temporary name in the same folder, then renames it into
+    /// place. Whether the rename may replace an existing object depends on the
+    /// server (OpenSSH's posix-rename does); either is safe, since two objects
+    /// of one name hold the same bytes.
     fn create_staged(&self, name: &str, content: &mut dyn Read) -> Result<bool> {
         let (folder, file) = name.rsplit_once('/').unwrap_or(("", name));
         let mut random = [0u8; 8];

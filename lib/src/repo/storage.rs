@@ -10,10 +10,12 @@ use crate::error::{Error, Result};
 
 /// Object storage for a repository: named, immutable byte strings.
 pub trait Storage: Send + Sync {
-    /// Creates object `name` with what `content` reads, durably, if no object
-    /// has that name. Returns false when it already existed (left
-    /// untouched). Never exposes a partly written object. Memory use does
-    /// not grow with the object's size.
+    /// Creates object `name` with what `content` reads, durably. Object names
+    /// are content hashes or random, so an existing object of that name holds
+    /// the same bytes: a backend that can tell leaves it untouched and returns
+    /// false; one that cannot (S3) writes it again and returns true. Never
+    /// exposes a partly written object. Memory use does not grow with the
+    /// object's size.
     fn create_from(&self, name: &str, content: &mut dyn Read) -> Result<bool>;
     /// Creates object `name` with `bytes`; see [`Storage::create_from`].
     fn create(&self, name: &str, mut bytes: &[u8]) -> Result<bool> {
