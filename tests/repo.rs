@@ -263,13 +263,19 @@ fn forget_and_prune_free_space_and_keep_what_is_needed(backend: Backend) {
     let listing =
         String::from_utf8(case.ok(r#"repo forget "$R" --keep-last 1 --dry-run --key-file k 2>/dev/null"#)).unwrap();
     assert_eq!(listing.lines().filter(|l| l.starts_with("remove")).count(), 2, "{listing}");
+    let decisions = String::from_utf8(case.ok(r#"repo forget "$R" --keep-last 1 --dry-run --json --key-file k 2>/dev/null"#)).unwrap();
+    let decisions: Vec<serde_json::Value> = decisions.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(decisions.iter().filter(|d| d["keep"] == false).count(), 2, "{decisions:?}");
     assert_eq!(case.snapshot_count(), 3, "a dry run removes nothing");
     case.ok(r#"repo forget "$R" --keep-last 1 --key-file k > /dev/null 2>&1"#);
     assert_eq!(case.snapshot_count(), 1);
     // First prune only marks; a backup that refers to a marked pack is still accepted
     // (it was chunked before the mark), and ship unmarks that pack before its snapshot appears.
-    let err = String::from_utf8(case.run(r#"repo prune "$R" --key-file k"#).stderr).unwrap();
+    let out = case.run(r#"repo prune "$R" --json --key-file k"#);
+    let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("2 packs marked, 0 deleted"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["marked"].as_u64(), report["deleted"].as_u64()), (Some(2), Some(0)), "{report}");
     let again: serde_json::Value = serde_json::from_slice(&case.ok(r#"ship "$R" --key-file k < again.bp"#)).unwrap();
     assert_eq!(again["new_chunks"], 0, "{again}");
     assert_eq!(case.objects("pending").len(), 1, "the first backup's pack is unmarked");
@@ -277,7 +283,10 @@ fn forget_and_prune_free_space_and_keep_what_is_needed(backend: Backend) {
     assert!(err.contains(": 0 packs marked, 1 deleted"), "{err}");
     assert!(case.objects("pending").is_empty());
     assert!(case.stored_bytes("data") < before * 3 / 4, "space was freed");
-    case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+    let report: serde_json::Value =
+        serde_json::from_slice(&case.ok(r#"repo check --read-data --json "$R" --key-file k 2>/dev/null"#)).unwrap();
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(report["snapshots"], 2, "{report}");
     for (receipt, tree) in [(&third, "vc"), (&again, "va")] {
         case.restore(receipt["snapshot"].as_str().unwrap(), "out");
         assert_same_tree(&dir.join(tree).join("db"), &dir.join("out/db"));

@@ -301,6 +301,14 @@ impl Frame {
             .map_err(|e| Error::integrity(format!("{} frame holds invalid metadata: {e}", self.kind.name())))
     }
 
+    /// For a ChunkRef frame: the chunk ID it stands for (a bare ID, no encodings).
+    pub fn chunk_ref_id(&self) -> Result<[u8; CHUNK_ID_LEN]> {
+        match (self.encodings.0, <[u8; CHUNK_ID_LEN]>::try_from(&self.payload[..])) {
+            (0, Ok(id)) => Ok(id),
+            _ => Err(Error::integrity("a ChunkRef frame is malformed")),
+        }
+    }
+
     /// For a chunked Data frame: the chunk ID and the (possibly encoded) body.
     pub fn chunk_parts(&self) -> Result<(&[u8; CHUNK_ID_LEN], &[u8])> {
         if self.payload.len() < CHUNK_ID_LEN {

@@ -104,6 +104,9 @@ enum Command {
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// One JSON object per snapshot on stdout ({"id", "keep", "reasons"}).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -119,6 +122,9 @@ enum Command {
         /// Show what would be done, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The report as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -135,6 +141,9 @@ enum Command {
         /// Read and verify every byte of every pack.
         #[arg(long)]
         read_data: bool,
+        /// The report as one JSON object on stdout (problems included).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -231,6 +240,7 @@ fn main() {
             host,
             engine,
             dry_run,
+            json,
             keys,
         } => {
             let repo = cli::open_repo(&repo, &keys)?;
@@ -248,14 +258,16 @@ fn main() {
             let mut out = std::io::stdout().lock();
             let mut removed = 0;
             for decision in decide(&candidates, &policy, chrono::Utc::now())? {
-                let line = if decision.keep {
-                    format!("keep   {}  ({})", decision.id, decision.reasons.join(", "))
-                } else {
+                if !decision.keep {
                     removed += 1;
                     if !dry_run {
                         repo.storage().remove(&format!("snapshots/{}", decision.id))?;
                     }
-                    format!("remove {}", decision.id)
+                }
+                let line = match (json, decision.keep) {
+                    (true, _) => serde_json::to_string(&decision).expect("decisions serialize"),
+                    (false, true) => format!("keep   {}  ({})", decision.id, decision.reasons.join(", ")),
+                    (false, false) => format!("remove {}", decision.id),
                 };
                 writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
             }
@@ -263,9 +275,12 @@ fn main() {
             cli::say(&format!("repo forget: {verb} {removed} snapshots; run `repo prune` to free their space"));
             Ok(())
         }
-        Command::Prune { repo, grace, dry_run, keys } => {
+        Command::Prune { repo, grace, dry_run, json, keys } => {
             let repo = cli::open_repo(&repo, &keys)?;
             let report = prune(&repo, parse_duration(&grace)?, chrono::Utc::now(), dry_run)?;
+            if json {
+                print_json(&report)?;
+            }
             cli::say(&format!(
                 "repo prune: {}{} packs marked, {} deleted ({} bytes), {} waiting out the grace period, {} back in use",
                 if dry_run { "(dry run) " } else { "" },
@@ -296,9 +311,12 @@ fn main() {
             cli::say(&format!("repo: removed key slot {slot}"));
             Ok(())
         }
-        Command::Check { repo, read_data, keys } => {
+        Command::Check { repo, read_data, json, keys } => {
             let repo = cli::open_repo(&repo, &keys)?;
             let report = check(&repo, read_data)?;
+            if json {
+                print_json(&report)?;
+            }
             for problem in &report.problems {
                 cli::say(&format!("repo check: {problem}"));
             }
@@ -328,4 +346,10 @@ fn main() {
             }
         }
     })
+}
+
+/// Writes a report as one line of JSON to stdout, for scripts.
+fn print_json(report: &impl serde::Serialize) -> backpipe::Result<()> {
+    let line = serde_json::to_string(report).expect("reports serialize");
+    writeln!(std::io::stdout().lock(), "{line}").map_err(|e| backpipe::Error::io("cannot write the report", e))
 }

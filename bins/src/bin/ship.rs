@@ -44,7 +44,11 @@ fn main() {
         let mut stdout = std::io::stdout().lock();
         ship(&repo, cli::stream_stdin()?, |receipt| {
             let line = serde_json::to_string(receipt).expect("receipts serialize");
-            writeln!(stdout, "{line}").map_err(|e| backpipe::Error::io("cannot write the receipt", e))
+            writeln!(stdout, "{line}").map_err(|e| {
+                // Not a quiet broken pipe: the receipt is what post-backup actions rely on.
+                let cause = backpipe::Error::io("its receipt could not be written", e);
+                backpipe::Error::other(format!("snapshot {} is stored, but {}", receipt.snapshot, cause.message()))
+            })
         })
     })
 }

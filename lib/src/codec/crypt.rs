@@ -257,11 +257,8 @@ enum SealKind {
 }
 
 /// The ID a ChunkRef frame carries.
-fn chunk_ref_id(frame: &Frame, index: u64) -> Result<&[u8]> {
-    if frame.payload.len() != CHUNK_ID_LEN || frame.encodings.0 != 0 {
-        return Err(Error::integrity(format!("frame {index} (ChunkRef) is malformed")));
-    }
-    Ok(&frame.payload)
+fn chunk_ref_id(frame: &Frame, index: u64) -> Result<[u8; CHUNK_ID_LEN]> {
+    frame.chunk_ref_id().map_err(|e| e.context(format!("frame {index}")))
 }
 
 fn auth_failure(index: u64, kind: Kind) -> Error {
@@ -359,7 +356,8 @@ impl ChunkOpener {
         ChunkOpener { cache: Arc::new(KeyCache::new(Arc::new(KeyRing::for_master(master)))) }
     }
 
-    /// Decrypts one encrypted chunk Data frame, checking it against its ID.
+    /// Decrypts one encrypted chunk Data frame, authenticating it with its ID
+    /// (the ID is associated data; re-hashing the content to it is the caller's part).
     pub fn open(&self, frame: Frame) -> Result<Frame> {
         let kind = frame.kind;
         let keys = chunk_envelope(&frame).and_then(|e| self.cache.chunk_keys(e)).ok_or_else(|| auth_failure(0, kind))?;
@@ -457,7 +455,7 @@ impl Planner for Encryptor {
         }
         if frame.kind == Kind::ChunkRef {
             // A reference carries only a keyed chunk ID, which stays in the clear like the IDs of chunks.
-            self.state.chain.add(chunk_ref_id(&frame, index)?);
+            self.state.chain.add(&chunk_ref_id(&frame, index)?);
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());
         }
@@ -584,7 +582,7 @@ impl Planner for Decryptor {
                     "frame {index} is a reference to a chunk stored in a repository, not the chunk; decrypt what `fetch` writes"
                 )));
             }
-            self.state.chain.add(chunk_ref_id(&frame, index)?);
+            self.state.chain.add(&chunk_ref_id(&frame, index)?);
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());
         }

@@ -53,7 +53,8 @@ impl Address {
         if location.is_empty() {
             return Err(bad("it is empty"));
         }
-        let Some((scheme, _)) = location.split_once("://") else {
+        // Anything with "://" is a URL: a local path containing it needs a "./" in front.
+        let Some((scheme, _)) = location.split_once("://").filter(|(scheme, _)| !scheme.contains('/')) else {
             return Ok(Address::Local(PathBuf::from(location)));
         };
         let url = url::Url::parse(location).map_err(|e| bad(&e.to_string()))?;
@@ -73,7 +74,7 @@ impl Address {
                 if path.trim_matches('/').is_empty() {
                     return Err(bad("name a directory on the server, as in sftp://host/srv/backups"));
                 }
-                let user = Some(url.username()).filter(|u| !u.is_empty()).map(str::to_string);
+                let user = Some(percent_decode(url.username()).map_err(|why| bad(&why))?).filter(|u| !u.is_empty());
                 Ok(Address::Sftp(SftpAddress { user, host: host.to_string(), port: url.port(), path }))
             }
             "s3" => {
@@ -144,6 +145,9 @@ mod tests {
                 path: "/srv/back ups".into()
             })
         );
+        let decoded = Address::parse("sftp://back%40up@nas.example/x").unwrap();
+        assert!(matches!(decoded, Address::Sftp(SftpAddress { user: Some(u), .. }) if u == "back@up"));
+        assert_eq!(Address::parse("./odd://dir").unwrap(), Address::Local("./odd://dir".into()));
         assert!(usage("sftp://nas.example/").contains("name a directory"));
         assert!(usage("sftp://u:pw@nas.example/x").contains("passwords"));
     }

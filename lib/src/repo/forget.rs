@@ -51,7 +51,7 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration> {
 }
 
 /// One snapshot's fate, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
     /// The snapshot.
     pub id: String,

@@ -23,7 +23,7 @@ use super::Repository;
 use crate::error::Result;
 
 /// What a prune run did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
     /// Packs found unreferenced and marked in this run.
     pub marked: usize,
@@ -37,28 +37,35 @@ pub struct Report {
     pub waiting: usize,
 }
 
-fn pack_of(name: &str) -> String {
+/// The last part of an object name: a pack's or a snapshot's ID.
+fn object_id(name: &str) -> String {
     name.rsplit('/').next().unwrap_or_default().to_string()
 }
 
 /// Packs currently marked for deletion.
 pub fn marked(storage: &dyn Storage) -> Result<HashSet<String>> {
-    Ok(storage.list("pending")?.iter().map(|n| pack_of(n)).collect())
+    Ok(storage.list("pending")?.iter().map(|n| object_id(n)).collect())
 }
 
 /// Every chunk ID some snapshot refers to.
 fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     let mut ids = HashSet::new();
     for name in repo.storage().list("snapshots")? {
-        let id = pack_of(&name);
+        let id = object_id(&name);
         // A snapshot removed by `forget` since it was listed is simply gone.
         let Some(opened) = repo.open_snapshot(&id)? else { continue };
-        snapshot::walk(opened.skeleton(repo.storage(), &id)?, |frame| {
-            if frame.kind == Kind::ChunkRef {
-                ids.insert(snapshot::chunk_ref(&frame)?);
-            }
-            Ok(())
-        })?;
+        let walked = opened.skeleton(repo.storage(), &id).and_then(|skeleton| {
+            snapshot::walk(skeleton, |frame| {
+                if frame.kind == Kind::ChunkRef {
+                    ids.insert(frame.chunk_ref_id()?);
+                }
+                Ok(())
+            })
+        });
+        if walked.is_err() && !repo.storage().exists(&name)? {
+            continue;
+        }
+        walked?;
     }
     Ok(ids)
 }
@@ -76,7 +83,7 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc>, dry
     let mut expired = Vec::new();
     let mut indexed = HashSet::new();
     for name in storage.list("index")? {
-        let pack = pack_of(&name);
+        let pack = object_id(&name);
         let entries = decode_index(&storage.read(&name)?, &pack)?;
         indexed.insert(pack.clone());
         if entries.iter().all(|e| !in_use.contains(&e.id)) {
@@ -89,7 +96,7 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc>, dry
         }
     }
     for name in storage.list("data")? {
-        let pack = pack_of(&name);
+        let pack = object_id(&name);
         if is_pack_name(&pack) && !indexed.contains(&pack) {
             unreferenced.push(pack);
         }

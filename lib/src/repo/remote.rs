@@ -75,15 +75,30 @@ impl RemoteStorage {
     /// Writes what `content` reads to object `target`, a piece at a time.
     fn upload(&self, name: &str, target: &str, content: &mut dyn Read) -> Result<()> {
         let mut writer = self.run(self.operator.writer(target)).map_err(|e| self.fail(name, "write", e))?;
-        let sent = self.send(name, &mut writer, content);
-        if sent.is_err() {
-            // Gives up a multipart upload, so no stored parts are left behind.
-            let _ = self.run(writer.abort());
+        let sent = match self.send(name, &mut writer, content) {
+            Ok(sent) => sent,
+            Err(err) => {
+                // Gives up a multipart upload, so no stored parts are left behind.
+                let _ = self.run(writer.abort());
+                return Err(err);
+            }
+        };
+        // A write retried after partial progress could leave a longer, shifted
+        // object: it must hold exactly what was sent before anything refers to it.
+        let stored = self.run(self.operator.stat(target)).map_err(|e| self.fail(name, "inspect", e))?;
+        if stored.content_length() != sent {
+            return Err(Error::other(format!(
+                "cannot write '{name}' in {}: {} bytes arrived of {sent} sent (the connection failed mid-write)",
+                self.location,
+                stored.content_length()
+            )));
         }
-        sent
+        Ok(())
     }
 
-    fn send(&self, name: &str, writer: &mut opendal::Writer, content: &mut dyn Read) -> Result<()> {
+    /// Sends everything `content` reads; returns the byte count.
+    fn send(&self, name: &str, writer: &mut opendal::Writer, content: &mut dyn Read) -> Result<u64> {
+        let mut sent = 0u64;
         let unreadable = |e: std::io::Error| Error::io(format!("cannot read what goes into '{name}'"), e);
         let mut piece = vec![0u8; UPLOAD_PIECE];
         loop {
@@ -98,9 +113,10 @@ impl RemoteStorage {
                 break;
             }
             self.run(writer.write(piece[..filled].to_vec())).map_err(|e| self.write_failure(name, e))?;
+            sent += filled as u64;
         }
         self.run(writer.close()).map_err(|e| self.write_failure(name, e))?;
-        Ok(())
+        Ok(sent)
     }
 
     fn write_failure(&self, name: &str, err: opendal::Error) -> Error {

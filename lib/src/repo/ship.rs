@@ -65,7 +65,10 @@ impl Spool {
 
 impl Write for Spool {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = self.file.write(buf).map_err(|e| {
+            let err = Error::io("cannot spool the skeleton to a temporary file (in $TMPDIR, else /tmp)", e);
+            std::io::Error::other(err)
+        })?;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -168,11 +171,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 }
                 *frame.chunk_parts()?.0
             } else {
-                let malformed = || Error::integrity("a ChunkRef frame is malformed");
-                if frame.encodings.0 != 0 {
-                    return Err(malformed());
-                }
-                frame.payload[..].try_into().map_err(|_| malformed())?
+                frame.chunk_ref_id()?
             };
             ship.chunks += 1;
             match known.get(&id) {
@@ -189,8 +188,8 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                     )))
                 }
                 _ => {
-                    // Only a holder of the repository key can have sealed this chunk: check
-                    // before it is stored and every later backup deduplicates against it.
+                    // The chunk must open with this stream's keys and be bound to its ID
+                    // before it is stored and later backups deduplicate against it.
                     opener.check(&frame).map_err(|e| e.context("ship"))?;
                     packs.add(id, frame.encodings, &frame.payload)?;
                     known.insert(id, Known { stored: frame.payload.len() as u64, marked_pack: None });

@@ -171,8 +171,3 @@ pub fn walk(mut reader: StreamReader<CheckedSkeleton<'_>>, mut frame: impl FnMut
     }
     Ok(())
 }
-
-/// The chunk ID a ChunkRef frame carries.
-pub fn chunk_ref(frame: &Frame) -> Result<[u8; 32]> {
-    frame.payload[..].try_into().map_err(|_| Error::integrity("a ChunkRef frame is malformed"))
-}
