@@ -80,7 +80,13 @@ fn a_sparse_multi_gib_file_round_trips_in_bounded_memory() {
     sh_ok(dir.path(), "repo init R --key-file k 2>/dev/null");
     let shipped = run_pipeline(
         dir.path(),
-        &["dump-files big", "chunk --repo R --key-file k", "squeeze", "encrypt --repo R --key-file k", "ship R --key-file k"],
+        &[
+            "dump-files big",
+            "chunk --repo R --key-file k",
+            "squeeze",
+            "encrypt --repo R --key-file k",
+            "ship R --key-file k",
+        ],
     );
     let fetched = run_pipeline(
         dir.path(),

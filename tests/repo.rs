@@ -36,9 +36,7 @@ impl Backend {
     fn directory(self, dir: &Path) -> std::path::PathBuf {
         match self {
             Backend::Local => dir.join("R"),
-            Backend::Sftp => {
-                Path::new(&server_setting("BACKPIPE_TEST_SFTP_ROOT")).join(dir.file_name().unwrap())
-            }
+            Backend::Sftp => Path::new(&server_setting("BACKPIPE_TEST_SFTP_ROOT")).join(dir.file_name().unwrap()),
             Backend::S3 => panic!("an S3 repository has no local directory"),
         }
     }
@@ -239,8 +237,7 @@ fn fetch_until_picks_the_chain_that_covers_a_time(backend: Backend) {
     assert_eq!(std::fs::read(dir.join("at-t1/db/v")).unwrap(), b"version one");
     case.ok(&format!(r#"fetch "$R" --until '2999-01-01 00:00' --key-file k | {RESTORE} | unpack now"#));
     assert_eq!(std::fs::read(dir.join("now/db/v")).unwrap(), b"version two");
-    let listed =
-        case.ok(&format!(r#"repo snapshots "$R" --key-file k --until {between} --engine files --kind full"#));
+    let listed = case.ok(&format!(r#"repo snapshots "$R" --key-file k --until {between} --engine files --kind full"#));
     assert_eq!(String::from_utf8(listed).unwrap().lines().count(), 1);
     let err = case.fails(r#"fetch "$R" --until 2001-01-01 --key-file k > /dev/null"#, 1);
     assert!(err.contains("no full backup"), "{err}");
@@ -256,14 +253,18 @@ fn forget_and_prune_free_space_and_keep_what_is_needed(backend: Backend) {
     }
     case.ship("va/db");
     // Made before forget and prune: this stream refers to chunks of the first backup.
-    case.ok(r#"dump-files va/db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > again.bp"#);
+    case.ok(
+        r#"dump-files va/db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > again.bp"#,
+    );
     case.ship("vb/db");
     let third = case.ship("vc/db");
     let before = case.stored_bytes("data");
     let listing =
         String::from_utf8(case.ok(r#"repo forget "$R" --keep-last 1 --dry-run --key-file k 2>/dev/null"#)).unwrap();
     assert_eq!(listing.lines().filter(|l| l.starts_with("remove")).count(), 2, "{listing}");
-    let decisions = String::from_utf8(case.ok(r#"repo forget "$R" --keep-last 1 --dry-run --json --key-file k 2>/dev/null"#)).unwrap();
+    let decisions =
+        String::from_utf8(case.ok(r#"repo forget "$R" --keep-last 1 --dry-run --json --key-file k 2>/dev/null"#))
+            .unwrap();
     let decisions: Vec<serde_json::Value> = decisions.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(decisions.iter().filter(|d| d["keep"] == false).count(), 2, "{decisions:?}");
     assert_eq!(case.snapshot_count(), 3, "a dry run removes nothing");
@@ -311,7 +312,9 @@ fn prune_beside_a_running_ship_loses_nothing(backend: Backend) {
            wait $ship_pid"#
     ));
     // Once the ship is done, a prune past the grace period reclaims the forgotten backup.
-    case.ok(r#"repo prune "$R" --grace 0m --key-file k 2>/dev/null && repo prune "$R" --grace 0m --key-file k 2>/dev/null"#);
+    case.ok(
+        r#"repo prune "$R" --grace 0m --key-file k 2>/dev/null && repo prune "$R" --grace 0m --key-file k 2>/dev/null"#,
+    );
     case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
     let new: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("receipt")).unwrap()).unwrap();
     for (receipt, tree) in [(&new, "new"), (&kept, "keep")] {
@@ -345,7 +348,9 @@ fn a_killed_ship_leaves_a_repository_that_checks_clean(backend: Backend) {
     let case = Case::new(backend);
     let dir = case.path();
     put(&dir.join("big/data"), &data(96, 5), 0o644, 1_700_000_000);
-    case.ok(r#"dump-files big | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > stream.bp"#);
+    case.ok(
+        r#"dump-files big | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > stream.bp"#,
+    );
     // Kill instants from before the first pack upload to the snapshot write.
     for delay in ["0.01", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8", "1.2", "2", "3"] {
         let _ = case.run(&format!(r#"timeout -s KILL {delay} ship "$R" --key-file k < stream.bp > /dev/null"#));
@@ -416,10 +421,7 @@ fn ship_refuses_incomplete_unencrypted_and_foreign_streams(backend: Backend) {
     let err =
         case.fails(r#"keygen other && dump-files db | chunk | encrypt --key-file other | ship "$R" --key-file k"#, 4);
     assert!(err.contains("wrong key"), "{err}");
-    let err = case.fails(
-        r#"dump-files /proc/self/mem | encrypt --repo "$R" --key-file k | ship "$R" --key-file k"#,
-        3,
-    );
+    let err = case.fails(r#"dump-files /proc/self/mem | encrypt --repo "$R" --key-file k | ship "$R" --key-file k"#, 3);
     assert!(err.contains("no snapshot was stored"), "{err}");
     assert_eq!(case.snapshot_count(), 0);
     assert!(case.objects("data").is_empty() && case.objects("snapshots").is_empty(), "nothing was stored");
@@ -642,7 +644,9 @@ mod failures {
         case.ok(
             r#"printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > creds"#,
         );
-        case.ok(&format!(r#"{without_env} AWS_SHARED_CREDENTIALS_FILE=$PWD/creds ship "$R" --key-file k < s.bp > /dev/null"#));
+        case.ok(&format!(
+            r#"{without_env} AWS_SHARED_CREDENTIALS_FILE=$PWD/creds ship "$R" --key-file k < s.bp > /dev/null"#
+        ));
         assert_eq!(case.snapshot_count(), 2);
     }
 
@@ -674,7 +678,9 @@ mod failures {
         put(&case.path().join("db/data"), &data(2, 40), 0o644, 1_700_000_000);
         case.ship("db");
         put(&case.path().join("db/more"), &noise(3 << 20, 41), 0o644, 1_700_000_000);
-        case.ok(r#"dump-files db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > s.bp"#);
+        case.ok(
+            r#"dump-files db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > s.bp"#,
+        );
         case
     }
 

@@ -302,7 +302,8 @@ fn main() {
         Command::Key { action: KeyAction::List { repo } } => {
             let mut out = std::io::stdout().lock();
             for (name, kind, access) in Repository::key_slots(&repo)? {
-                writeln!(out, "{name}  {kind}  {access}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
+                writeln!(out, "{name}  {kind}  {access}")
+                    .map_err(|e| backpipe::Error::io("cannot write the list", e))?;
             }
             Ok(())
         }

@@ -139,9 +139,8 @@ impl KeyRing {
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(|| damaged("its sealed stream secret is malformed"))?;
         let secret = match self {
-            KeyRing::Recipient(secret) => {
-                envelope::open(secret, &envelope, ENVELOPE_AAD).ok_or_else(|| damaged("its stream secret does not open"))?
-            }
+            KeyRing::Recipient(secret) => envelope::open(secret, &envelope, ENVELOPE_AAD)
+                .ok_or_else(|| damaged("its stream secret does not open"))?,
             KeyRing::Transit(write) => {
                 let transit = params.transit.as_deref().ok_or_else(|| {
                     Error::usage("this stream was stored or fetched, not written by `encrypt --repo` just now; ship takes streams straight from encrypt")
@@ -149,7 +148,10 @@ impl KeyRing {
                 let sealed = hex::decode(transit).ok().filter(|b| b.len() == NONCE_LEN + 32 + TAG_LEN);
                 let sealed = sealed.ok_or_else(|| damaged("its transit copy is malformed"))?;
                 let opened = transit_cipher(write)
-                    .decrypt(Nonce::from_slice(&sealed[..NONCE_LEN]), Payload { msg: &sealed[NONCE_LEN..], aad: &envelope })
+                    .decrypt(
+                        Nonce::from_slice(&sealed[..NONCE_LEN]),
+                        Payload { msg: &sealed[NONCE_LEN..], aad: &envelope },
+                    )
                     .map_err(|_| damaged("its transit copy does not open"))?;
                 Zeroizing::new(opened)
             }
@@ -360,7 +362,8 @@ impl ChunkOpener {
     /// (the ID is associated data; re-hashing the content to it is the caller's part).
     pub fn open(&self, frame: Frame) -> Result<Frame> {
         let kind = frame.kind;
-        let keys = chunk_envelope(&frame).and_then(|e| self.cache.chunk_keys(e)).ok_or_else(|| auth_failure(0, kind))?;
+        let keys =
+            chunk_envelope(&frame).and_then(|e| self.cache.chunk_keys(e)).ok_or_else(|| auth_failure(0, kind))?;
         Seal { frame, keys, how: SealKind::ChunkDecrypt, index: 0 }.run()
     }
 
@@ -421,8 +424,10 @@ impl Encryptor {
             .transit
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: &secret[..], aad: &envelope })
             .expect("AES-GCM sealing does not fail");
-        self.state =
-            StreamState { keys: Some(Arc::new(StreamKeys::from_secret(&secret[..], envelope))), ..StreamState::default() };
+        self.state = StreamState {
+            keys: Some(Arc::new(StreamKeys::from_secret(&secret[..], envelope))),
+            ..StreamState::default()
+        };
         let params = CipherParams {
             scheme: SCHEME.to_string(),
             recipient: key_id(&self.recipient),

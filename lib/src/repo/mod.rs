@@ -21,15 +21,15 @@ pub mod ship;
 pub mod snapshot;
 pub mod storage;
 
-use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 
 use crate::cdc::ChunkSizes;
 use crate::error::{Error, Result};
 use crate::keys::{MasterKey, Secret, WriteKey};
+use address::Address;
 use keyslot::{KeySlot, Unlocked};
 use pack::{IndexEntry, Location};
-use address::Address;
 use storage::{LocalStorage, Storage};
 
 /// The repository's `config` object (JSON, not encrypted).

@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 
 use super::pack::{decode_index, is_pack_name, pack_name};
 use super::snapshot;
-use crate::format::Kind;
 use super::storage::Storage;
 use super::Repository;
 use crate::error::Result;
+use crate::format::Kind;
 
 /// What a prune run did.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -51,7 +51,10 @@ struct Spool {
 impl Spool {
     fn new() -> Result<Spool> {
         let file = tempfile::tempfile().map_err(|e| Error::io("cannot create a temporary file for the skeleton", e))?;
-        Ok(Spool { file: std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, file), hasher: blake3::Hasher::new() })
+        Ok(Spool {
+            file: std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, file),
+            hasher: blake3::Hasher::new(),
+        })
     }
 
     /// The skeleton's hash, and the file rewound to read it back.

@@ -89,14 +89,15 @@ pub fn open(storage: &dyn Storage, id: &str, secret: &StaticSecret, repo_id: &st
         return Err(damaged("bad magic"));
     }
     let sealed_len = u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize;
-    if sealed_len < envelope::OVERHEAD || sealed_len > MAX_SEALED || size < 12 + sealed_len as u64 {
+    if !(envelope::OVERHEAD..=MAX_SEALED).contains(&sealed_len) || size < 12 + sealed_len as u64 {
         return Err(damaged("truncated"));
     }
     let sealed = storage.read_range(&name, 12, sealed_len)?;
     if id_of(&[&head[..], &sealed].concat()) != id {
         return Err(damaged("its content does not match its name"));
     }
-    let json = envelope::open(secret, &sealed, &aad(repo_id)).ok_or_else(|| damaged("its summary fails authentication"))?;
+    let json =
+        envelope::open(secret, &sealed, &aad(repo_id)).ok_or_else(|| damaged("its summary fails authentication"))?;
     let summary: Summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
     let skeleton_hash = hex::decode(&summary.skeleton_blake3)
         .ok()
