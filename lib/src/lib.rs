@@ -17,6 +17,7 @@ pub mod format;
 pub mod inspect;
 pub mod keys;
 pub mod meta;
+pub mod mysql;
 pub mod parallel;
 pub mod progress;
 pub mod random;
