@@ -58,3 +58,53 @@ fn truncation_and_broken_chains_are_caught_without_checksums() {
     let err = check(&longer[..], "x").unwrap_err();
     assert!(err.to_string().contains("next starts at") || err.to_string().contains("length"), "{err}");
 }
+
+/// A setting scripts/test exports for the private MariaDB it starts.
+fn server_setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test, which starts a private MariaDB")
+    })
+}
+
+#[test]
+fn binary_logs_a_live_mariadb_writes_check_clean_and_damage_is_caught() {
+    let defaults = server_setting("BACKPIPE_TEST_MYSQL_DEFAULTS");
+    let dir = PathBuf::from(server_setting("BACKPIPE_TEST_MYSQL_BINLOG_DIR"));
+    // Row events of several kinds, annotated statements and GTIDs, then a rotation that closes the file.
+    let sql = "CREATE DATABASE IF NOT EXISTS binlog_test;
+        USE binlog_test;
+        CREATE TABLE IF NOT EXISTS binlog_test.t (id INT PRIMARY KEY AUTO_INCREMENT, v TEXT);
+        INSERT INTO binlog_test.t (v) SELECT REPEAT('row', 300) FROM seq_1_to_500;
+        UPDATE binlog_test.t SET v = CONCAT(v, 'x') WHERE id % 3 = 0;
+        DELETE FROM binlog_test.t WHERE id % 7 = 0;
+        FLUSH BINARY LOGS;";
+    let status = std::process::Command::new("mariadb")
+        .arg(format!("--defaults-file={defaults}"))
+        .args(["-e", sql])
+        .status()
+        .expect("the mariadb client runs");
+    assert!(status.success());
+    let mut closed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "index") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let found = check(&bytes[..], &path.display().to_string()).unwrap();
+        assert!(found.server_version.contains("MariaDB"), "{found:?}");
+        assert!(found.checksums, "the server writes CRC-32 checksums: {found:?}");
+        if !found.is_closed() {
+            continue; // the file the server is writing now
+        }
+        closed += 1;
+        assert_eq!(found.end, bytes.len() as u64);
+        // Flipped bytes anywhere in the file are caught.
+        for i in (0..bytes.len()).step_by(bytes.len() / 97 + 1) {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x04;
+            assert!(check(&damaged[..], "x").is_err(), "{}: byte {i} flipped was not caught", path.display());
+        }
+    }
+    assert!(closed >= 1, "FLUSH BINARY LOGS closed at least one binary log");
+}

@@ -93,7 +93,13 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
                 read_exact_or(&mut input, &mut body, truncated)?;
                 let description = describe_format(&body).map_err(|why| damaged(at, why))?;
                 if description.has_checksum {
-                    // The format description carries a CRC-32 whatever the algorithm.
+                    // The format description carries a CRC-32 whatever the algorithm,
+                    // computed with the in-use flag clear: the server clears the flag in
+                    // place when it closes the file, without rewriting the checksum.
+                    let mut signed_header = header;
+                    signed_header[17] &= !(IN_USE as u8);
+                    crc = crc32fast::Hasher::new();
+                    crc.update(&signed_header);
                     let (signed, stored) = body.split_at(body.len() - 4);
                     crc.update(signed);
                     if crc.finalize() != u32::from_le_bytes(stored.try_into().unwrap()) {
