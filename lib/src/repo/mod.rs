@@ -136,7 +136,10 @@ impl Repository {
             if let Ok(Some(unlocked)) = slot.open(secret, &config.id) {
                 let slot = name.rsplit('/').next().unwrap_or_default().to_string();
                 let (master, write) = match unlocked {
-                    Unlocked::Full(master) => (Some(master.duplicate()), master.write_key()),
+                    Unlocked::Full(master) => {
+                        let write = master.write_key();
+                        (Some(master), write)
+                    }
                     Unlocked::WriteOnly(write) => (None, write),
                 };
                 return Ok(Repository { storage, config, master, write, slot });
