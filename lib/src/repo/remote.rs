@@ -99,21 +99,18 @@ impl RemoteStorage {
     /// Sends everything `content` reads; returns the byte count.
     fn send(&self, name: &str, writer: &mut opendal::Writer, content: &mut dyn Read) -> Result<u64> {
         let mut sent = 0u64;
-        let unreadable = |e: std::io::Error| Error::io(format!("cannot read what goes into '{name}'"), e);
-        let mut piece = vec![0u8; UPLOAD_PIECE];
         loop {
-            let mut filled = 0;
-            while filled < piece.len() {
-                match content.read(&mut piece[filled..]).map_err(unreadable)? {
-                    0 => break,
-                    n => filled += n,
-                }
-            }
-            if filled == 0 {
+            // Each piece is read into a buffer of its own and handed over, not copied.
+            let mut piece = Vec::with_capacity(UPLOAD_PIECE);
+            content
+                .take(UPLOAD_PIECE as u64)
+                .read_to_end(&mut piece)
+                .map_err(|e| Error::io(format!("cannot read what goes into '{name}'"), e))?;
+            if piece.is_empty() {
                 break;
             }
-            self.run(writer.write(piece[..filled].to_vec())).map_err(|e| self.write_failure(name, e))?;
-            sent += filled as u64;
+            sent += piece.len() as u64;
+            self.run(writer.write(piece)).map_err(|e| self.write_failure(name, e))?;
         }
         self.run(writer.close()).map_err(|e| self.write_failure(name, e))?;
         Ok(sent)
