@@ -222,7 +222,8 @@ fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
         let end = EntryEnd { size: content.len() as u64, blake3: blake3::hash(content).to_hex().to_string() };
         w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
     }
-    w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes })).unwrap();
+    w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes, positions: Default::default() }))
+        .unwrap();
     w.flush().unwrap();
     out
 }

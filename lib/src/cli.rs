@@ -195,3 +195,14 @@ Exit status:
   2  usage error (bad option, missing or unusable key)
   3  incomplete input (truncated, no End frame, or aborted upstream)
   4  integrity failure (checksum, digest, order or authentication)";
+
+/// The exit status table of the database agents (`dump-*`, `restore-*`).
+pub const ENGINE_EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  other error (I/O, permissions, a client tool missing)
+  2  usage error (bad option, unreadable password file)
+  3  incomplete input (truncated, no End frame, or aborted upstream)
+  4  integrity failure (checksum, digest, a damaged binary log)
+  5  database error (server unreachable, login refused, missing privilege,
+     purged binary log, restore target not empty)";

@@ -17,6 +17,9 @@ pub enum ErrorKind {
     Incomplete,
     /// The stream is damaged or forged: checksum, digest, order or authentication failure.
     Integrity,
+    /// The database server refused or failed: unreachable, wrong login, missing
+    /// privilege, purged or damaged logs, a restore target that is not empty.
+    Engine,
 }
 
 impl ErrorKind {
@@ -27,6 +30,7 @@ impl ErrorKind {
             ErrorKind::Usage => 2,
             ErrorKind::Incomplete => 3,
             ErrorKind::Integrity => 4,
+            ErrorKind::Engine => 5,
         }
     }
 }
@@ -63,6 +67,11 @@ impl Error {
     /// A damaged or forged stream (exit status 4).
     pub fn integrity(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Integrity, message)
+    }
+
+    /// A failure of the database server or its data (exit status 5).
+    pub fn engine(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Engine, message)
     }
 
     /// Wraps an I/O error with what was being done when it happened. An I/O

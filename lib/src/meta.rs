@@ -140,12 +140,16 @@ pub struct EntryEnd {
 }
 
 /// Payload of the End frame that closes a complete stream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct End {
     /// Number of entries in the stream.
     pub entries: u64,
     /// Total content bytes of all entries.
     pub bytes: u64,
+    /// The engine's positions known only at the end, such as where a hot
+    /// physical backup became consistent; they add to (and override) Begin's.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub positions: Map<String, Value>,
 }
 
 /// Payload of an Abort frame: why the stream is incomplete.

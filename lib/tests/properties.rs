@@ -45,7 +45,8 @@ fn plain_stream(files: &[Vec<u8>]) -> Vec<u8> {
         w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
         total += content.len() as u64;
     }
-    w.write(&Frame::json(Kind::End, &End { entries: files.len() as u64, bytes: total })).unwrap();
+    w.write(&Frame::json(Kind::End, &End { entries: files.len() as u64, bytes: total, positions: Default::default() }))
+        .unwrap();
     w.flush().unwrap();
     out
 }

@@ -33,3 +33,24 @@ pub fn refuse_outer_layers(frame: &Frame, tool: &str, outer: &[(u8, &str)]) -> R
     }
     Ok(())
 }
+
+/// Refuses a frame that `consumer`, a sink, cannot read as plain content,
+/// naming the reverse filter to run first.
+pub fn require_plain(frame: &Frame, consumer: &str) -> Result<()> {
+    refuse_unknown_encodings(frame)?;
+    if frame.encodings.0 != 0 {
+        let undo = if frame.encodings.has(crate::format::Encodings::ENCRYPTED) {
+            "encrypt -d"
+        } else if frame.encodings.has(crate::format::Encodings::ZSTD) {
+            "squeeze -d"
+        } else {
+            "chunk -d"
+        };
+        return Err(Error::other(format!(
+            "{} frame is {}; run `{undo}` before {consumer}",
+            frame.kind.name(),
+            frame.encodings.describe()
+        )));
+    }
+    Ok(())
+}

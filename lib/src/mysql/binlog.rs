@@ -46,6 +46,10 @@ pub struct Checked {
     pub last_event: u8,
     /// The server still had the file open when it was copied (the current binary log).
     pub in_use: bool,
+    /// Timestamp (Unix seconds) of the first event, the format description.
+    pub first_time: u32,
+    /// Timestamp (Unix seconds) of the last event.
+    pub last_time: u32,
 }
 
 impl Checked {
@@ -73,6 +77,7 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
             HEADER_LEN => {}
             _ => return Err(damaged(at, "it ends inside an event header (truncated)".into())),
         }
+        let time = u32::from_le_bytes(header[0..4].try_into().unwrap());
         let kind = header[4];
         let length = u64::from(u32::from_le_bytes(header[9..13].try_into().unwrap()));
         let next = u64::from(u32::from_le_bytes(header[13..17].try_into().unwrap()));
@@ -113,6 +118,8 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
                     end: 0,
                     last_event: kind,
                     in_use: flags & IN_USE != 0,
+                    first_time: time,
+                    last_time: time,
                 });
             }
             None => return Err(damaged(at, "the first event is not a format description".into())),
@@ -132,6 +139,7 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
         let checked = found.as_mut().expect("set by the first event");
         checked.events += 1;
         checked.last_event = kind;
+        checked.last_time = time;
         at += length;
     }
     let mut checked = found.ok_or_else(|| damaged(at, "it holds no events".into()))?;
@@ -212,4 +220,65 @@ fn skip(input: &mut impl Read, len: u64, crc: &mut crc32fast::Hasher) -> std::io
         left -= got as u64;
     }
     Ok(())
+}
+
+/// Checks a binary log handed to it block by block, on a thread of its own,
+/// so a copy can be checked while it is written elsewhere.
+pub struct BackgroundCheck {
+    blocks: Option<crossbeam_channel::Sender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<Result<Checked>>>,
+}
+
+impl BackgroundCheck {
+    /// Starts checking the binary log `name` (for messages).
+    pub fn start(name: &str) -> BackgroundCheck {
+        let (sender, receiver) = crossbeam_channel::bounded::<Vec<u8>>(4);
+        let name = name.to_string();
+        let worker =
+            std::thread::spawn(move || check(BlockReader { blocks: receiver, current: Vec::new(), at: 0 }, &name));
+        BackgroundCheck { blocks: Some(sender), worker: Some(worker) }
+    }
+
+    /// Hands over the next bytes; false once the check has stopped on damage
+    /// (which [`finish`](Self::finish) reports).
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        self.blocks.as_ref().is_some_and(|blocks| blocks.send(bytes.to_vec()).is_ok())
+    }
+
+    /// Ends the input and returns what the check found.
+    pub fn finish(mut self) -> Result<Checked> {
+        self.blocks = None;
+        self.worker.take().expect("finished once").join().expect("the binary log check does not panic")
+    }
+}
+
+impl Drop for BackgroundCheck {
+    fn drop(&mut self) {
+        self.blocks = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Reads the blocks handed to a [`BackgroundCheck`].
+struct BlockReader {
+    blocks: crossbeam_channel::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for BlockReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.blocks.recv() {
+                Ok(block) => (self.current, self.at) = (block, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }

@@ -1,4 +1,11 @@
-//! MySQL and MariaDB: what the `dump-mysql` agent needs to understand of the
-//! server's files.
+//! MySQL and MariaDB: the `dump-mysql` and `restore-mysql` agents, over the
+//! server's own client tools, and what they need to understand of the
+//! server's binary logs.
 
 pub mod binlog;
+pub mod client;
+pub mod dump;
+pub mod incremental;
+pub mod positions;
+pub mod purge;
+pub mod server;

@@ -137,6 +137,7 @@ mod tests {
         let summary = Summary {
             stream_id: String::new(),
             begin: Begin { kind: kind.into(), started: started.into(), ..Begin::now("t", "e", "full") },
+            end_positions: Default::default(),
             entries: 0,
             bytes: 0,
             stream_bytes: 0,

@@ -245,6 +245,7 @@ fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, s
     let summary = Summary {
         stream_id: hex::encode(done.stream_id),
         begin,
+        end_positions: end.positions,
         entries: end.entries,
         bytes: end.bytes,
         stream_bytes,

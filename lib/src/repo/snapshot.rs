@@ -25,6 +25,9 @@ pub struct Summary {
     /// The stream's Begin frame: producer, host, engine, kind, start time, positions, parent.
     #[serde(flatten)]
     pub begin: Begin,
+    /// The End frame's positions (known only at the end of the backup).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub end_positions: serde_json::Map<String, serde_json::Value>,
     /// Entries in the stream.
     pub entries: u64,
     /// Content bytes of the entries.

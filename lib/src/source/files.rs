@@ -3,20 +3,17 @@
 //! stable order (depth first, names sorted bytewise).
 
 use std::fs::{File, Metadata};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::filter::send_abort;
-use crate::format::{new_stream_id, Frame, Kind};
-use crate::meta::{Begin, End, Entry, EntryEnd, EntryType, RawPath};
+use crate::format::{Frame, Kind};
+use crate::meta::{Begin, End, Entry, EntryType, RawPath};
 use crate::progress::Progress;
+use crate::source::emit::{produce, send_content};
 use crate::writer::StreamWriter;
-
-/// Content bytes per Data frame.
-pub const BLOCK: usize = 1 << 20;
 
 /// A path to dump and the name it gets in the stream.
 struct Root {
@@ -107,17 +104,15 @@ fn total_size(roots: &[Root]) -> Result<u64> {
 /// ends with an Abort frame and the error is returned.
 pub fn dump(paths: &[PathBuf], output: impl Write) -> Result<()> {
     let roots = roots(paths)?;
-    let mut writer = StreamWriter::new(std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, output));
-    writer.start(new_stream_id())?;
-    let result = (|| {
+    produce("dump-files", output, |writer| {
         let expected = total_size(&roots)?;
         let progress = Progress::for_stage("dump-files");
         progress.set_total(expected);
         let begin = Begin { expected_bytes: Some(expected), ..Begin::now("dump-files", "files", "full") };
         writer.write(&Frame::json(Kind::Begin, &begin))?;
-        let mut totals = End { entries: 0, bytes: 0 };
+        let mut totals = End { entries: 0, bytes: 0, positions: Default::default() };
         walk(&roots, &mut |path, name, meta| {
-            if let Some(sent) = dump_one(&mut writer, path, name, meta, &progress)? {
+            if let Some(sent) = dump_one(writer, path, name, meta, &progress)? {
                 totals.entries += 1;
                 totals.bytes += sent;
             }
@@ -125,14 +120,8 @@ pub fn dump(paths: &[PathBuf], output: impl Write) -> Result<()> {
         })?;
         writer.write(&Frame::json(Kind::End, &totals))?;
         progress.finish();
-        writer.flush()
-    })();
-    if let Err(err) = &result {
-        if !err.is_broken_pipe() {
-            send_abort(&mut writer, "dump-files", err);
-        }
-    }
-    result
+        Ok(())
+    })
 }
 
 /// Writes one entry; returns the content bytes sent, or `None` for a skipped special file.
@@ -180,33 +169,19 @@ fn dump_one<W: Write>(
         attrs: Default::default(),
     };
     writer.write(&Frame::json(Kind::Entry, &entry))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut sent = 0u64;
-    if entry_type == EntryType::File {
-        let mut file = File::open(path).map_err(|e| Error::io(format!("cannot open '{}'", path.display()), e))?;
-        loop {
-            let mut block = Vec::with_capacity(BLOCK);
-            let got = (&mut file)
-                .take(BLOCK as u64)
-                .read_to_end(&mut block)
-                .map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
-            if got == 0 {
-                break;
-            }
-            hasher.update(&block);
-            sent += got as u64;
-            writer.write(&Frame::plain(Kind::Data, block))?;
-            progress.add(got as u64);
-        }
-        if sent != entry.size {
-            crate::cli::say(&format!(
-                "dump-files: warning: '{}' changed size while being read ({} bytes expected, {sent} sent)",
-                path.display(),
-                entry.size
-            ));
-        }
+    let what = format!("'{}'", path.display());
+    let end = if entry_type == EntryType::File {
+        let mut file = File::open(path).map_err(|e| Error::io(format!("cannot open {what}"), e))?;
+        send_content(writer, &mut file, progress, &what)?
+    } else {
+        send_content(writer, &mut std::io::empty(), progress, &what)?
+    };
+    let sent = end.size;
+    if entry_type == EntryType::File && sent != entry.size {
+        crate::cli::say(&format!(
+            "dump-files: warning: {what} changed size while being read ({} bytes expected, {sent} sent)",
+            entry.size
+        ));
     }
-    let end = EntryEnd { size: sent, blake3: hasher.finalize().to_hex().to_string() };
-    writer.write(&Frame::json(Kind::EntryEnd, &end))?;
     Ok(Some(sent))
 }

@@ -1,3 +1,4 @@
 //! Stream producers: the sources at the head of a pipeline.
 
+pub mod emit;
 pub mod files;

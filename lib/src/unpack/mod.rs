@@ -16,9 +16,10 @@ mod stage;
 use std::io::Read;
 use std::path::PathBuf;
 
+use crate::codec::require_plain;
 use crate::error::{Error, Result};
 use crate::filter::describe_abort;
-use crate::format::{Frame, Kind};
+use crate::format::Kind;
 use crate::meta::{Begin, End};
 use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
@@ -45,26 +46,6 @@ pub struct UnpackSummary {
     pub bytes: u64,
 }
 
-/// Refuses a frame unpack cannot read as plain content.
-fn require_plain(frame: &Frame) -> Result<()> {
-    crate::codec::refuse_unknown_encodings(frame)?;
-    if frame.encodings.0 != 0 {
-        let undo = if frame.encodings.has(crate::format::Encodings::ENCRYPTED) {
-            "encrypt -d"
-        } else if frame.encodings.has(crate::format::Encodings::ZSTD) {
-            "squeeze -d"
-        } else {
-            "chunk -d"
-        };
-        return Err(Error::other(format!(
-            "{} frame is {}; run `{undo}` before unpack",
-            frame.kind.name(),
-            frame.encodings.describe()
-        )));
-    }
-    Ok(())
-}
-
 /// Reads a stream (or concatenated streams) from `input` and writes its
 /// entries under `options.dir`.
 pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary> {
@@ -86,26 +67,26 @@ pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary
         let current = stage.as_mut().expect("frames come after a preamble");
         match frame.kind {
             Kind::Begin => {
-                require_plain(&frame)?;
+                require_plain(&frame, "unpack")?;
                 if let Some(total) = frame.parse_json::<Begin>()?.expected_bytes {
                     progress.set_total(total);
                 }
             }
             Kind::Entry => {
-                require_plain(&frame)?;
+                require_plain(&frame, "unpack")?;
                 current.begin_entry(frame.parse_json()?)?;
             }
             Kind::Data => {
-                require_plain(&frame)?;
+                require_plain(&frame, "unpack")?;
                 current.data(&frame)?;
                 progress.add(frame.payload.len() as u64);
             }
             Kind::EntryEnd => {
-                require_plain(&frame)?;
+                require_plain(&frame, "unpack")?;
                 current.end_entry(frame.parse_json()?)?;
             }
             Kind::End => {
-                require_plain(&frame)?;
+                require_plain(&frame, "unpack")?;
                 let end: End = frame.parse_json()?;
                 let done = stage.take().expect("a stream is open");
                 let (entries, bytes) = done.totals;

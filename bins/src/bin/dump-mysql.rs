@@ -1,0 +1,159 @@
+//! `dump-mysql`: the MySQL/MariaDB agent's source; writes full and
+//! incremental backups as a stream, and purges binary logs that stored
+//! backups hold.
+
+use std::path::PathBuf;
+
+use backpipe::cli::{self, KeyArgs};
+use backpipe::mysql::client::{Client, ConnectArgs};
+use backpipe::mysql::incremental::{self, previous_from_receipt, previous_from_repo, read_receipts};
+use backpipe::mysql::server::ServerInfo;
+use backpipe::mysql::{dump, purge};
+use clap::{Parser, Subcommand};
+
+/// Back up a MariaDB server as a stream on stdout.
+///
+/// --full writes every database with mariadb-dump in one consistent
+/// transaction while writes go on: tables, views, routines, events,
+/// triggers, and users with their grants. The binary log file, position and
+/// GTID of that snapshot go into the stream's Begin frame.
+///
+/// --full --physical copies the server's files hot with mariadb-backup
+/// instead, for databases too big to reload from SQL; its binary log
+/// position goes into the End frame.
+///
+/// --incremental closes the server's current binary log and writes every
+/// binary log file from where the previous backup ended, each checked (magic
+/// number, position chain, CRC-32 of every event) while it is sent. The
+/// previous backup comes from its ship receipt (--since-receipt) or from
+/// the repository (--repo). If a file of the sequence was purged or is
+/// damaged, the backup fails and says to take a full.
+///
+/// The password is never an argument: it comes from MYSQL_PWD, an option
+/// file (--defaults-file or the usual my.cnf files), --password-file or
+/// --password-fd. A failed backup ends its stream with an Abort frame, so
+/// `ship` stores nothing.
+#[derive(Parser)]
+#[command(name = "dump-mysql", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    backup: BackupArgs,
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// A full backup (logical unless --physical).
+    #[arg(long, conflicts_with = "incremental")]
+    full: bool,
+    /// With --full: a hot physical copy through mariadb-backup.
+    #[arg(long, requires = "full")]
+    physical: bool,
+    /// The binary logs written since the previous backup.
+    #[arg(long)]
+    incremental: bool,
+    /// With --incremental: the previous backup is the last one of this server in this ship receipt.
+    #[arg(long, value_name = "FILE", requires = "incremental", conflicts_with = "repo")]
+    since_receipt: Option<PathBuf>,
+    /// With --incremental: the previous backup is the newest one of this server in this repository
+    /// (needs a full key; a write-only key cannot list backups: use --since-receipt).
+    #[arg(long, value_name = "REPO", requires = "incremental")]
+    repo: Option<String>,
+    /// With --incremental: read the binary log files here instead of the
+    /// directory of the server's log_bin_basename.
+    #[arg(long, value_name = "DIR", requires = "incremental")]
+    binlog_dir: Option<PathBuf>,
+    #[command(flatten)]
+    keys: KeyArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Purge the server's binary logs that stored incremental backups hold, and no others.
+    ///
+    /// Reads ship receipts (the JSON lines `ship` prints) and removes the
+    /// server's oldest binary log files as far as the incrementals named in
+    /// them hold every one, never further: a file no receipt covers, and
+    /// every file after it, stay, as does the file the server is writing.
+    /// Needs the BINLOG ADMIN privilege (SUPER before MariaDB 10.5.2).
+    Purge {
+        /// A ship receipt file; give several, or one with many lines, to cover more files.
+        #[arg(long, value_name = "FILE", required = true)]
+        receipt: Vec<PathBuf>,
+        /// Only say what would be purged.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  R=/backups; K=--key-file=/etc/backpipe/key
+  dump-mysql --full --defaults-file /etc/backpipe/my.cnf | chunk --repo $R $K | squeeze \\
+      | encrypt --repo $R $K | ship $R $K >> /var/lib/backpipe/receipts
+  dump-mysql --incremental --since-receipt /var/lib/backpipe/receipts --defaults-file /etc/backpipe/my.cnf \\
+      | chunk --repo $R $K | squeeze | encrypt --repo $R $K | ship $R $K >> /var/lib/backpipe/receipts
+  dump-mysql purge --receipt /var/lib/backpipe/receipts --defaults-file /etc/backpipe/admin.cnf
+
+Privileges: docs/engines/mysql.md.
+
+Exit status: 0 success, 1 error, 2 usage, 4 damaged binary log, 5 database error (server
+unreachable, login refused, missing privilege, purged binary log).";
+
+fn main() {
+    let args = Args::parse();
+    cli::main("dump-mysql", || match args.command {
+        Some(Command::Purge { receipt, dry_run, connect }) => run_purge(&receipt, dry_run, &connect),
+        None => run_backup(&args.backup),
+    })
+}
+
+fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
+    if !args.full && !args.incremental {
+        return Err(backpipe::Error::usage("choose --full (optionally --physical) or --incremental"));
+    }
+    let client = Client::new(&args.connect)?;
+    let output = cli::stream_stdout()?;
+    if args.full && args.physical {
+        return dump::full_physical(&client, output);
+    }
+    if args.full {
+        return dump::full_logical(&client, output);
+    }
+    let server = ServerInfo::query(&client)?;
+    let previous = match (&args.since_receipt, &args.repo) {
+        (Some(receipt), _) => previous_from_receipt(receipt, &server)?,
+        (None, Some(repo)) => previous_from_repo(&cli::open_repo(repo, &args.keys)?, &server)?,
+        (None, None) => {
+            return Err(backpipe::Error::usage(
+                "--incremental needs the previous backup: --since-receipt FILE or --repo REPO",
+            ))
+        }
+    };
+    incremental::incremental(&client, &server, &previous, args.binlog_dir.as_deref(), output)
+}
+
+fn run_purge(receipts: &[PathBuf], dry_run: bool, connect: &ConnectArgs) -> backpipe::Result<()> {
+    let mut lines = Vec::new();
+    for path in receipts {
+        lines.extend(read_receipts(path)?);
+    }
+    let client = Client::new(connect)?;
+    let plan = purge::purge(&client, &lines, dry_run)?;
+    let verb = if dry_run { "would purge" } else { "purged" };
+    match (plan.purge.first(), plan.purge.last()) {
+        (Some(first), Some(last)) => {
+            cli::say(&format!("dump-mysql: {verb} {} binary logs, {first} to {last}", plan.purge.len()))
+        }
+        _ => cli::say("dump-mysql: nothing to purge"),
+    }
+    if let Some((kept, why)) = plan.kept {
+        cli::say(&format!("dump-mysql: kept {kept} and later: {why}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Talking to a MariaDB server through its own client tools (`mariadb`,
+//! `mariadb-dump`, `mariadb-backup`, `mariadb-binlog`, `mbstream`): the
+//! connection options every agent shares, the password kept out of argv, and
+//! a tool's failure turned into one line with a hint.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// How to reach and log in to the server, as the MariaDB client tools take it.
+/// The password never appears on a command line: it comes from `MYSQL_PWD`,
+/// an option file (`[client] password=`), a file or a file descriptor, and is
+/// handed to the client tools in their environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectArgs {
+    /// Read connection settings ([client] user, password, socket, host, port)
+    /// from this option file only, instead of the usual my.cnf files.
+    #[arg(long, value_name = "FILE")]
+    pub defaults_file: Option<PathBuf>,
+    /// The server's Unix socket.
+    #[arg(long, short = 'S', value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The server's host name or address (TCP).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// The server's TCP port.
+    #[arg(long, short = 'P', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// The user to log in as.
+    #[arg(long, short = 'u', value_name = "NAME")]
+    pub user: Option<String>,
+    /// Read the password from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "password_fd")]
+    pub password_file: Option<PathBuf>,
+    /// Read the password from this open file descriptor (its first line).
+    #[arg(long, value_name = "N")]
+    pub password_fd: Option<i32>,
+}
+
+/// The environment variable the MariaDB client tools read a password from.
+const PASSWORD_ENV: &str = "MYSQL_PWD";
+
+/// A way to run the client tools against one server.
+pub struct Client {
+    /// Connection options, `--defaults-file` first as the tools require.
+    options: Vec<OsString>,
+    /// The password to put in the tools' environment, when one was given.
+    password: Option<Zeroizing<String>>,
+    /// Says where the server is, for messages.
+    target: String,
+}
+
+impl Client {
+    /// A client for the server `args` name. Reads the password source now.
+    pub fn new(args: &ConnectArgs) -> Result<Client> {
+        let mut options: Vec<OsString> = Vec::new();
+        if let Some(path) = &args.defaults_file {
+            if !path.is_file() {
+                return Err(Error::usage(format!("option file '{}' does not exist", path.display())));
+            }
+            options.push(flag("defaults-file", path.as_os_str()));
+        }
+        if let Some(socket) = &args.socket {
+            options.push(flag("socket", socket.as_os_str()));
+        }
+        if let Some(host) = &args.host {
+            options.push(flag("host", host.as_ref()));
+        }
+        if let Some(port) = args.port {
+            options.push(flag("port", port.to_string().as_ref()));
+        }
+        if let Some(user) = &args.user {
+            options.push(flag("user", user.as_ref()));
+        }
+        let password = match (&args.password_file, args.password_fd) {
+            (Some(path), _) => Some(read_password(
+                std::fs::File::open(path)
+                    .map_err(|e| Error::io(format!("cannot read password file '{}'", path.display()), e))?,
+                &format!("password file '{}'", path.display()),
+            )?),
+            (None, Some(fd)) => Some(read_password(open_fd(fd)?, &format!("password file descriptor {fd}"))?),
+            (None, None) => None,
+        };
+        let target = match (&args.socket, &args.host) {
+            (Some(socket), _) => format!("the server at {}", socket.display()),
+            (None, Some(host)) => format!("the server at {host}:{}", args.port.unwrap_or(3306)),
+            (None, None) => "the server".to_string(),
+        };
+        Ok(Client { options, password, target })
+    }
+
+    /// A client that logs in as root over `socket` with no option files, for a
+    /// server this process started itself.
+    pub fn local_root(socket: &std::path::Path) -> Client {
+        Client {
+            options: vec!["--no-defaults".into(), flag("socket", socket.as_os_str()), "--user=root".into()],
+            password: None,
+            target: format!("the temporary server at {}", socket.display()),
+        }
+    }
+
+    /// Where the server is, for messages ("the server at /run/mysqld/mysqld.sock").
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A command running client `tool` with the connection options, then `args`.
+    pub fn command(&self, tool: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(tool);
+        command.args(&self.options).args(args);
+        if let Some(password) = &self.password {
+            command.env(PASSWORD_ENV, password.as_str());
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Runs one statement (or several, `;`-separated) and returns the rows of
+    /// the last result, tab-separated fields, without column names.
+    pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>> {
+        let mut command = self.command("mariadb", &["--batch", "--raw", "--skip-column-names", "--execute", sql]);
+        command.stdout(Stdio::piped());
+        let mut running = Running::spawn("mariadb", command)?;
+        let mut out = String::new();
+        let read = running.child.stdout.take().expect("stdout is piped").read_to_string(&mut out);
+        running.finish(self)?;
+        read.map_err(|e| Error::io("cannot read the answer of mariadb", e))?;
+        Ok(out.lines().map(|line| line.split('\t').map(str::to_string).collect()).collect())
+    }
+
+    /// Runs a query expected to return one value.
+    pub fn value(&self, sql: &str) -> Result<String> {
+        let rows = self.query(sql)?;
+        rows.into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next())
+            .ok_or_else(|| Error::engine(format!("the server returned nothing for `{sql}`")))
+    }
+
+    /// Starts client `tool` with the connection options and `args`; stdin and
+    /// stdout as `configure` sets them, stderr kept for the error message.
+    pub fn spawn(&self, tool: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Result<Running> {
+        let mut command = self.command(tool, args);
+        configure(&mut command);
+        Running::spawn(tool, command)
+    }
+}
+
+fn flag(name: &str, value: &std::ffi::OsStr) -> OsString {
+    let mut text = OsString::from(format!("--{name}="));
+    text.push(value);
+    text
+}
+
+/// Takes over file descriptor `fd` (given on the command line) to read it once.
+fn open_fd(fd: i32) -> Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 || nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return Err(Error::usage(format!("--password-fd {fd} is not an open file descriptor (use 3 or above)")));
+    }
+    // SAFETY: the descriptor is open (checked above), is not stdin/stdout/stderr,
+    // and is named by the user for this one read; nothing else in the process owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// The first line of `source`, without its line ending.
+fn read_password(source: impl Read, what: &str) -> Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    BufReader::new(source).read_line(&mut line).map_err(|e| Error::io(format!("cannot read the {what}"), e))?;
+    let password = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
+    if password.is_empty() {
+        return Err(Error::usage(format!("the {what} is empty")));
+    }
+    Ok(password)
+}
+
+/// Lines of a tool's stderr kept for its error message.
+const KEPT_LINES: usize = 200;
+
+/// A client tool running, its stderr collected by a thread.
+pub struct Running {
+    /// The process; its stdin and stdout are the caller's to use.
+    pub child: Child,
+    stderr: Option<JoinHandle<VecDeque<String>>>,
+    tool: String,
+}
+
+impl Running {
+    fn spawn(tool: &str, mut command: Command) -> Result<Running> {
+        command.stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::other(format!("{tool} is not installed (Debian: apt-get install mariadb-client mariadb-backup)"))
+            } else {
+                Error::io(format!("cannot run {tool}"), e)
+            }
+        })?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let collector = std::thread::spawn(move || {
+            let mut kept = VecDeque::new();
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if kept.len() == KEPT_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+            kept
+        });
+        Ok(Running { child, stderr: Some(collector), tool: tool.to_string() })
+    }
+
+    /// Waits for the tool; a failure becomes one line naming the cause.
+    /// Returns the last lines the tool wrote to stderr.
+    pub fn finish(mut self, client: &Client) -> Result<Vec<String>> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().map_err(|e| Error::io(format!("cannot wait for {}", self.tool), e))?;
+        let lines: Vec<String> = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default().into();
+        if status.success() {
+            return Ok(lines);
+        }
+        let cause = lines
+            .iter()
+            .rev()
+            .find(|l| is_error_line(l))
+            .or_else(|| lines.iter().rev().find(|l| !l.trim().is_empty()))
+            .map(|l| clean(l))
+            .unwrap_or_else(|| match status.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            });
+        Err(Error::engine(format!("{} failed: {cause}{}", self.tool, hint(&cause, client))))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A tool abandoned on an error path must not outlive us.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// True for the lines that carry a client tool's error.
+fn is_error_line(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    lower.contains("error") || lower.contains("denied") || lower.contains("can't") || lower.contains("failed")
+}
+
+/// A stderr line without the tools' decorations (timestamps, tool names).
+fn clean(line: &str) -> String {
+    let mut text = line.trim();
+    // mariadb-backup: "[00] 2026-11-22 07:14:43 message"
+    if text.starts_with('[') {
+        if let Some(end) = text.find("] ") {
+            text = text[end + 2..].trim_start();
+            if text.len() > 20 && text.as_bytes()[4] == b'-' && text.as_bytes()[10] == b' ' {
+                text = text[20..].trim_start();
+            }
+        }
+    }
+    for prefix in ["mariadb-dump: ", "mysqldump: ", "mariadb: ", "mariadb-binlog: "] {
+        text = text.strip_prefix(prefix).unwrap_or(text);
+    }
+    text.to_string()
+}
+
+/// Advice for the common failures, from the server's error text.
+fn hint(cause: &str, client: &Client) -> String {
+    let lower = cause.to_ascii_lowercase();
+    if lower.contains("can't connect") || lower.contains("connection refused") || lower.contains("lost connection") {
+        format!(" (is {} running? check --socket, --host and --port)", client.target())
+    } else if lower.contains("access denied for user") {
+        " (check the user and password: --user, --password-file, MYSQL_PWD or the option file)".to_string()
+    } else if lower.contains("privilege") || lower.contains("command denied") || lower.contains("access denied") {
+        " (the user lacks a privilege; docs/engines/mysql.md lists what each mode needs)".to_string()
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_tool_decorations() {
+        assert_eq!(clean("[00] 2026-11-22 07:14:43 Error: failed to execute query"), "Error: failed to execute query");
+        assert_eq!(clean("mariadb-dump: Got error: 1045: \"Access denied\""), "Got error: 1045: \"Access denied\"");
+        assert_eq!(clean("ERROR 1045 (28000): Access denied"), "ERROR 1045 (28000): Access denied");
+    }
+
+    #[test]
+    fn reads_the_first_line_as_password() {
+        assert_eq!(read_password(&b"s3cret\nrest\n"[..], "test").unwrap().as_str(), "s3cret");
+        assert!(read_password(&b"\n"[..], "test").is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! Full backups: a logical dump through `mariadb-dump`, consistent while
+//! writes go on, or a hot physical copy through `mariadb-backup`. Either
+//! becomes one stream entry; the binary log coordinates of the backup's
+//! consistent point go into the positions, where incrementals and restores
+//! find them.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+
+use crate::error::{Error, Result};
+use crate::format::{Frame, Kind};
+use crate::meta::{Begin, End, Entry, EntryType, RawPath};
+use crate::mysql::client::Client;
+use crate::mysql::positions::{Positions, LOGICAL, PHYSICAL};
+use crate::mysql::server::{sql_string, ServerInfo};
+use crate::progress::Progress;
+use crate::source::emit::{produce, send_content, SourceWriter};
+
+/// The tool name in messages and Abort frames.
+pub const TOOL: &str = "dump-mysql";
+/// The engine name in Begin frames.
+pub const ENGINE: &str = "mysql";
+/// The entry holding a logical dump (SQL text).
+pub const LOGICAL_ENTRY: &str = "dump.sql";
+/// The entry holding a physical backup (mariadb-backup's xbstream).
+pub const PHYSICAL_ENTRY: &str = "backup.xbstream";
+
+/// mariadb-dump's options: one transaction for a consistent snapshot, the
+/// binary log coordinates of that snapshot as a comment, every database but
+/// the grant tables (users and grants come as portable CREATE USER and GRANT
+/// statements instead, which skip accounts the target already has), with
+/// routines, events and triggers.
+const DUMP_OPTIONS: &[&str] = &[
+    "--single-transaction",
+    "--master-data=2",
+    "--all-databases",
+    "--ignore-database=mysql",
+    "--system=users",
+    "--insert-ignore",
+    "--routines",
+    "--events",
+    "--triggers",
+    "--hex-blob",
+    "--quick",
+];
+
+/// The comment that carries the snapshot's coordinates in the dump's head.
+const COORDINATES: &str = "-- CHANGE MASTER TO MASTER_LOG_FILE='";
+/// How far into the dump the coordinates must appear.
+const MAX_HEAD: usize = 1 << 20;
+/// The comment mariadb-dump ends a complete dump with.
+const COMPLETED: &[u8] = b"-- Dump completed";
+
+/// Writes a logical full backup of every database as a stream.
+pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
+    produce(TOOL, output, |writer| {
+        let server = ServerInfo::query(client)?;
+        server.require_binlog()?;
+        let mut dump = client.spawn("mariadb-dump", DUMP_OPTIONS, |c| {
+            c.stdout(Stdio::piped());
+        })?;
+        let mut stdout = dump.child.stdout.take().expect("stdout is piped");
+        let head = match read_head(&mut stdout) {
+            Ok(head) => head,
+            // A dump that ends early failed; its own message says why.
+            Err(err) => {
+                drop(stdout);
+                return Err(dump.finish(client).err().unwrap_or(err));
+            }
+        };
+        let (file, pos) = coordinates(&head)?;
+        let gtid = client.value(&format!("SELECT BINLOG_GTID_POS({}, {pos})", sql_string(&file)))?;
+        let positions =
+            Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid: Some(gtid), ..server.positions(LOGICAL) };
+        begin_full(writer, &positions)?;
+        let progress = Progress::for_stage(TOOL);
+        write_entry(writer, LOGICAL_ENTRY, "logical-dump")?;
+        let mut tail = TailReader::new(stdout);
+        let end = send_content(writer, &mut (&head[..]).chain(&mut tail), &progress, "mariadb-dump's output")?;
+        dump.finish(client)?;
+        if !tail.last.windows(COMPLETED.len()).any(|w| w == COMPLETED) {
+            return Err(Error::engine("mariadb-dump exited without error but its dump does not end as complete"));
+        }
+        progress.finish();
+        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, positions: Default::default() }))
+    })
+}
+
+/// Writes a hot physical full backup (mariadb-backup's xbstream) as a stream.
+/// The coordinates of its consistent point are known only when the copy
+/// ends, so they go into the End frame.
+pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
+    produce(TOOL, output, |writer| {
+        let server = ServerInfo::query(client)?;
+        server.require_binlog()?;
+        begin_full(writer, &server.positions(PHYSICAL))?;
+        let scratch = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", e))?;
+        let target = format!("--target-dir={}", scratch.path().display());
+        let mut backup = client.spawn("mariadb-backup", &["--backup", "--stream=xbstream", &target], |c| {
+            c.stdout(Stdio::piped());
+        })?;
+        let mut stdout = backup.child.stdout.take().expect("stdout is piped");
+        let progress = Progress::for_stage(TOOL);
+        write_entry(writer, PHYSICAL_ENTRY, "physical-backup")?;
+        let end = send_content(writer, &mut stdout, &progress, "mariadb-backup's output")?;
+        drop(stdout);
+        let lines = backup.finish(client)?;
+        let consistent = lines
+            .iter()
+            .rev()
+            .find_map(|line| backup_coordinates(line))
+            .ok_or_else(|| Error::engine("mariadb-backup did not report the binary log position of its backup"))?;
+        progress.finish();
+        let (file, pos, gtid) = consistent;
+        let positions =
+            Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid: Some(gtid), ..Default::default() };
+        let mut end_positions = positions.to_map();
+        // Only the coordinates: the rest is in Begin.
+        end_positions.retain(|key, _| matches!(key.as_str(), "binlog_file" | "binlog_pos" | "gtid"));
+        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, positions: end_positions }))
+    })
+}
+
+fn begin_full<W: Write>(writer: &mut SourceWriter<W>, positions: &Positions) -> Result<()> {
+    let begin = Begin { positions: positions.to_map(), ..Begin::now(TOOL, ENGINE, "full") };
+    writer.write(&Frame::json(Kind::Begin, &begin))
+}
+
+/// Writes the Entry frame of a file entry whose size is not known in advance.
+pub(crate) fn write_entry<W: Write>(writer: &mut SourceWriter<W>, path: &str, role: &str) -> Result<()> {
+    let entry = Entry {
+        path: RawPath(path.as_bytes().to_vec()),
+        entry_type: EntryType::File,
+        role: role.to_string(),
+        size: 0,
+        mode: 0o600,
+        mtime: chrono::Utc::now().timestamp(),
+        mtime_ns: 0,
+        uid: None,
+        gid: None,
+        target: None,
+        attrs: Default::default(),
+    };
+    writer.write(&Frame::json(Kind::Entry, &entry))
+}
+
+/// Reads the dump's head up to and including the line with its coordinates.
+fn read_head(input: &mut impl Read) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(64 << 10);
+    let mut block = [0u8; 64 << 10];
+    loop {
+        if let Some(at) = find(&head, COORDINATES.as_bytes()) {
+            if head[at..].contains(&b'\n') {
+                return Ok(head);
+            }
+        }
+        if head.len() > MAX_HEAD {
+            return Err(Error::engine("mariadb-dump's output does not start with the binary log coordinates"));
+        }
+        let got = input.read(&mut block).map_err(|e| Error::io("cannot read mariadb-dump's output", e))?;
+        if got == 0 {
+            return Err(Error::engine("mariadb-dump ended before writing the binary log coordinates"));
+        }
+        head.extend_from_slice(&block[..got]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The file and position in `-- CHANGE MASTER TO MASTER_LOG_FILE='f', MASTER_LOG_POS=n;`.
+fn coordinates(head: &[u8]) -> Result<(String, u64)> {
+    let at = find(head, COORDINATES.as_bytes()).expect("read_head found it");
+    let line = &head[at..];
+    let line = String::from_utf8_lossy(&line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())]);
+    let rest = &line[COORDINATES.len()..];
+    let parsed = rest.split_once("', MASTER_LOG_POS=").and_then(|(file, pos)| {
+        let pos = pos.trim_end_matches(';').parse().ok()?;
+        Some((file.to_string(), pos))
+    });
+    parsed.ok_or_else(|| Error::engine(format!("cannot read the binary log coordinates in `{line}`")))
+}
+
+/// The coordinates in mariadb-backup's "MySQL binlog position: filename 'f',
+/// position 'n', GTID of the last change 'g'" line.
+fn backup_coordinates(line: &str) -> Option<(String, u64, String)> {
+    let rest = &line[line.find("binlog position: filename '")? + "binlog position: filename '".len()..];
+    let (file, rest) = rest.split_once("', position '")?;
+    let (pos, rest) = rest.split_once('\'')?;
+    let gtid = rest.split_once("GTID of the last change '").and_then(|(_, g)| g.split_once('\'')).map(|(g, _)| g);
+    Some((file.to_string(), pos.parse().ok()?, gtid.unwrap_or_default().to_string()))
+}
+
+/// Passes a reader through, keeping its last bytes.
+struct TailReader<R> {
+    inner: R,
+    last: Vec<u8>,
+}
+
+/// Bytes [`TailReader`] keeps.
+const TAIL: usize = 256;
+
+impl<R: Read> TailReader<R> {
+    fn new(inner: R) -> Self {
+        TailReader { inner, last: Vec::with_capacity(2 * TAIL) }
+    }
+}
+
+impl<R: Read> Read for TailReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let got = self.inner.read(buf)?;
+        let new = &buf[..got];
+        if new.len() >= TAIL {
+            self.last.clear();
+            self.last.extend_from_slice(&new[new.len() - TAIL..]);
+        } else {
+            self.last.extend_from_slice(new);
+            let excess = self.last.len().saturating_sub(TAIL);
+            self.last.drain(..excess);
+        }
+        Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_coordinates() {
+        let head = b"-- x\n-- CHANGE MASTER TO MASTER_LOG_FILE='mysql-bin.000012', MASTER_LOG_POS=1444;\n--\n";
+        assert_eq!(coordinates(head).unwrap(), ("mysql-bin.000012".to_string(), 1444));
+        let line = "[00] 2026-11-22 07:14:43 MySQL binlog position: filename 'mysql-bin.000002', position '385', \
+                    GTID of the last change '0-1-6'";
+        assert_eq!(backup_coordinates(line), Some(("mysql-bin.000002".into(), 385, "0-1-6".into())));
+        assert_eq!(backup_coordinates("[00] completed OK!"), None);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut tail = TailReader::new(&data[..]);
+        let mut sink = Vec::new();
+        let mut buf = [0u8; 100];
+        loop {
+            let n = tail.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            sink.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(tail.last, data[data.len() - TAIL..]);
+    }
+}

@@ -1,0 +1,258 @@
+//! Incremental backups: the binary log files written since the previous
+//! backup. The server closes its current file first, so an incremental always
+//! holds whole, closed files; each is checked (magic, position chain, CRC-32
+//! of every event) as it is sent, and a file missing from the sequence, or
+//! damaged, fails the backup.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::format::{Frame, Kind};
+use crate::meta::{Begin, End};
+use crate::mysql::binlog::BackgroundCheck;
+use crate::mysql::client::Client;
+use crate::mysql::dump::{write_entry, ENGINE, TOOL};
+use crate::mysql::positions::{sequence_of, Positions, BINLOG};
+use crate::mysql::server::{binary_logs, BinaryLog, ServerInfo};
+use crate::progress::Progress;
+use crate::source::emit::{produce, send_content, SourceWriter};
+
+/// The backup an incremental continues.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    /// Its snapshot ID, when known.
+    pub snapshot: Option<String>,
+    /// Its positions.
+    pub positions: Positions,
+}
+
+/// One stored MySQL backup as a ship receipt line (or `repo snapshots --json`) describes it.
+#[derive(Debug, Deserialize)]
+pub struct ReceiptLine {
+    /// The snapshot ID.
+    #[serde(alias = "id")]
+    pub snapshot: String,
+    /// The engine ("mysql").
+    pub engine: String,
+    /// The backup kind.
+    pub kind: String,
+    /// Begin's positions.
+    #[serde(default)]
+    pub positions: Map<String, Value>,
+    /// End's positions.
+    #[serde(default)]
+    pub end_positions: Map<String, Value>,
+}
+
+impl ReceiptLine {
+    /// The backup's merged positions.
+    pub fn positions(&self) -> Result<Positions> {
+        Positions::from_maps(&self.positions, &self.end_positions)
+    }
+}
+
+/// Every MySQL backup in a receipt file (the JSON lines `ship` prints).
+pub fn read_receipts(path: &Path) -> Result<Vec<ReceiptLine>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io(format!("cannot read receipt '{}'", path.display()), e))?;
+    let mut lines = Vec::new();
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let parsed: ReceiptLine = serde_json::from_str(line).map_err(|e| {
+            Error::usage(format!("receipt '{}' line {} is not a ship receipt: {e}", path.display(), number + 1))
+        })?;
+        if parsed.engine == ENGINE {
+            lines.push(parsed);
+        }
+    }
+    Ok(lines)
+}
+
+/// The newest backup of `server`'s binary log sequence in a receipt file.
+pub fn previous_from_receipt(path: &Path, server: &ServerInfo) -> Result<Previous> {
+    let mut found = None;
+    for line in read_receipts(path)? {
+        let positions = line.positions()?;
+        if positions.same_sequence(&server.positions(BINLOG)) {
+            found = Some(Previous { snapshot: Some(line.snapshot), positions });
+        }
+    }
+    found.ok_or_else(|| {
+        Error::usage(format!(
+            "receipt '{}' holds no backup of this server (binary logs {}, server_id {})",
+            path.display(),
+            server.binlog_basename,
+            server.server_id
+        ))
+    })
+}
+
+/// The newest backup of `server`'s binary log sequence stored in `repo`.
+pub fn previous_from_repo(repo: &crate::repo::Repository, server: &ServerInfo) -> Result<Previous> {
+    let mut found = None;
+    for (id, summary) in crate::repo::fetch::list(repo)? {
+        if summary.begin.engine != ENGINE {
+            continue;
+        }
+        let positions = Positions::from_maps(&summary.begin.positions, &summary.end_positions)?;
+        if positions.same_sequence(&server.positions(BINLOG)) {
+            found = Some(Previous { snapshot: Some(id), positions });
+        }
+    }
+    found.ok_or_else(|| {
+        Error::usage(format!(
+            "the repository holds no backup of this server (binary logs {}); take a full backup first",
+            server.binlog_basename
+        ))
+    })
+}
+
+/// Writes an incremental backup continuing `previous` as a stream.
+/// `binlog_dir` overrides where the binary log files are read.
+pub fn incremental(
+    client: &Client,
+    server: &ServerInfo,
+    previous: &Previous,
+    binlog_dir: Option<&Path>,
+    output: impl Write,
+) -> Result<()> {
+    produce(TOOL, output, |writer| {
+        server.require_binlog()?;
+        let start = previous
+            .positions
+            .continues_from()
+            .ok_or_else(|| Error::usage("the previous backup records no binary log position to continue from"))?;
+        // Checked before FLUSH, so a broken chain changes nothing on the server.
+        let before = binary_logs(client)?;
+        if !before.iter().any(|log| log.name == start) {
+            return Err(purged(start, &before));
+        }
+        client.query("FLUSH BINARY LOGS")?;
+        let logs = binary_logs(client)?;
+        let files = files_to_copy(&logs, start)?;
+        let next = &logs.last().expect("files_to_copy checked").name;
+        let positions = Positions {
+            from_file: Some(start.to_string()),
+            binlog_file: Some(files.last().expect("at least one file").name.clone()),
+            next_file: Some(next.clone()),
+            ..server.positions(BINLOG)
+        };
+        let begin = Begin {
+            positions: positions.to_map(),
+            parent: previous.snapshot.clone(),
+            expected_bytes: Some(files.iter().map(|f| f.size).sum()),
+            ..Begin::now(TOOL, ENGINE, "incremental")
+        };
+        writer.write(&Frame::json(Kind::Begin, &begin))?;
+        let progress = Progress::for_stage(TOOL);
+        progress.set_total(begin.expected_bytes.unwrap_or(0));
+        let dir = binlog_dir.map(Path::to_path_buf).unwrap_or_else(|| server.binlog_dir());
+        let mut totals = End { entries: 0, bytes: 0, positions: Default::default() };
+        for file in files {
+            totals.bytes += send_binlog(writer, &dir, file, &progress)?;
+            totals.entries += 1;
+        }
+        progress.finish();
+        writer.write(&Frame::json(Kind::End, &totals))
+    })
+}
+
+fn purged(file: &str, logs: &[BinaryLog]) -> Error {
+    let oldest = logs.first().map(|l| l.name.as_str()).unwrap_or("none");
+    Error::engine(format!(
+        "binary log {file}, where the previous backup ends, is no longer on the server (oldest is {oldest}): \
+         it was purged, so the chain cannot continue; take a full backup (dump-mysql --full)"
+    ))
+}
+
+/// The closed files from `start` on (all but the current one), checked to
+/// form an unbroken sequence.
+fn files_to_copy<'a>(logs: &'a [BinaryLog], start: &str) -> Result<&'a [BinaryLog]> {
+    let first = logs.iter().position(|log| log.name == start).ok_or_else(|| purged(start, logs))?;
+    let files = &logs[first..logs.len() - 1];
+    if files.is_empty() {
+        return Err(Error::engine(format!("the server did not close binary log {start} on FLUSH BINARY LOGS")));
+    }
+    for pair in logs[first..].windows(2) {
+        if sequence_of(&pair[1].name)? != sequence_of(&pair[0].name)? + 1 {
+            return Err(Error::engine(format!(
+                "binary logs between {} and {} are missing on the server; take a full backup (dump-mysql --full)",
+                pair[0].name, pair[1].name
+            )));
+        }
+    }
+    Ok(files)
+}
+
+/// Sends one binary log file as an entry, checking it on the way.
+fn send_binlog<W: Write>(
+    writer: &mut SourceWriter<W>,
+    dir: &Path,
+    log: &BinaryLog,
+    progress: &Progress,
+) -> Result<u64> {
+    let path = dir.join(&log.name);
+    let missing = |e: std::io::Error| {
+        let advice = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (run dump-mysql as a user who can read the server's binary logs, e.g. in its group)"
+        } else {
+            " (is --binlog-dir right?)"
+        };
+        let err = Error::io(format!("cannot read binary log '{}'", path.display()), e);
+        Error::new(err.kind(), format!("{}{advice}", err.message()))
+    };
+    let file = std::fs::File::open(&path).map_err(missing)?;
+    write_entry(writer, &format!("binlog/{}", log.name), "binlog")?;
+    let mut tee = Tee { inner: file, check: BackgroundCheck::start(&log.name) };
+    let sent = send_content(writer, &mut tee, progress, &format!("binary log {}", log.name));
+    // A damaged file is the cause even when sending stopped because of it.
+    let checked = tee.check.finish()?;
+    let sent = sent?;
+    if !checked.is_closed() || checked.end != sent.size || sent.size != log.size {
+        return Err(Error::engine(format!(
+            "binary log {} changed while it was copied (the server still writes it)",
+            log.name
+        )));
+    }
+    Ok(sent.size)
+}
+
+/// Passes a reader through, handing a copy of everything read to a check.
+struct Tee<R> {
+    inner: R,
+    check: BackgroundCheck,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let got = self.inner.read(buf)?;
+        if got > 0 && !self.check.feed(&buf[..got]) {
+            // The check stopped: it found damage, which it reports.
+            return Err(std::io::Error::other("the binary log check failed"));
+        }
+        Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(names: &[&str]) -> Vec<BinaryLog> {
+        names.iter().map(|n| BinaryLog { name: n.to_string(), size: 100 }).collect()
+    }
+
+    #[test]
+    fn picks_closed_files_and_refuses_gaps() {
+        let all = logs(&["b.000003", "b.000004", "b.000005", "b.000006"]);
+        let files = files_to_copy(&all, "b.000004").unwrap();
+        assert_eq!(files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["b.000004", "b.000005"]);
+        assert!(files_to_copy(&all, "b.000002").unwrap_err().message().contains("purged"));
+        let gap = logs(&["b.000003", "b.000005", "b.000006"]);
+        assert!(files_to_copy(&gap, "b.000003").unwrap_err().message().contains("missing"));
+        assert!(files_to_copy(&all, "b.000006").is_err());
+    }
+}
