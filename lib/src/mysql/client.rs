@@ -88,10 +88,11 @@ impl Client {
             (None, Some(fd)) => Some(read_password(open_fd(fd)?, &format!("password file descriptor {fd}"))?),
             (None, None) => None,
         };
-        let target = match (&args.socket, &args.host) {
-            (Some(socket), _) => format!("the server at {}", socket.display()),
-            (None, Some(host)) => format!("the server at {host}:{}", args.port.unwrap_or(3306)),
-            (None, None) => "the server".to_string(),
+        let target = match (&args.socket, &args.host, &args.defaults_file) {
+            (Some(socket), _, _) => format!("the server at {}", socket.display()),
+            (None, Some(host), _) => format!("the server at {host}:{}", args.port.unwrap_or(3306)),
+            (None, None, Some(file)) => format!("the server named in {}", file.display()),
+            (None, None, None) => "the server".to_string(),
         };
         Ok(Client { options, password, target })
     }
@@ -127,10 +128,10 @@ impl Client {
     pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>> {
         let mut command = self.command("mariadb", &["--batch", "--raw", "--skip-column-names", "--execute", sql]);
         command.stdout(Stdio::piped());
-        let mut running = Running::spawn("mariadb", command)?;
+        let mut running = self.run(Running::spawn("mariadb", command)?);
         let mut out = String::new();
         let read = running.child.stdout.take().expect("stdout is piped").read_to_string(&mut out);
-        running.finish(self)?;
+        running.finish()?;
         read.map_err(|e| Error::io("cannot read the answer of mariadb", e))?;
         Ok(out.lines().map(|line| line.split('\t').map(str::to_string).collect()).collect())
     }
@@ -149,7 +150,13 @@ impl Client {
     pub fn spawn(&self, tool: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Result<Running> {
         let mut command = self.command(tool, args);
         configure(&mut command);
-        Running::spawn(tool, command)
+        Ok(self.run(Running::spawn(tool, command)?))
+    }
+
+    /// Marks a running tool as talking to this client's server, for its messages.
+    fn run(&self, mut running: Running) -> Running {
+        running.target = Some(self.target.clone());
+        running
     }
 }
 
@@ -190,10 +197,13 @@ pub struct Running {
     pub child: Child,
     stderr: Option<JoinHandle<VecDeque<String>>>,
     tool: String,
+    /// The server it talks to, if any (for hints).
+    target: Option<String>,
 }
 
 impl Running {
-    fn spawn(tool: &str, mut command: Command) -> Result<Running> {
+    /// Starts `command` (the client tool `tool`), collecting its stderr.
+    pub fn spawn(tool: &str, mut command: Command) -> Result<Running> {
         command.stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -213,12 +223,12 @@ impl Running {
             }
             kept
         });
-        Ok(Running { child, stderr: Some(collector), tool: tool.to_string() })
+        Ok(Running { child, stderr: Some(collector), tool: tool.to_string(), target: None })
     }
 
     /// Waits for the tool; a failure becomes one line naming the cause.
     /// Returns the last lines the tool wrote to stderr.
-    pub fn finish(mut self, client: &Client) -> Result<Vec<String>> {
+    pub fn finish(mut self) -> Result<Vec<String>> {
         drop(self.child.stdin.take());
         let status = self.child.wait().map_err(|e| Error::io(format!("cannot wait for {}", self.tool), e))?;
         let lines: Vec<String> = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default().into();
@@ -235,7 +245,8 @@ impl Running {
                 Some(code) => format!("exited with status {code}"),
                 None => "was killed by a signal".to_string(),
             });
-        Err(Error::engine(format!("{} failed: {cause}{}", self.tool, hint(&cause, client))))
+        let hint = self.target.as_deref().map(|target| hint(&cause, target)).unwrap_or_default();
+        Err(Error::engine(format!("{} failed: {cause}{hint}", self.tool)))
     }
 }
 
@@ -274,11 +285,11 @@ fn clean(line: &str) -> String {
 }
 
 /// Advice for the common failures, from the server's error text.
-fn hint(cause: &str, client: &Client) -> String {
+fn hint(cause: &str, target: &str) -> String {
     let lower = cause.to_ascii_lowercase();
     if lower.contains("can't connect") || lower.contains("connection refused") || lower.contains("lost connection") {
-        format!(" (is {} running? check --socket, --host and --port)", client.target())
-    } else if lower.contains("access denied for user") {
+        format!(" (is {target} running? check --socket, --host and --port)")
+    } else if lower.contains("access denied for user") && !lower.contains(" at line ") {
         " (check the user and password: --user, --password-file, MYSQL_PWD or the option file)".to_string()
     } else if lower.contains("privilege") || lower.contains("command denied") || lower.contains("access denied") {
         " (the user lacks a privilege; docs/engines/mysql.md lists what each mode needs)".to_string()

@@ -65,7 +65,7 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
             // A dump that ends early failed; its own message says why.
             Err(err) => {
                 drop(stdout);
-                return Err(dump.finish(client).err().unwrap_or(err));
+                return Err(dump.finish().err().unwrap_or(err));
             }
         };
         let (file, pos) = coordinates(&head)?;
@@ -77,7 +77,7 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
         write_entry(writer, LOGICAL_ENTRY, "logical-dump")?;
         let mut tail = TailReader::new(stdout);
         let end = send_content(writer, &mut (&head[..]).chain(&mut tail), &progress, "mariadb-dump's output")?;
-        dump.finish(client)?;
+        dump.finish()?;
         if !tail.last.windows(COMPLETED.len()).any(|w| w == COMPLETED) {
             return Err(Error::engine("mariadb-dump exited without error but its dump does not end as complete"));
         }
@@ -104,7 +104,7 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
         write_entry(writer, PHYSICAL_ENTRY, "physical-backup")?;
         let end = send_content(writer, &mut stdout, &progress, "mariadb-backup's output")?;
         drop(stdout);
-        let lines = backup.finish(client)?;
+        let lines = backup.finish()?;
         let consistent = lines
             .iter()
             .rev()

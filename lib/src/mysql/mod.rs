@@ -8,4 +8,7 @@ pub mod dump;
 pub mod incremental;
 pub mod positions;
 pub mod purge;
+pub mod replay;
+pub mod restore;
+pub mod scratch;
 pub mod server;

@@ -80,12 +80,13 @@ impl Filter {
 
 /// The newest chain that covers `until`: the last full backup started at or
 /// before it, then every later non-full backup of the same host and engine
-/// started at or before it, oldest first.
+/// started at or before it, oldest first, and the first non-full backup
+/// started after it, which holds the logs written up to `until`.
 pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Vec<String>> {
     let until = parse_time(until)?;
     let started = |s: &Summary| parse_time(&s.begin.started).ok();
-    let covered: Vec<(String, Summary)> =
-        list(repo)?.into_iter().filter(|(_, s)| filter.matches(s) && started(s).is_some_and(|t| t <= until)).collect();
+    let all: Vec<(String, Summary)> = list(repo)?.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+    let (covered, later): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, s)| started(s).is_some_and(|t| t <= until));
     let Some(full) = covered.iter().rposition(|(_, s)| s.begin.kind == "full") else {
         return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
     };
@@ -98,12 +99,18 @@ pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Ve
         )));
     }
     let (host, engine) = (covered[full].1.begin.host.clone(), covered[full].1.begin.engine.clone());
-    Ok(covered[full..]
+    let continues = |s: &Summary| s.begin.kind != "full" && s.begin.host == host && s.begin.engine == engine;
+    let mut chain: Vec<String> = covered[full..]
         .iter()
         .enumerate()
-        .filter(|(i, (_, s))| *i == 0 || (s.begin.kind != "full" && s.begin.host == host && s.begin.engine == engine))
+        .filter(|(i, (_, s))| *i == 0 || continues(s))
         .map(|(_, (id, _))| id.clone())
-        .collect())
+        .collect();
+    let next = later.iter().find(|(_, s)| s.begin.host == host && s.begin.engine == engine);
+    if let Some((id, _)) = next.filter(|(_, s)| continues(s)) {
+        chain.push(id.clone());
+    }
+    Ok(chain)
 }
 
 /// Writes the stored stream of each snapshot in `ids`, in order, to `output`.

@@ -1,0 +1,576 @@
+//! `restore-mysql`: reads a full backup and the incrementals after it (what
+//! `fetch --until` writes) and rebuilds the server: loads the logical dump
+//! into a running server, or prepares the physical copy and moves it into a
+//! data directory; then replays the binary logs from the full's coordinates
+//! up to the stopping point. Nothing reaches the server before the chain's
+//! first entry is read and checked; a physical restore touches the data
+//! directory only after the whole input is verified.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+
+use chrono::{DateTime, Utc};
+
+use crate::codec::require_plain;
+use crate::error::{Error, Result};
+use crate::filter::describe_abort;
+use crate::format::Kind;
+use crate::meta::{Begin, End, Entry, EntryEnd};
+use crate::mysql::binlog::{BackgroundCheck, Checked};
+use crate::mysql::client::{Client, Running};
+use crate::mysql::dump::ENGINE;
+use crate::mysql::positions::{sequence_of, Positions, PHYSICAL};
+use crate::mysql::replay::{replay, Until};
+use crate::mysql::scratch::ScratchServer;
+use crate::progress::Progress;
+use crate::reader::{Item, StreamReader};
+
+/// The tool name in messages.
+const TOOL: &str = "restore-mysql";
+
+/// What a restore does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where replay stops.
+    pub until: Until,
+    /// Print the plan only; touch no server and no data directory.
+    pub dry_run: bool,
+    /// Drop the target's databases (logical) or move its data directory
+    /// aside (physical) instead of refusing a target that holds data.
+    pub replace: bool,
+    /// The data directory a physical backup is restored into.
+    pub datadir: Option<PathBuf>,
+    /// The server's option file, for the temporary server a physical restore replays into.
+    pub server_defaults: Option<PathBuf>,
+}
+
+/// The full backup at the head of the chain.
+struct Full {
+    positions: Positions,
+    started: String,
+}
+
+/// A binary log received from an incremental.
+struct ReceivedLog {
+    name: String,
+    path: Option<PathBuf>,
+    checked: Checked,
+}
+
+/// Where the content of the entry being read goes.
+enum Sink {
+    /// Into `mariadb` on the target (a logical dump).
+    Load(Running, ChildStdin),
+    /// Into `mbstream -x` (a physical backup).
+    Extract(Running, ChildStdin),
+    /// A binary log: checked, and kept in a file unless dry-running.
+    Binlog { name: String, file: Option<(PathBuf, BufWriter<File>)>, check: BackgroundCheck },
+    /// Only verified (dry run).
+    Discard,
+}
+
+/// The entry being read.
+struct Open {
+    sink: Sink,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+/// The state of a restore as the input is read.
+struct Restore<'a> {
+    client: &'a Client,
+    options: &'a Options,
+    work: tempfile::TempDir,
+    full: Option<Full>,
+    /// Descriptions of the backups read, for the plan.
+    backups: Vec<String>,
+    /// The binary log file the next incremental must start with.
+    next_file: Option<String>,
+    logs: Vec<ReceivedLog>,
+    open: Option<Open>,
+    begin: Option<Begin>,
+    totals: (u64, u64),
+}
+
+/// Restores the chain read from `input`; with `options.dry_run`, writes the plan to `plan` instead.
+pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut dyn Write) -> Result<()> {
+    let work_parent = options.datadir.as_deref().and_then(Path::parent).filter(|p| p.is_dir());
+    let builder = tempfile::Builder::new().prefix(".backpipe-restore-").clone();
+    let work = match work_parent {
+        Some(parent) => builder.tempdir_in(parent),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| Error::io("cannot create a working directory", e))?;
+    let mut state = Restore {
+        client,
+        options,
+        work,
+        full: None,
+        backups: Vec::new(),
+        next_file: None,
+        logs: Vec::new(),
+        open: None,
+        begin: None,
+        totals: (0, 0),
+    };
+    state.read(input)?;
+    state.finish(plan)
+}
+
+impl Restore<'_> {
+    fn read(&mut self, input: impl Read) -> Result<()> {
+        let progress = Progress::for_stage(TOOL);
+        let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
+        while let Some(item) = reader.next_item()? {
+            let Item::Frame(frame) = item else { continue };
+            match frame.kind {
+                Kind::Abort => {
+                    return Err(Error::incomplete(format!(
+                        "the stream was aborted upstream: {}; nothing was restored",
+                        describe_abort(&frame)
+                    )))
+                }
+                Kind::Cipher => return Err(Error::other(format!("the stream is encrypted; run `encrypt -d` before {TOOL}"))),
+                Kind::ChunkRef => return Err(Error::other(crate::format::UNRESOLVED_REF)),
+                Kind::Unknown(_) => continue,
+                _ => require_plain(&frame, TOOL)?,
+            }
+            match frame.kind {
+                Kind::Begin => self.begin(frame.parse_json()?)?,
+                Kind::Entry => self.entry(frame.parse_json()?)?,
+                Kind::Data => {
+                    self.data(&frame.payload)?;
+                    progress.add(frame.payload.len() as u64);
+                }
+                Kind::EntryEnd => self.entry_end(frame.parse_json()?)?,
+                Kind::End => self.end(frame.parse_json()?)?,
+                _ => {}
+            }
+        }
+        progress.finish();
+        if self.full.is_none() {
+            return Err(Error::incomplete("the input holds no full MySQL backup"));
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, begin: Begin) -> Result<()> {
+        if begin.engine != ENGINE {
+            return Err(Error::usage(format!("the input is a backup of engine '{}', not MySQL", begin.engine)));
+        }
+        let positions = Positions::from_maps(&begin.positions, &Default::default())?;
+        match (begin.kind.as_str(), &self.full) {
+            ("full", None) => self.begin_full(&begin, positions)?,
+            ("full", Some(_)) => {
+                return Err(Error::usage(
+                    "the input holds more than one full backup; restore one chain (`fetch --until` writes one)",
+                ))
+            }
+            ("incremental", None) => {
+                return Err(Error::usage("the input starts with an incremental; a full backup must come first"))
+            }
+            ("incremental", Some(full)) => {
+                let expected = self.next_file.as_deref().unwrap_or("?");
+                if !positions.same_sequence(&full.positions) || positions.from_file.as_deref() != Some(expected) {
+                    return Err(Error::usage(format!(
+                        "the incremental started {} does not continue the chain: it starts at {}, the chain needs {expected} \
+                         (an incremental is missing, or it belongs to another server)",
+                        begin.started,
+                        positions.from_file.as_deref().unwrap_or("?")
+                    )));
+                }
+                self.next_file = positions.next_file.clone();
+                self.backups.push(format!(
+                    "incremental  started {}, binary logs {} to {}",
+                    begin.started,
+                    positions.from_file.as_deref().unwrap_or("?"),
+                    positions.binlog_file.as_deref().unwrap_or("?")
+                ));
+            }
+            (kind, _) => return Err(Error::usage(format!("cannot restore a MySQL backup of kind '{kind}'"))),
+        }
+        self.begin = Some(begin);
+        self.totals = (0, 0);
+        Ok(())
+    }
+
+    fn begin_full(&mut self, begin: &Begin, positions: Positions) -> Result<()> {
+        if let Until::Time(until) = self.options.until {
+            if parse_time(&begin.started).is_some_and(|started| started > until) {
+                return Err(Error::usage(format!(
+                    "the full backup started at {}, after --until {}; fetch an older chain",
+                    begin.started,
+                    until.format("%Y-%m-%d %H:%M:%S UTC")
+                )));
+            }
+        }
+        if !self.options.dry_run {
+            if positions.method == PHYSICAL {
+                let datadir = self.options.datadir.as_deref().ok_or_else(|| {
+                    Error::usage("the input is a physical backup: name the data directory to restore into with --datadir")
+                })?;
+                check_datadir(datadir, self.options.replace)?;
+            } else {
+                prepare_target(self.client, self.options.replace)?;
+            }
+        }
+        self.full = Some(Full { positions, started: begin.started.clone() });
+        Ok(())
+    }
+
+    fn entry(&mut self, entry: Entry) -> Result<()> {
+        let name = entry.path.display();
+        let dry = self.options.dry_run;
+        let sink = match entry.role.as_str() {
+            "logical-dump" if !dry => {
+                let mut loader = self.client.spawn("mariadb", &["--binary-mode"], |c| {
+                    c.stdin(Stdio::piped());
+                })?;
+                let stdin = loader.child.stdin.take().expect("stdin is piped");
+                Sink::Load(loader, stdin)
+            }
+            "physical-backup" if !dry => {
+                let target = self.work.path().join("full");
+                std::fs::create_dir(&target).map_err(|e| Error::io("cannot create the extraction directory", e))?;
+                let mut command = Command::new("mbstream");
+                command.arg("-x").arg("-C").arg(&target).stdin(Stdio::piped()).stdout(Stdio::null());
+                let mut extract = Running::spawn("mbstream", command)?;
+                let stdin = extract.child.stdin.take().expect("stdin is piped");
+                Sink::Extract(extract, stdin)
+            }
+            "logical-dump" | "physical-backup" => Sink::Discard,
+            "binlog" => {
+                let log = name.strip_prefix("binlog/").unwrap_or(&name).to_string();
+                if log.contains('/') || log.starts_with('.') {
+                    return Err(Error::integrity(format!("entry '{name}' is not a binary log name")));
+                }
+                sequence_of(&log)?;
+                let file = if dry {
+                    None
+                } else {
+                    let path = self.work.path().join(&log);
+                    let file = File::create(&path)
+                        .map_err(|e| Error::io(format!("cannot create '{}'", path.display()), e))?;
+                    Some((path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file)))
+                };
+                Sink::Binlog { check: BackgroundCheck::start(&log), name: log, file }
+            }
+            role => return Err(Error::usage(format!("entry '{name}' has role '{role}', which restore-mysql does not know"))),
+        };
+        self.open = Some(Open { sink, hasher: blake3::Hasher::new(), size: 0 });
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        let open = self.open.as_mut().ok_or_else(|| Error::integrity("a Data frame outside an entry"))?;
+        open.hasher.update(bytes);
+        open.size += bytes.len() as u64;
+        match &mut open.sink {
+            Sink::Load(_, stdin) | Sink::Extract(_, stdin) => {
+                if let Err(e) = stdin.write_all(bytes) {
+                    // The tool stopped reading: its own error says why.
+                    let sink = self.open.take().expect("open").sink;
+                    return Err(finish_sink(sink).err().unwrap_or_else(|| Error::io("cannot pass on the backup", e)));
+                }
+            }
+            Sink::Binlog { file, check, .. } => {
+                if let Some((path, out)) = file {
+                    out.write_all(bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
+                }
+                if !check.feed(bytes) {
+                    let sink = self.open.take().expect("open").sink;
+                    return Err(finish_sink(sink).err().unwrap_or_else(|| Error::integrity("binary log check failed")));
+                }
+            }
+            Sink::Discard => {}
+        }
+        Ok(())
+    }
+
+    fn entry_end(&mut self, end: EntryEnd) -> Result<()> {
+        let open = self.open.take().ok_or_else(|| Error::integrity("an EntryEnd frame outside an entry"))?;
+        let digest = open.hasher.finalize().to_hex().to_string();
+        if open.size != end.size || digest != end.blake3 {
+            return Err(Error::integrity(format!(
+                "an entry's content does not match its digest ({} bytes read, {} expected)",
+                open.size, end.size
+            )));
+        }
+        if let Some(log) = finish_sink(open.sink)? {
+            self.logs.push(log);
+        }
+        self.totals.0 += 1;
+        self.totals.1 += end.size;
+        Ok(())
+    }
+
+    fn end(&mut self, end: End) -> Result<()> {
+        if self.totals != (end.entries, end.bytes) {
+            return Err(Error::integrity(format!(
+                "the stream holds {} entries and {} bytes but its End frame says {} and {}",
+                self.totals.0, self.totals.1, end.entries, end.bytes
+            )));
+        }
+        let begin = self.begin.take().ok_or_else(|| Error::integrity("an End frame without Begin"))?;
+        if begin.kind == "full" {
+            let full = self.full.as_mut().expect("begin_full ran");
+            full.positions = Positions::from_maps(&begin.positions, &end.positions)?;
+            let p = &full.positions;
+            let (file, pos) = match (&p.binlog_file, p.binlog_pos) {
+                (Some(file), Some(pos)) => (file.clone(), pos),
+                _ => return Err(Error::integrity("the full backup records no binary log position")),
+            };
+            self.next_file = Some(file.clone());
+            self.backups.insert(
+                0,
+                format!(
+                    "full         {}, started {}, consistent at {file}:{pos} (GTID {})",
+                    p.method,
+                    full.started,
+                    p.gtid.as_deref().unwrap_or("unknown")
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Plans the replay; then prints the plan (dry run) or carries it out.
+    fn finish(self, out: &mut dyn Write) -> Result<()> {
+        let full = self.full.as_ref().expect("read checked");
+        let plan = plan_replay(&full.positions, &self.logs, &self.options.until)?;
+        let mut lines = self.backups.clone();
+        lines.push(plan.describe(&full.positions, &self.options.until));
+        lines.push(match &self.options.datadir {
+            Some(dir) if full.positions.method == PHYSICAL => format!("target       data directory {}", dir.display()),
+            _ => format!("target       {}", self.client.target()),
+        });
+        if self.options.dry_run {
+            for line in &lines {
+                writeln!(out, "{line}").map_err(|e| Error::io("cannot write the plan", e))?;
+            }
+            return Ok(());
+        }
+        let files: Vec<PathBuf> = plan.logs.iter().map(|log| log.path.clone().expect("kept when not dry")).collect();
+        let start = full.positions.binlog_pos.unwrap_or(4);
+        if full.positions.method == PHYSICAL {
+            let datadir = self.options.datadir.as_deref().expect("checked at Begin");
+            place_physical(&self.work.path().join("full"), datadir, self.options.replace)?;
+            if !files.is_empty() {
+                let server = ScratchServer::start(datadir, self.options.server_defaults.as_deref())?;
+                replay(&server.client(), "FLUSH PRIVILEGES;\n", &files, start, &plan.until)?;
+                server.stop()?;
+            }
+        } else if !files.is_empty() {
+            replay(self.client, "", &files, start, &plan.until)?;
+        }
+        for line in &lines {
+            crate::cli::say(&format!("{TOOL}: {line}"));
+        }
+        if let Some(note) = plan.note {
+            crate::cli::say(&format!("{TOOL}: note: {note}"));
+        }
+        Ok(())
+    }
+}
+
+/// Closes an entry's sink; a binary log's becomes a received log.
+fn finish_sink(sink: Sink) -> Result<Option<ReceivedLog>> {
+    match sink {
+        Sink::Load(running, stdin) | Sink::Extract(running, stdin) => {
+            drop(stdin);
+            running.finish()?;
+            Ok(None)
+        }
+        Sink::Binlog { name, file, check } => {
+            let checked = check.finish()?;
+            let path = match file {
+                Some((path, mut out)) => {
+                    out.flush().map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
+                    Some(path)
+                }
+                None => None,
+            };
+            Ok(Some(ReceivedLog { name, path, checked }))
+        }
+        Sink::Discard => Ok(None),
+    }
+}
+
+/// The binary logs to replay and where to stop.
+struct ReplayPlan<'a> {
+    logs: Vec<&'a ReceivedLog>,
+    until: Until,
+    note: Option<String>,
+}
+
+impl ReplayPlan<'_> {
+    fn describe(&self, full: &Positions, until: &Until) -> String {
+        if self.logs.is_empty() {
+            return "replay       nothing: the restore ends at the full backup's consistent point".to_string();
+        }
+        let names: Vec<String> = self
+            .logs
+            .iter()
+            .enumerate()
+            .map(|(i, log)| match (i, full.binlog_pos) {
+                (0, Some(pos)) => format!("{} from {pos}", log.name),
+                _ => log.name.clone(),
+            })
+            .collect();
+        let first = self.logs.first().map(|l| l.checked.first_time).unwrap_or(0);
+        let last = self.logs.last().map(|l| l.checked.last_time).unwrap_or(0);
+        format!(
+            "replay       {} (events {} to {}), stopping {}",
+            names.join(", "),
+            utc(first),
+            utc(last),
+            until.describe()
+        )
+    }
+}
+
+fn utc(seconds: u32) -> String {
+    DateTime::<Utc>::from_timestamp(i64::from(seconds), 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// Chooses the received binary logs that carry the full's data forward to `until`.
+fn plan_replay<'a>(full: &Positions, logs: &'a [ReceivedLog], until: &Until) -> Result<ReplayPlan<'a>> {
+    let first_file = full.binlog_file.as_deref().expect("checked at End");
+    let first = sequence_of(first_file)?;
+    let mut chosen: Vec<&ReceivedLog> = Vec::new();
+    for log in logs {
+        let seq = sequence_of(&log.name)?;
+        if seq < first {
+            continue;
+        }
+        let expected = first + chosen.len() as u64;
+        if seq != expected {
+            return Err(Error::usage(format!(
+                "binary log number {expected} of the chain is missing from the input (found {})",
+                log.name
+            )));
+        }
+        chosen.push(log);
+    }
+    if chosen.first().is_some_and(|log| log.name != first_file) {
+        return Err(Error::usage(format!("the input does not hold {first_file}, where the full backup ends")));
+    }
+    let mut note = None;
+    match until {
+        Until::Latest => {}
+        Until::Time(t) => {
+            let stamp = t.timestamp();
+            // Files created at or after the time hold only later events.
+            let keep = chosen.iter().skip(1).take_while(|log| i64::from(log.checked.first_time) < stamp).count() + 1;
+            chosen.truncate(keep);
+            if chosen.last().is_none_or(|log| i64::from(log.checked.last_time) < stamp - 1) {
+                let end = chosen.last().map(|log| utc(log.checked.last_time)).unwrap_or_else(|| "the full backup".into());
+                note = Some(format!("the backups end at {end}, before the time asked for; the restore goes that far"));
+            }
+        }
+        Until::Position { file, pos } => {
+            let at = chosen.iter().position(|log| log.name == *file).ok_or_else(|| {
+                Error::usage(format!("binary log {file} is not among those the chain holds after the full backup"))
+            })?;
+            if at == 0 && full.binlog_pos.is_some_and(|start| *pos < start) {
+                return Err(Error::usage(format!("{file}:{pos} is before the full backup's consistent point")));
+            }
+            chosen.truncate(at + 1);
+        }
+        Until::Gtid(_) if chosen.is_empty() => {
+            return Err(Error::usage("the input holds no binary logs after the full backup to reach that GTID"))
+        }
+        Until::Gtid(_) => {}
+    }
+    Ok(ReplayPlan { logs: chosen, until: until.clone(), note })
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The databases that make a server "not empty": all but the system schemas.
+const USER_DATABASES: &str = "SELECT schema_name FROM information_schema.schemata \
+     WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1";
+
+/// The role mariadb-dump's account statements create and drop around
+/// themselves; one left by an interrupted load would make the next fail.
+const DUMP_IMPORT_ROLE: &str = "mariadb_dump_import_role";
+
+/// Refuses a target server that holds databases, or drops them with `replace`.
+fn prepare_target(client: &Client, replace: bool) -> Result<()> {
+    let databases: Vec<String> = client.query(USER_DATABASES)?.into_iter().filter_map(|r| r.into_iter().next()).collect();
+    if databases.is_empty() {
+        client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
+        return Ok(());
+    }
+    if !replace {
+        return Err(Error::engine(format!(
+            "{} already holds databases ({}); restore into an empty server, or pass --replace to drop them first",
+            client.target(),
+            databases.join(", ")
+        )));
+    }
+    for db in &databases {
+        crate::cli::say(&format!("{TOOL}: dropping database {db} (--replace)"));
+        client.query(&format!("DROP DATABASE `{}`", db.replace('`', "``")))?;
+    }
+    client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
+    Ok(())
+}
+
+/// Refuses a data directory that holds files, unless `replace`.
+fn check_datadir(datadir: &Path, replace: bool) -> Result<()> {
+    if is_empty_dir(datadir)? || replace {
+        Ok(())
+    } else {
+        Err(Error::engine(format!(
+            "data directory '{}' is not empty; restore into an empty or new directory, or pass --replace \
+             to move it aside",
+            datadir.display()
+        )))
+    }
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(format!("cannot read '{}'", dir.display()), e)),
+    }
+}
+
+/// Prepares an extracted physical backup and moves it into `datadir`; an
+/// existing, non-empty `datadir` is renamed aside first (only with `replace`).
+fn place_physical(extracted: &Path, datadir: &Path, replace: bool) -> Result<()> {
+    let target = format!("--target-dir={}", extracted.display());
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null());
+    };
+    let prepare = {
+        let mut command = Command::new("mariadb-backup");
+        command.args(["--prepare", &target]);
+        quiet(&mut command);
+        Running::spawn("mariadb-backup", command)?
+    };
+    prepare.finish()?;
+    if !is_empty_dir(datadir)? {
+        if !replace {
+            return Err(Error::engine(format!("data directory '{}' is no longer empty", datadir.display())));
+        }
+        let aside = PathBuf::from(format!("{}.replaced-{}", datadir.display(), Utc::now().format("%Y%m%dT%H%M%S")));
+        std::fs::rename(datadir, &aside)
+            .map_err(|e| Error::io(format!("cannot move '{}' aside", datadir.display()), e))?;
+        crate::cli::say(&format!("{TOOL}: moved the old data directory to '{}' (--replace)", aside.display()));
+    }
+    std::fs::create_dir_all(datadir).map_err(|e| Error::io(format!("cannot create '{}'", datadir.display()), e))?;
+    let mut command = Command::new("mariadb-backup");
+    command.args(["--move-back", &target, &format!("--datadir={}", datadir.display())]);
+    quiet(&mut command);
+    Running::spawn("mariadb-backup", command)?.finish()?;
+    Ok(())
+}
