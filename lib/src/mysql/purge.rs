@@ -104,11 +104,11 @@ mod tests {
 
     #[test]
     fn keeps_files_before_the_first_receipt_and_the_current_file() {
-        let plan = plan(&server(), &logs(1..=9), &[receipt("bin.000003", "bin.000005", "/b/bin")]).unwrap();
-        assert!(plan.purge.is_empty());
-        let plan = plan(&server(), &logs(3..=5), &[receipt("bin.000003", "bin.000005", "/b/bin")]).unwrap();
-        assert_eq!(plan.purge, ["bin.000003", "bin.000004"]);
-        assert_eq!(plan.kept.unwrap().1, "the server is writing it");
+        let older = plan(&server(), &logs(1..=9), &[receipt("bin.000003", "bin.000005", "/b/bin")]).unwrap();
+        assert!(older.purge.is_empty());
+        let current = plan(&server(), &logs(3..=5), &[receipt("bin.000003", "bin.000005", "/b/bin")]).unwrap();
+        assert_eq!(current.purge, ["bin.000003", "bin.000004"]);
+        assert_eq!(current.kept.unwrap().1, "the server is writing it");
     }
 
     #[test]

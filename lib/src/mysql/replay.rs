@@ -40,7 +40,7 @@ impl Until {
     /// How the plan describes this stopping point.
     pub fn describe(&self) -> String {
         match self {
-            Until::Latest => "the end of the last binary log".to_string(),
+            Until::Latest => "at the end of the last binary log".to_string(),
             Until::Time(t) => format!("before the first event at or after {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
             Until::Position { file, pos } => format!("at {file}:{pos}"),
             Until::Gtid(gtid) => format!("after GTID {gtid}"),

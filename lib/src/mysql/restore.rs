@@ -132,7 +132,9 @@ impl Restore<'_> {
                         describe_abort(&frame)
                     )))
                 }
-                Kind::Cipher => return Err(Error::other(format!("the stream is encrypted; run `encrypt -d` before {TOOL}"))),
+                Kind::Cipher => {
+                    return Err(Error::other(format!("the stream is encrypted; run `encrypt -d` before {TOOL}")))
+                }
                 Kind::ChunkRef => return Err(Error::other(crate::format::UNRESOLVED_REF)),
                 Kind::Unknown(_) => continue,
                 _ => require_plain(&frame, TOOL)?,
@@ -209,7 +211,9 @@ impl Restore<'_> {
         if !self.options.dry_run {
             if positions.method == PHYSICAL {
                 let datadir = self.options.datadir.as_deref().ok_or_else(|| {
-                    Error::usage("the input is a physical backup: name the data directory to restore into with --datadir")
+                    Error::usage(
+                        "the input is a physical backup: name the data directory to restore into with --datadir",
+                    )
                 })?;
                 check_datadir(datadir, self.options.replace)?;
             } else {
@@ -251,13 +255,17 @@ impl Restore<'_> {
                     None
                 } else {
                     let path = self.work.path().join(&log);
-                    let file = File::create(&path)
-                        .map_err(|e| Error::io(format!("cannot create '{}'", path.display()), e))?;
+                    let file =
+                        File::create(&path).map_err(|e| Error::io(format!("cannot create '{}'", path.display()), e))?;
                     Some((path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file)))
                 };
                 Sink::Binlog { check: BackgroundCheck::start(&log), name: log, file }
             }
-            role => return Err(Error::usage(format!("entry '{name}' has role '{role}', which restore-mysql does not know"))),
+            role => {
+                return Err(Error::usage(format!(
+                    "entry '{name}' has role '{role}', which restore-mysql does not know"
+                )))
+            }
         };
         self.open = Some(Open { sink, hasher: blake3::Hasher::new(), size: 0 });
         Ok(())
@@ -468,7 +476,8 @@ fn plan_replay<'a>(full: &Positions, logs: &'a [ReceivedLog], until: &Until) -> 
             let keep = chosen.iter().skip(1).take_while(|log| i64::from(log.checked.first_time) < stamp).count() + 1;
             chosen.truncate(keep);
             if chosen.last().is_none_or(|log| i64::from(log.checked.last_time) < stamp - 1) {
-                let end = chosen.last().map(|log| utc(log.checked.last_time)).unwrap_or_else(|| "the full backup".into());
+                let end =
+                    chosen.last().map(|log| utc(log.checked.last_time)).unwrap_or_else(|| "the full backup".into());
                 note = Some(format!("the backups end at {end}, before the time asked for; the restore goes that far"));
             }
         }
@@ -503,7 +512,8 @@ const DUMP_IMPORT_ROLE: &str = "mariadb_dump_import_role";
 
 /// Refuses a target server that holds databases, or drops them with `replace`.
 fn prepare_target(client: &Client, replace: bool) -> Result<()> {
-    let databases: Vec<String> = client.query(USER_DATABASES)?.into_iter().filter_map(|r| r.into_iter().next()).collect();
+    let databases: Vec<String> =
+        client.query(USER_DATABASES)?.into_iter().filter_map(|r| r.into_iter().next()).collect();
     if databases.is_empty() {
         client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
         return Ok(());

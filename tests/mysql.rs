@@ -1,0 +1,508 @@
+//! The MySQL agent against real MariaDB servers: each test starts its own
+//! private servers with scripts/servers/mariadb (so purges and binary log
+//! rotations never cross tests), writes with sysbench, and backs up and
+//! restores through full pipelines into a local repository.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+const BACKUP: &str =
+    r#"chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k | ship "$R" --key-file k"#;
+const RESTORE: &str = r#"encrypt -d --repo "$R" --key-file k | squeeze -d | chunk -d"#;
+
+/// A private MariaDB server, stopped when dropped.
+struct Server {
+    dir: PathBuf,
+    env: BTreeMap<String, String>,
+}
+
+impl Server {
+    /// Starts a new server in `dir`.
+    fn start(dir: &Path) -> Server {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/servers/mariadb");
+        let out = std::process::Command::new(&script).arg("start").arg(dir).output().expect("the server script runs");
+        assert!(out.status.success(), "cannot start MariaDB: {}", String::from_utf8_lossy(&out.stderr));
+        Server { dir: dir.to_path_buf(), env: Self::read_env(dir) }
+    }
+
+    fn read_env(dir: &Path) -> BTreeMap<String, String> {
+        std::fs::read_to_string(dir.join("env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim_start_matches("BACKPIPE_TEST_MYSQL_").to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn get(&self, key: &str) -> &str {
+        &self.env[key]
+    }
+
+    /// Options that log in as the backup user (password from a file).
+    fn backup_login(&self) -> String {
+        format!("--socket={} --user=backpipe --password-file={}", self.get("SOCKET"), self.get("PASSWORD_FILE"))
+    }
+
+    /// Options that log in as the server's superuser (unix_socket, as the OS user).
+    fn root_login(&self) -> String {
+        format!("--socket={} --user=$(id -un)", self.get("SOCKET"))
+    }
+
+    /// Runs SQL as the superuser; returns the rows, tab-separated.
+    fn sql(&self, query: &str) -> String {
+        let out = sh_ok(&self.dir, &format!("mariadb {} -N -B -e {}", self.root_login(), shell_quote(query)));
+        String::from_utf8(out).unwrap()
+    }
+
+    /// CHECKSUM TABLE of every table outside the system schemas.
+    fn checksums(&self) -> BTreeMap<String, String> {
+        let tables = self.sql(
+            "SELECT CONCAT('`', table_schema, '`.`', table_name, '`') FROM information_schema.tables \
+             WHERE table_type = 'BASE TABLE' AND table_schema NOT IN \
+             ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1",
+        );
+        let list: Vec<&str> = tables.lines().collect();
+        assert!(!list.is_empty(), "no tables to compare");
+        self.sql(&format!("CHECKSUM TABLE {}", list.join(", ")))
+            .lines()
+            .map(|l| {
+                let (table, sum) = l.split_once('\t').unwrap();
+                (table.to_string(), sum.to_string())
+            })
+            .collect()
+    }
+
+    /// The binary log files the server holds.
+    fn binlogs(&self) -> Vec<String> {
+        self.sql("SHOW BINARY LOGS").lines().map(|l| l.split('\t').next().unwrap().to_string()).collect()
+    }
+
+    /// Starts sysbench writing for `seconds` in the background.
+    fn sysbench(&self, seconds: u32) -> Child {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec sysbench oltp_read_write {} --time={seconds} --threads=2 run > /dev/null",
+                self.sysbench_options()
+            ))
+            .spawn()
+            .unwrap()
+    }
+
+    fn sysbench_options(&self) -> String {
+        format!(
+            "--db-driver=mysql --mysql-socket={} --mysql-user=backpipe_admin --mysql-password=$(cat {}) \
+             --mysql-db=sbtest --tables=3 --table-size=3000",
+            self.get("SOCKET"),
+            self.get("ADMIN_PASSWORD_FILE")
+        )
+    }
+
+    /// Sample data: sysbench's tables, and a schema with a view, routine,
+    /// trigger, event and an account with grants.
+    fn load_sample(&self) {
+        self.sql("CREATE DATABASE sbtest");
+        sh_ok(&self.dir, &format!("sysbench oltp_read_write {} prepare > /dev/null", self.sysbench_options()));
+        self.sql(
+            "CREATE DATABASE shop; \
+             CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, total DECIMAL(10,2), note TEXT); \
+             CREATE TABLE shop.audit (id INT AUTO_INCREMENT PRIMARY KEY, order_id INT); \
+             CREATE TRIGGER shop.orders_audit AFTER INSERT ON shop.orders FOR EACH ROW INSERT INTO shop.audit (order_id) VALUES (NEW.id); \
+             CREATE VIEW shop.big_orders AS SELECT id, total FROM shop.orders WHERE total > 100; \
+             CREATE FUNCTION shop.with_tax(x DECIMAL(10,2)) RETURNS DECIMAL(10,2) DETERMINISTIC RETURN x * 1.2; \
+             CREATE EVENT shop.nightly ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM shop.audit WHERE id < 0; \
+             CREATE USER clerk@'%' IDENTIFIED BY 'clerk-pw'; GRANT SELECT, INSERT ON shop.* TO clerk@'%'; \
+             INSERT INTO shop.orders (total, note) VALUES (50, 'small'), (150, 'big'), (99.99, 'caf\u{e9}');",
+        );
+    }
+
+    /// The definitions that must survive a restore.
+    fn objects(&self) -> String {
+        self.sql(
+            "SELECT shop.with_tax(10); SHOW CREATE VIEW shop.big_orders; \
+             SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = 'shop'; \
+             SELECT event_name, status FROM information_schema.events WHERE event_schema = 'shop'; \
+             SHOW GRANTS FOR clerk@'%'",
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/servers/mariadb");
+        let _ = std::process::Command::new(script).arg("stop").arg(&self.dir).output();
+    }
+}
+
+/// `text` quoted for bash.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A test's scratch directory with a key `k` and a repository `$R`.
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        let case = Case { dir: scratch() };
+        case.ok("keygen k && repo init \"$R\" --key-file k 2>/dev/null");
+        case
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn script(&self, script: &str) -> String {
+        format!("export R='{}'\n{script}", self.path().join("R").display())
+    }
+
+    fn ok(&self, script: &str) -> String {
+        String::from_utf8(sh_ok(self.path(), &self.script(script))).unwrap()
+    }
+
+    fn fails(&self, script: &str, code: i32) -> String {
+        sh_fails(self.path(), &self.script(script), code)
+    }
+
+    /// A new private server in this case's directory.
+    fn server(&self, name: &str) -> Server {
+        Server::start(&self.path().join(name))
+    }
+
+    /// Backs up `server` (`mode` as dump-mysql takes it) into the repository;
+    /// returns the snapshot ID and appends the receipt to `receipts`.
+    fn backup(&self, server: &Server, mode: &str) -> String {
+        let out = self.ok(&format!("dump-mysql {mode} {} | {BACKUP} | tee -a receipts", server.backup_login()));
+        let receipt: serde_json::Value = serde_json::from_str(&out).expect("one receipt");
+        receipt["snapshot"].as_str().unwrap().to_string()
+    }
+
+    fn snapshot_count(&self) -> usize {
+        self.ok("repo snapshots \"$R\" --key-file k").lines().count()
+    }
+}
+
+/// A recorded instant: the time, GTID position, binary log position and
+/// checksums while no writes run.
+struct Instant {
+    time: String,
+    gtid: String,
+    position: String,
+    checksums: BTreeMap<String, String>,
+}
+
+/// Waits for the next whole second (plus a margin) so every event before has
+/// an earlier timestamp and every event after a timestamp no earlier than
+/// it, then records the instant.
+fn instant(server: &Server) -> Instant {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let next = now.as_secs() + 1;
+    std::thread::sleep(Duration::from_secs(next) + Duration::from_millis(200) - now);
+    let status = server.sql("SHOW MASTER STATUS");
+    let fields: Vec<&str> = status.split('\t').collect();
+    Instant {
+        time: chrono::DateTime::from_timestamp(next as i64, 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        gtid: server.sql("SELECT @@gtid_binlog_pos").trim().to_string(),
+        position: format!("{}:{}", fields[0], fields[1].trim()),
+        checksums: server.checksums(),
+    }
+}
+
+/// Runs sysbench for `seconds` while `during` runs, then waits for it.
+fn while_writing<T>(server: &Server, seconds: u32, during: impl FnOnce() -> T) -> T {
+    let mut writer = server.sysbench(seconds);
+    std::thread::sleep(Duration::from_millis(700));
+    let result = during();
+    assert!(writer.wait().unwrap().success(), "sysbench failed");
+    result
+}
+
+#[test]
+fn logical_backups_restore_to_every_recorded_instant() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    let full = while_writing(&source, 4, || case.backup(&source, "--full"));
+    let a = instant(&source);
+    let inc1 = while_writing(&source, 4, || case.backup(&source, "--incremental --since-receipt receipts"));
+    let b = instant(&source);
+    while_writing(&source, 3, || ());
+    let c = instant(&source);
+    let inc2 = while_writing(&source, 3, || case.backup(&source, "--incremental --repo \"$R\" --key-file k"));
+    source.sql("INSERT INTO shop.orders (total, note) VALUES (500, 'last')");
+    let last = case.backup(&source, "--incremental --since-receipt receipts");
+    let final_sums = source.checksums();
+    assert_ne!(a.checksums, b.checksums, "sysbench wrote between the instants");
+    assert_ne!(b.checksums, c.checksums);
+
+    // The plan names the backups, binary logs and stopping point, and touches nothing.
+    let target = case.server("dry");
+    let plan = case.ok(&format!(
+        "fetch \"$R\" --until {t} --key-file k | {RESTORE} | restore-mysql --dry-run --until {t} {}",
+        target.root_login(),
+        t = a.time
+    ));
+    assert!(plan.contains("full         logical") && plan.contains("incremental") && plan.contains(" from "), "{plan}");
+    assert!(
+        plan.contains(&format!(
+            "stopping before the first event at or after {}",
+            a.time.replace('T', " ").replace('Z', " UTC")
+        )),
+        "{plan}"
+    );
+    assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "", "a dry run created nothing");
+    drop(target);
+
+    // Each instant, by time (through fetch --until), GTID and position, into a fresh server.
+    for (what, chain, until, expected) in [
+        ("time A", format!("--until {}", a.time), format!("--until {}", a.time), &a.checksums),
+        ("gtid B", format!("{full} {inc1} {inc2} {last}"), format!("--until-gtid {}", b.gtid), &b.checksums),
+        ("time C", format!("--until {}", c.time), format!("--until {}", c.time), &c.checksums),
+        ("position C", format!("{full} {inc1} {inc2}"), format!("--until-position {}", c.position), &c.checksums),
+    ] {
+        let target = case.server(&what.replace(' ', "-"));
+        case.ok(&format!(
+            "fetch \"$R\" {chain} --key-file k | {RESTORE} | restore-mysql {until} {}",
+            target.root_login()
+        ));
+        assert_eq!(&target.checksums(), expected, "restore to {what}");
+    }
+
+    // The latest state, with every kind of object and the account.
+    let target = case.server("latest");
+    case.ok(&format!(
+        "fetch \"$R\" {full} {inc1} {inc2} {last} --key-file k | {RESTORE} | restore-mysql {}",
+        target.root_login()
+    ));
+    assert_eq!(target.checksums(), final_sums);
+    assert_eq!(target.objects(), source.objects());
+    assert!(target.objects().contains("GRANT SELECT, INSERT ON `shop`.* TO `clerk`@`%`"));
+}
+
+#[test]
+fn physical_backups_restore_to_an_instant_and_to_the_latest() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    let full = while_writing(&source, 4, || case.backup(&source, "--full --physical"));
+    let a = instant(&source);
+    let inc = while_writing(&source, 3, || case.backup(&source, "--incremental --since-receipt receipts"));
+    let last = case.backup(&source, "--incremental --since-receipt receipts");
+    let final_sums = source.checksums();
+
+    for (what, until, expected) in
+        [("instant", format!("--until {}", a.time), &a.checksums), ("latest", String::new(), &final_sums)]
+    {
+        // A server whose data directory is replaced while it is stopped, then started again.
+        let dir = case.server(what).dir.clone(); // stopped again when dropped
+        let err = case.fails(
+            &format!(
+                "fetch \"$R\" {full} {inc} {last} --key-file k | {RESTORE} | restore-mysql {until} --datadir {}/data",
+                dir.display()
+            ),
+            5,
+        );
+        assert!(err.contains("is not empty") && err.lines().count() == 1, "{err}");
+        case.ok(&format!(
+            "fetch \"$R\" {full} {inc} {last} --key-file k | {RESTORE} | restore-mysql {until} --datadir {dir}/data --replace \
+             --server-defaults {dir}/my.cnf",
+            dir = dir.display()
+        ));
+        let restarted = Server::start(&dir);
+        assert_eq!(&restarted.checksums(), expected, "physical restore to the {what}");
+        assert_eq!(restarted.objects(), source.objects());
+    }
+}
+
+#[test]
+fn a_purged_or_damaged_binary_log_fails_the_incremental_and_stores_nothing() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    case.backup(&source, "--full");
+    source.sql(
+        "INSERT INTO shop.orders (total) VALUES (1); FLUSH BINARY LOGS; INSERT INTO shop.orders (total) VALUES (2)",
+    );
+
+    // A damaged closed file: one flipped byte in the middle of an event.
+    let logs = source.binlogs();
+    let damaged = Path::new(source.get("BINLOG_DIR")).join(&logs[logs.len() - 2]);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let original = bytes.clone();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x10;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let before = case.snapshot_count();
+    let err = case.fails(
+        &format!(
+            "dump-mysql --incremental --since-receipt receipts {} | {BACKUP} || exit ${{PIPESTATUS[0]}}",
+            source.backup_login()
+        ),
+        4,
+    );
+    assert!(err.contains("is damaged at byte") && err.contains("CRC-32"), "{err}");
+    assert_eq!(case.snapshot_count(), before, "nothing stored");
+    std::fs::write(&damaged, &original).unwrap();
+
+    // A purged file the chain needs: refused before anything changes on the server.
+    let current = source.binlogs().last().unwrap().clone();
+    source.sql(&format!("PURGE BINARY LOGS TO '{current}'"));
+    let logs = source.binlogs();
+    let err = case.fails(
+        &format!(
+            "dump-mysql --incremental --since-receipt receipts {} | {BACKUP} || exit ${{PIPESTATUS[0]}}",
+            source.backup_login()
+        ),
+        5,
+    );
+    assert!(err.contains("was purged") && err.contains("take a full backup"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("dump-mysql")).count(), 1, "{err}");
+    assert_eq!(source.binlogs(), logs, "no FLUSH on a broken chain");
+    assert_eq!(case.snapshot_count(), before, "nothing stored");
+}
+
+#[test]
+fn failures_end_in_one_line_and_store_nothing() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    case.backup(&source, "--full");
+    source.sql(
+        "CREATE USER weak@localhost IDENTIFIED BY 'weak-pw'; GRANT SELECT ON shop.* TO weak@localhost; \
+         CREATE USER noflush@localhost IDENTIFIED BY 'nf-pw'; \
+         GRANT SELECT, SHOW VIEW, BINLOG MONITOR ON *.* TO noflush@localhost",
+    );
+    std::fs::write(case.path().join("wrong"), "not-the-password\n").unwrap();
+    std::fs::write(case.path().join("weak"), "weak-pw\n").unwrap();
+    std::fs::write(case.path().join("nf"), "nf-pw\n").unwrap();
+    let socket = source.get("SOCKET");
+    let before = case.snapshot_count();
+    let logs = source.binlogs();
+    for (what, command, cause) in [
+        (
+            "refused",
+            "dump-mysql --full --host=127.0.0.1 --port=1 --user=backpipe --password-file=wrong".to_string(),
+            "Can't connect",
+        ),
+        (
+            "wrong password",
+            format!("dump-mysql --full --socket={socket} --user=backpipe --password-file=wrong"),
+            "Access denied for user",
+        ),
+        (
+            "missing privileges",
+            format!("dump-mysql --full --socket={socket} --user=weak --password-file=weak"),
+            "denied",
+        ),
+        (
+            "no RELOAD for an incremental",
+            format!(
+                "dump-mysql --incremental --since-receipt receipts --socket={socket} --user=noflush --password-file=nf"
+            ),
+            "RELOAD",
+        ),
+    ] {
+        let err = case.fails(&format!("{command} | {BACKUP} || exit ${{PIPESTATUS[0]}}"), 5);
+        let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("dump-mysql:")).collect();
+        assert_eq!(ours.len(), 1, "{what}: {err}");
+        assert!(ours[0].contains(cause), "{what}: {err}");
+        assert_eq!(case.snapshot_count(), before, "{what}: nothing stored");
+    }
+    assert_eq!(source.binlogs(), logs, "nothing changed on the server");
+
+    // The password never reaches argv: MYSQL_PWD works, and so does an fd.
+    case.ok(&format!(
+        "MYSQL_PWD=$(cat {pw}) dump-mysql --full --socket={socket} --user=backpipe | inspect > /dev/null; \
+         dump-mysql --full --socket={socket} --user=backpipe --password-fd=3 3<{pw} | inspect > /dev/null",
+        pw = source.get("PASSWORD_FILE")
+    ));
+
+    // A target that holds data is refused, and keeps its data.
+    let target = case.server("target");
+    target.sql("CREATE DATABASE keepme; CREATE TABLE keepme.t (x INT); INSERT INTO keepme.t VALUES (7)");
+    let sums = target.checksums();
+    let err =
+        case.fails(&format!("fetch \"$R\" latest --key-file k | {RESTORE} | restore-mysql {}", target.root_login()), 5);
+    assert!(err.contains("already holds databases (keepme)") && err.contains("--replace"), "{err}");
+    assert_eq!(target.checksums(), sums);
+
+    // The server killed in the middle of a dump: the stream is aborted, nothing is stored.
+    source.sql("CREATE TABLE shop.bulk (id INT AUTO_INCREMENT PRIMARY KEY, pad CHAR(200)) ENGINE=InnoDB");
+    source.sql("INSERT INTO shop.bulk (pad) SELECT REPEAT('x', 200) FROM shop.seq_1_to_400000");
+    let pid = std::fs::read_to_string(source.dir.join("pids")).unwrap();
+    let pid = pid.split_whitespace().next().unwrap().to_string();
+    let err = case.fails(
+        &format!("dump-mysql --full {} | (sleep 1; kill -9 {pid}; sleep 1; cat) | {BACKUP}", source.backup_login()),
+        3,
+    );
+    assert!(err.lines().any(|l| l.starts_with("dump-mysql: mariadb-dump failed")), "{err}");
+    assert_eq!(case.snapshot_count(), before, "nothing stored");
+}
+
+#[test]
+fn purge_removes_only_binary_logs_that_stored_incrementals_hold() {
+    let case = Case::new();
+    let source = case.server("source");
+    let other = case.server("other");
+    source.load_sample();
+    other.load_sample();
+    let admin = format!("--defaults-file={}", source.get("DEFAULTS"));
+    case.backup(&source, "--full");
+    std::fs::copy(case.path().join("receipts"), case.path().join("full-only")).unwrap();
+    // A full alone proves no binary log stored.
+    let said = case.ok(&format!("dump-mysql purge --receipt full-only {admin} 2>&1"));
+    assert!(said.contains("nothing to purge"), "{said}");
+
+    source.sql("INSERT INTO shop.orders (total) VALUES (1)");
+    case.backup(&source, "--incremental --since-receipt receipts");
+    source.sql("INSERT INTO shop.orders (total) VALUES (2)");
+    // Taken but never stored: its files must stay.
+    case.ok(&format!("dump-mysql --incremental --since-receipt receipts {} > /dev/null", source.backup_login()));
+    source.sql("INSERT INTO shop.orders (total) VALUES (3)");
+    let receipts = case.ok("cat receipts");
+    let held: Vec<String> = receipts
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "incremental")
+        .flat_map(|r| {
+            let p = &r["positions"];
+            let (from, to) =
+                (p["from_file"].as_str().unwrap().to_string(), p["binlog_file"].as_str().unwrap().to_string());
+            let n = |f: &str| f.rsplit_once('.').unwrap().1.parse::<u32>().unwrap();
+            let (a, b) = (n(&from), n(&to));
+            (a..=b).map(move |i| format!("{}.{i:06}", from.rsplit_once('.').unwrap().0))
+        })
+        .collect();
+    let before = source.binlogs();
+    assert!(held.iter().all(|f| before.contains(f)));
+
+    // Another server's receipt allows nothing here; a dry run removes nothing.
+    let said = case.ok(&format!("dump-mysql purge --receipt receipts --defaults-file={} 2>&1", other.get("DEFAULTS")));
+    assert!(said.contains("nothing to purge"), "{said}");
+    let said = case.ok(&format!("dump-mysql purge --receipt receipts --dry-run {admin} 2>&1"));
+    assert!(said.contains("would purge"), "{said}");
+    assert_eq!(source.binlogs(), before);
+
+    // The backup user may not purge (no BINLOG ADMIN); the admin may.
+    let err = case.fails(&format!("dump-mysql purge --receipt receipts {}", source.backup_login()), 5);
+    assert!(err.contains("privilege"), "{err}");
+    assert_eq!(source.binlogs(), before);
+    case.ok(&format!("dump-mysql purge --receipt receipts {admin}"));
+    let after = source.binlogs();
+    let expected: Vec<String> = before.iter().filter(|f| !held.contains(f)).cloned().collect();
+    assert_eq!(after, expected, "exactly the held files are gone");
+    // The chain still continues from what is left.
+    case.backup(&source, "--incremental --since-receipt receipts");
+}
