@@ -96,13 +96,17 @@ impl Server {
             .unwrap()
     }
 
+    /// sysbench's options; the login in a config file, so no password is an argument.
     fn sysbench_options(&self) -> String {
-        format!(
-            "--db-driver=mysql --mysql-socket={} --mysql-user=backpipe_admin --mysql-password=$(cat {}) \
-             --mysql-db=sbtest --tables=3 --table-size=3000",
+        let config = self.dir.join("sysbench.conf");
+        let password = std::fs::read_to_string(self.get("ADMIN_PASSWORD_FILE")).unwrap();
+        let login = format!(
+            "db-driver=mysql\nmysql-socket={}\nmysql-user=backpipe_admin\nmysql-password={}\nmysql-db=sbtest\n",
             self.get("SOCKET"),
-            self.get("ADMIN_PASSWORD_FILE")
-        )
+            password.trim()
+        );
+        std::fs::write(&config, login).unwrap();
+        format!("--config-file={} --tables=3 --table-size=3000", config.display())
     }
 
     /// Sample data: sysbench's tables, and a schema with a view, routine,
@@ -263,6 +267,14 @@ fn logical_backups_restore_to_every_recorded_instant() {
         "{plan}"
     );
     assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "", "a dry run created nothing");
+    // Stopping points the chain cannot reach are refused in the plan.
+    for until in ["--until-gtid 0-1-99999999", "--until-position mysql-bin.000999:4"] {
+        let err = case.fails(
+            &format!("fetch \"$R\" {full} {inc1} --key-file k | {RESTORE} | restore-mysql --dry-run {until}"),
+            2,
+        );
+        assert!(err.contains("is not in") || err.contains("is not among"), "{until}: {err}");
+    }
     drop(target);
 
     // Each instant, by time (through fetch --until), GTID and position, into a fresh server.
@@ -422,15 +434,26 @@ fn failures_end_in_one_line_and_store_nothing() {
     }
     assert_eq!(source.binlogs(), logs, "nothing changed on the server");
 
-    // The password never reaches argv: MYSQL_PWD works, and so does an fd.
+    // The password never reaches argv: MYSQL_PWD works, and so does an fd;
+    // a password file outranks an option file's password.
+    std::fs::write(
+        case.path().join("stale.cnf"),
+        format!("[client]\nsocket={socket}\nuser=backpipe\npassword=stale\n"),
+    )
+    .unwrap();
     case.ok(&format!(
         "MYSQL_PWD=$(cat {pw}) dump-mysql --full --socket={socket} --user=backpipe | inspect > /dev/null; \
-         dump-mysql --full --socket={socket} --user=backpipe --password-fd=3 3<{pw} | inspect > /dev/null",
+         dump-mysql --full --socket={socket} --user=backpipe --password-fd=3 3<{pw} | inspect > /dev/null; \
+         dump-mysql --full --defaults-file=stale.cnf --password-file={pw} | inspect > /dev/null",
         pw = source.get("PASSWORD_FILE")
     ));
 
-    // A target that holds data is refused, and keeps its data.
+    // A server with no databases makes a dump of a few kilobytes, which is complete too.
     let target = case.server("target");
+    let listing = case.ok(&format!("dump-mysql --full {} | inspect", target.backup_login()));
+    assert!(listing.contains("dump.sql"), "{listing}");
+
+    // A target that holds data is refused, and keeps its data.
     target.sql("CREATE DATABASE keepme; CREATE TABLE keepme.t (x INT); INSERT INTO keepme.t VALUES (7)");
     let sums = target.checksums();
     let err =
@@ -505,4 +528,48 @@ fn purge_removes_only_binary_logs_that_stored_incrementals_hold() {
     assert_eq!(after, expected, "exactly the held files are gone");
     // The chain still continues from what is left.
     case.backup(&source, "--incremental --since-receipt receipts");
+
+    // After RESET MASTER new files reuse the old names: nothing of them counts as stored.
+    source.sql(
+        "RESET MASTER; INSERT INTO shop.orders (total) VALUES (4); FLUSH BINARY LOGS; \
+         INSERT INTO shop.orders (total) VALUES (5); FLUSH BINARY LOGS",
+    );
+    let reset = source.binlogs();
+    let said = case.ok(&format!("dump-mysql purge --receipt receipts {admin} 2>&1"));
+    assert!(said.contains("nothing to purge"), "{said}");
+    assert_eq!(source.binlogs(), reset);
+    let err = case
+        .fails(&format!("dump-mysql --incremental --since-receipt receipts {} > /dev/null", source.backup_login()), 5);
+    assert!(err.contains("were reset") || err.contains("was purged"), "{err}");
+}
+
+#[test]
+fn an_incremental_after_a_full_continues_the_archive_without_a_gap() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    case.backup(&source, "--full");
+    source.sql("INSERT INTO shop.orders (total) VALUES (1)");
+    case.backup(&source, "--incremental --since-receipt receipts");
+    // Files rotated between the last incremental and the next full.
+    source.sql(
+        "INSERT INTO shop.orders (total) VALUES (2); FLUSH BINARY LOGS; \
+         INSERT INTO shop.orders (total) VALUES (3); FLUSH BINARY LOGS",
+    );
+    let full2 = case.backup(&source, "--full");
+    source.sql("INSERT INTO shop.orders (total) VALUES (4)");
+    let inc2 = case.backup(&source, "--incremental --since-receipt receipts");
+    let receipts: Vec<serde_json::Value> =
+        case.ok("cat receipts").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(receipts[3]["positions"]["from_file"], receipts[1]["positions"]["next_file"], "no gap");
+    assert_eq!(receipts[3]["parent"], receipts[2]["snapshot"]);
+
+    // The new full and that incremental restore the latest state.
+    let target = case.server("target");
+    case.ok(&format!("fetch \"$R\" {full2} {inc2} --key-file k | {RESTORE} | restore-mysql {}", target.root_login()));
+    assert_eq!(target.checksums(), source.checksums());
+
+    // Every closed file is stored, so purge leaves only the current one.
+    case.ok(&format!("dump-mysql purge --receipt receipts --defaults-file={}", source.get("DEFAULTS")));
+    assert_eq!(source.binlogs().len(), 1);
 }

@@ -26,13 +26,15 @@ use clap::{Parser, Subcommand};
 /// binary log file from where the previous backup ended, each checked (magic
 /// number, position chain, CRC-32 of every event) while it is sent. The
 /// previous backup comes from its ship receipt (--since-receipt) or from
-/// the repository (--repo). If a file of the sequence was purged or is
-/// damaged, the backup fails and says to take a full.
+/// the repository (--repo); after a full, an incremental still starts where
+/// the last incremental ended, so the archived binary logs have no gap. If a
+/// file of the sequence was purged, reset or is damaged, the backup fails and
+/// says to take a full.
 ///
-/// The password is never an argument: it comes from MYSQL_PWD, an option
-/// file (--defaults-file or the usual my.cnf files), --password-file or
-/// --password-fd. A failed backup ends its stream with an Abort frame, so
-/// `ship` stores nothing.
+/// The password is never an argument: it comes from --password-file or
+/// --password-fd, an option file (--defaults-file or the usual my.cnf
+/// files), or MYSQL_PWD, in that order of precedence. A failed backup ends
+/// its stream with an Abort frame, so `ship` stores nothing.
 #[derive(Parser)]
 #[command(name = "dump-mysql", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -78,7 +80,10 @@ enum Command {
     /// server's oldest binary log files as far as the incrementals named in
     /// them hold every one, never further: a file no receipt covers, and
     /// every file after it, stay, as does the file the server is writing.
-    /// Needs the BINLOG ADMIN privilege (SUPER before MariaDB 10.5.2).
+    /// A file counts only if a receipt lists it with the same size (so files
+    /// of a reset server, which reuse old names, are never taken for stored
+    /// ones). Needs the BINLOG ADMIN and BINLOG MONITOR privileges (SUPER
+    /// and REPLICATION CLIENT before MariaDB 10.5.2).
     Purge {
         /// A ship receipt file; give several, or one with many lines, to cover more files.
         #[arg(long, value_name = "FILE", required = true)]

@@ -11,8 +11,8 @@ use clap::Parser;
 /// concatenated streams. With --until TIME, the newest chain that covers TIME
 /// is written instead: the last full backup started at or before TIME, then
 /// the incremental, differential and log backups after it up to TIME, and
-/// the first one after TIME, whose logs reach it (unless a full comes
-/// first); `restore-mysql --until TIME` stops its replay at TIME. Every
+/// the first non-full one after TIME, whose logs reach it;
+/// `restore-mysql --until TIME` stops its replay at TIME. Every
 /// chunk is read back from its pack; `encrypt -d` then authenticates everything.
 #[derive(Parser)]
 #[command(name = "fetch", version, after_help = AFTER_HELP)]

@@ -50,6 +50,9 @@ pub struct Checked {
     pub first_time: u32,
     /// Timestamp (Unix seconds) of the last event.
     pub last_time: u32,
+    /// MariaDB GTIDs in the file: per replication domain, the lowest and
+    /// highest sequence number.
+    pub gtids: std::collections::BTreeMap<u32, (u64, u64)>,
 }
 
 impl Checked {
@@ -90,6 +93,7 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
         }
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
+        let mut gtid = None;
         let body_len = (length as usize) - HEADER_LEN;
         let truncated = || damaged(at, "it ends inside an event (truncated)".into());
         match found.as_ref().map(|f| f.checksums) {
@@ -120,15 +124,18 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
                     in_use: flags & IN_USE != 0,
                     first_time: time,
                     last_time: time,
+                    gtids: Default::default(),
                 });
             }
             None => return Err(damaged(at, "the first event is not a format description".into())),
-            Some(false) => skip(&mut input, body_len as u64, &mut crc).map_err(|_| truncated())?,
+            Some(false) => {
+                gtid = read_body(&mut input, body_len as u64, kind, &mut crc).map_err(|_| truncated())?;
+            }
             Some(true) => {
                 if body_len < 4 {
                     return Err(damaged(at, "an event is too short for its CRC-32".into()));
                 }
-                skip(&mut input, (body_len - 4) as u64, &mut crc).map_err(|_| truncated())?;
+                gtid = read_body(&mut input, (body_len - 4) as u64, kind, &mut crc).map_err(|_| truncated())?;
                 let mut stored = [0u8; 4];
                 read_exact_or(&mut input, &mut stored, truncated)?;
                 if crc.finalize() != u32::from_le_bytes(stored) {
@@ -140,6 +147,10 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
         checked.events += 1;
         checked.last_event = kind;
         checked.last_time = time;
+        if let Some((domain, seq)) = gtid {
+            let range = checked.gtids.entry(domain).or_insert((seq, seq));
+            *range = (range.0.min(seq), range.1.max(seq));
+        }
         at += length;
     }
     let mut checked = found.ok_or_else(|| damaged(at, "it holds no events".into()))?;
@@ -207,6 +218,31 @@ fn read_exact_or(input: &mut impl Read, buf: &mut [u8], short: impl FnOnce() -> 
 }
 
 /// Reads `len` bytes into the CRC without keeping them.
+/// MariaDB's GTID event: sequence number (8 bytes), domain (4), flags (1), ...
+const MARIADB_GTID: u8 = 162;
+
+/// Reads an event body of `len` bytes into the checksum; for a MariaDB GTID
+/// event, returns its domain and sequence number.
+fn read_body(
+    input: &mut impl Read,
+    len: u64,
+    kind: u8,
+    crc: &mut crc32fast::Hasher,
+) -> std::io::Result<Option<(u32, u64)>> {
+    if kind != MARIADB_GTID || len < 12 {
+        return skip(input, len, crc).map(|()| None);
+    }
+    let mut head = [0u8; 12];
+    if read_full(input, &mut head)? < head.len() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    crc.update(&head);
+    skip(input, len - 12, crc)?;
+    let seq = u64::from_le_bytes(head[0..8].try_into().unwrap());
+    let domain = u32::from_le_bytes(head[8..12].try_into().unwrap());
+    Ok(Some((domain, seq)))
+}
+
 fn skip(input: &mut impl Read, len: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
     let mut piece = [0u8; 64 << 10];
     let mut left = len;

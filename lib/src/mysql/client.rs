@@ -15,9 +15,10 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 /// How to reach and log in to the server, as the MariaDB client tools take it.
-/// The password never appears on a command line: it comes from `MYSQL_PWD`,
-/// an option file (`[client] password=`), a file or a file descriptor, and is
-/// handed to the client tools in their environment.
+/// The password never appears on a command line: it comes from a file or a
+/// file descriptor (handed to the client tools as an option file of their
+/// own, readable only by this user, which outranks every other), an option
+/// file (`[client] password=`), or `MYSQL_PWD` (which option files outrank).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnectArgs {
     /// Read connection settings ([client] user, password, socket, host, port)
@@ -44,15 +45,13 @@ pub struct ConnectArgs {
     pub password_fd: Option<i32>,
 }
 
-/// The environment variable the MariaDB client tools read a password from.
-const PASSWORD_ENV: &str = "MYSQL_PWD";
-
 /// A way to run the client tools against one server.
 pub struct Client {
     /// Connection options, `--defaults-file` first as the tools require.
     options: Vec<OsString>,
-    /// The password to put in the tools' environment, when one was given.
-    password: Option<Zeroizing<String>>,
+    /// The option file holding the password given by file or descriptor;
+    /// removed when the client is dropped.
+    _password_file: Option<tempfile::NamedTempFile>,
     /// Says where the server is, for messages.
     target: String,
 }
@@ -94,7 +93,18 @@ impl Client {
             (None, None, Some(file)) => format!("the server named in {}", file.display()),
             (None, None, None) => "the server".to_string(),
         };
-        Ok(Client { options, password, target })
+        let password_file = match password {
+            Some(password) => Some(password_option_file(&password, args.defaults_file.as_deref())?),
+            None => None,
+        };
+        if let Some(file) = &password_file {
+            // It includes the option files that would have been read, then sets the password.
+            if args.defaults_file.is_some() {
+                options.remove(0);
+            }
+            options.insert(0, flag("defaults-file", file.path().as_os_str()));
+        }
+        Ok(Client { options, _password_file: password_file, target })
     }
 
     /// A client that logs in as root over `socket` with no option files, for a
@@ -102,7 +112,7 @@ impl Client {
     pub fn local_root(socket: &std::path::Path) -> Client {
         Client {
             options: vec!["--no-defaults".into(), flag("socket", socket.as_os_str()), "--user=root".into()],
-            password: None,
+            _password_file: None,
             target: format!("the temporary server at {}", socket.display()),
         }
     }
@@ -116,9 +126,6 @@ impl Client {
     pub fn command(&self, tool: &str, args: &[&str]) -> Command {
         let mut command = Command::new(tool);
         command.args(&self.options).args(args);
-        if let Some(password) = &self.password {
-            command.env(PASSWORD_ENV, password.as_str());
-        }
         command.stdin(Stdio::null());
         command
     }
@@ -177,6 +184,41 @@ fn open_fd(fd: i32) -> Result<std::fs::File> {
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
+/// The option files the client tools read when given none (MariaDB's search order).
+const STANDARD_OPTION_FILES: &[&str] = &["/etc/my.cnf", "/etc/mysql/my.cnf"];
+
+/// A private option file (mode 0600, as the client tools require) that
+/// includes `defaults` (or the standard option files and ~/.my.cnf) and then
+/// sets `password`, quoted and escaped as option files read it: the last
+/// setting wins, so the password given by file or descriptor outranks any.
+fn password_option_file(password: &str, defaults: Option<&std::path::Path>) -> Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut includes: Vec<PathBuf> = match defaults {
+        Some(path) => vec![path.to_path_buf()],
+        None => STANDARD_OPTION_FILES.iter().map(PathBuf::from).collect(),
+    };
+    if defaults.is_none() {
+        includes.extend(std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".my.cnf")));
+    }
+    let mut content = Zeroizing::new(String::new());
+    for path in includes.iter().filter(|p| p.is_file()) {
+        let absolute =
+            std::fs::canonicalize(path).map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
+        content.push_str(&format!("!include {}\n", absolute.display()));
+    }
+    let escaped = password.replace('\\', "\\\\").replace('"', "\\\"");
+    content.push_str(&format!("[client]\npassword=\"{escaped}\"\n"));
+    let mut file = tempfile::Builder::new()
+        .prefix("backpipe-login-")
+        .suffix(".cnf")
+        .tempfile()
+        .map_err(|e| Error::io("cannot create a private option file for the password", e))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| Error::io("cannot write the private option file for the password", e))?;
+    Ok(file)
+}
+
 /// The first line of `source`, without its line ending.
 fn read_password(source: impl Read, what: &str) -> Result<Zeroizing<String>> {
     let mut line = Zeroizing::new(String::new());
@@ -212,6 +254,14 @@ impl Running {
                 Error::io(format!("cannot run {tool}"), e)
             }
         })?;
+        // Wide pipes: the client tools write in small pieces, and every full
+        // 64 KiB pipe costs a context switch.
+        use std::os::fd::AsRawFd;
+        let fds = [child.stdin.as_ref().map(|p| p.as_raw_fd()), child.stdout.as_ref().map(|p| p.as_raw_fd())];
+        for fd in fds.into_iter().flatten() {
+            // Best effort: a narrow pipe only costs speed.
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
         let stderr = child.stderr.take().expect("stderr is piped");
         let collector = std::thread::spawn(move || {
             let mut kept = VecDeque::new();

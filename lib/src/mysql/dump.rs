@@ -60,23 +60,21 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
             c.stdout(Stdio::piped());
         })?;
         let mut stdout = dump.child.stdout.take().expect("stdout is piped");
-        let head = match read_head(&mut stdout) {
-            Ok(head) => head,
-            // A dump that ends early failed; its own message says why.
-            Err(err) => {
-                drop(stdout);
-                return Err(dump.finish().err().unwrap_or(err));
-            }
+        let Some(head) = read_head(&mut stdout)? else {
+            // A dump that ends before its coordinates failed; its own message says why.
+            drop(stdout);
+            dump.finish()?;
+            return Err(Error::engine("mariadb-dump ended before writing the binary log coordinates"));
         };
         let (file, pos) = coordinates(&head)?;
-        let gtid = client.value(&format!("SELECT BINLOG_GTID_POS({}, {pos})", sql_string(&file)))?;
-        let positions =
-            Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid: Some(gtid), ..server.positions(LOGICAL) };
+        let gtid = client.value(&format!("SELECT IFNULL(BINLOG_GTID_POS({}, {pos}), '')", sql_string(&file)))?;
+        let gtid = Some(gtid).filter(|g| !g.is_empty());
+        let positions = Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid, ..server.positions(LOGICAL) };
         begin_full(writer, &positions)?;
         let progress = Progress::for_stage(TOOL);
         write_entry(writer, LOGICAL_ENTRY, "logical-dump")?;
-        let mut tail = TailReader::new(stdout);
-        let end = send_content(writer, &mut (&head[..]).chain(&mut tail), &progress, "mariadb-dump's output")?;
+        let mut tail = TailReader::new((&head[..]).chain(stdout));
+        let end = send_content(writer, &mut tail, &progress, "mariadb-dump's output")?;
         dump.finish()?;
         if !tail.last.windows(COMPLETED.len()).any(|w| w == COMPLETED) {
             return Err(Error::engine("mariadb-dump exited without error but its dump does not end as complete"));
@@ -112,11 +110,16 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
             .ok_or_else(|| Error::engine("mariadb-backup did not report the binary log position of its backup"))?;
         progress.finish();
         let (file, pos, gtid) = consistent;
-        let positions =
-            Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid: Some(gtid), ..Default::default() };
+        let positions = Positions {
+            binlog_file: Some(file),
+            binlog_pos: Some(pos),
+            gtid: Some(gtid).filter(|g| !g.is_empty()),
+            consistent_at: Some(crate::meta::now_rfc3339()),
+            ..Default::default()
+        };
         let mut end_positions = positions.to_map();
-        // Only the coordinates: the rest is in Begin.
-        end_positions.retain(|key, _| matches!(key.as_str(), "binlog_file" | "binlog_pos" | "gtid"));
+        // Only what the end adds: the rest is in Begin.
+        end_positions.retain(|key, _| matches!(key.as_str(), "binlog_file" | "binlog_pos" | "gtid" | "consistent_at"));
         writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, positions: end_positions }))
     })
 }
@@ -144,14 +147,15 @@ pub(crate) fn write_entry<W: Write>(writer: &mut SourceWriter<W>, path: &str, ro
     writer.write(&Frame::json(Kind::Entry, &entry))
 }
 
-/// Reads the dump's head up to and including the line with its coordinates.
-fn read_head(input: &mut impl Read) -> Result<Vec<u8>> {
+/// Reads the dump's head up to and including the line with its coordinates;
+/// `None` if the dump ends first.
+fn read_head(input: &mut impl Read) -> Result<Option<Vec<u8>>> {
     let mut head = Vec::with_capacity(64 << 10);
     let mut block = [0u8; 64 << 10];
     loop {
         if let Some(at) = find(&head, COORDINATES.as_bytes()) {
             if head[at..].contains(&b'\n') {
-                return Ok(head);
+                return Ok(Some(head));
             }
         }
         if head.len() > MAX_HEAD {
@@ -159,7 +163,7 @@ fn read_head(input: &mut impl Read) -> Result<Vec<u8>> {
         }
         let got = input.read(&mut block).map_err(|e| Error::io("cannot read mariadb-dump's output", e))?;
         if got == 0 {
-            return Err(Error::engine("mariadb-dump ended before writing the binary log coordinates"));
+            return Ok(None);
         }
         head.extend_from_slice(&block[..got]);
     }

@@ -21,13 +21,34 @@ use crate::mysql::server::{binary_logs, BinaryLog, ServerInfo};
 use crate::progress::Progress;
 use crate::source::emit::{produce, send_content, SourceWriter};
 
-/// The backup an incremental continues.
+/// What an incremental continues from: the newest backup of the server's
+/// binary log sequence, and the newest incremental's end.
 #[derive(Debug, Clone)]
 pub struct Previous {
-    /// Its snapshot ID, when known.
-    pub snapshot: Option<String>,
-    /// Its positions.
+    /// The newest backup's snapshot ID.
+    pub snapshot: String,
+    /// The newest backup's positions.
     pub positions: Positions,
+    /// The newest incremental's positions, when there is one: after a full,
+    /// the next incremental still starts where it ended, so no binary log
+    /// between the two is left out of the archive.
+    pub last_incremental: Option<Positions>,
+}
+
+impl Previous {
+    /// The newest backup, and the newest incremental, of `server`'s sequence among `backups` (oldest first).
+    fn choose(backups: impl IntoIterator<Item = (String, Positions)>, server: &ServerInfo) -> Option<Previous> {
+        let mut found: Option<Previous> = None;
+        for (snapshot, positions) in backups.into_iter().filter(|(_, p)| server.same_sequence(p)) {
+            let last_incremental = match (&found, positions.is_incremental()) {
+                (_, true) => Some(positions.clone()),
+                (Some(previous), false) => previous.last_incremental.clone(),
+                (None, false) => None,
+            };
+            found = Some(Previous { snapshot, positions, last_incremental });
+        }
+        found
+    }
 }
 
 /// One stored MySQL backup as a ship receipt line (or `repo snapshots --json`) describes it.
@@ -38,8 +59,6 @@ pub struct ReceiptLine {
     pub snapshot: String,
     /// The engine ("mysql").
     pub engine: String,
-    /// The backup kind.
-    pub kind: String,
     /// Begin's positions.
     #[serde(default)]
     pub positions: Map<String, Value>,
@@ -71,16 +90,13 @@ pub fn read_receipts(path: &Path) -> Result<Vec<ReceiptLine>> {
     Ok(lines)
 }
 
-/// The newest backup of `server`'s binary log sequence in a receipt file.
+/// What to continue from, according to the receipts in `path`.
 pub fn previous_from_receipt(path: &Path, server: &ServerInfo) -> Result<Previous> {
-    let mut found = None;
-    for line in read_receipts(path)? {
-        let positions = line.positions()?;
-        if positions.same_sequence(&server.positions(BINLOG)) {
-            found = Some(Previous { snapshot: Some(line.snapshot), positions });
-        }
-    }
-    found.ok_or_else(|| {
+    let backups = read_receipts(path)?
+        .into_iter()
+        .map(|line| Ok((line.snapshot.clone(), line.positions()?)))
+        .collect::<Result<Vec<_>>>()?;
+    Previous::choose(backups, server).ok_or_else(|| {
         Error::usage(format!(
             "receipt '{}' holds no backup of this server (binary logs {}, server_id {})",
             path.display(),
@@ -90,24 +106,61 @@ pub fn previous_from_receipt(path: &Path, server: &ServerInfo) -> Result<Previou
     })
 }
 
-/// The newest backup of `server`'s binary log sequence stored in `repo`.
+/// What to continue from, according to the snapshots stored in `repo`.
 pub fn previous_from_repo(repo: &crate::repo::Repository, server: &ServerInfo) -> Result<Previous> {
-    let mut found = None;
+    let mut backups = Vec::new();
     for (id, summary) in crate::repo::fetch::list(repo)? {
-        if summary.begin.engine != ENGINE {
-            continue;
-        }
-        let positions = Positions::from_maps(&summary.begin.positions, &summary.end_positions)?;
-        if positions.same_sequence(&server.positions(BINLOG)) {
-            found = Some(Previous { snapshot: Some(id), positions });
+        if summary.begin.engine == ENGINE {
+            backups.push((id, Positions::from_maps(&summary.begin.positions, &summary.end_positions)?));
         }
     }
-    found.ok_or_else(|| {
+    Previous::choose(backups, server).ok_or_else(|| {
         Error::usage(format!(
             "the repository holds no backup of this server (binary logs {}); take a full backup first",
             server.binlog_basename
         ))
     })
+}
+
+/// The first binary log file the incremental after `previous` holds: where
+/// the newest backup ends, or, when the newest incremental ended earlier
+/// (a full came between) and its next file is still there, that file.
+fn start_file<'a>(previous: &'a Previous, logs: &[BinaryLog]) -> Result<&'a str> {
+    let newest = previous
+        .positions
+        .continues_from()
+        .ok_or_else(|| Error::usage("the previous backup records no binary log position to continue from"))?;
+    let earlier = previous.last_incremental.as_ref().and_then(|p| p.next_file.as_deref());
+    if let Some(earlier) = earlier {
+        if sequence_of(earlier)? < sequence_of(newest)? && logs.iter().any(|log| log.name == earlier) {
+            return Ok(earlier);
+        }
+    }
+    Ok(newest)
+}
+
+/// Fails if the server's binary logs were reset (RESET MASTER, a restore)
+/// since `previous`: a file it recorded is there with another size, or the
+/// full's file is shorter than the full's position.
+fn check_not_reset(previous: &Previous, logs: &[BinaryLog]) -> Result<()> {
+    let reset = |name: &str, now: u64, then: String| {
+        Error::engine(format!(
+            "binary log {name} is not the file the previous backup saw ({now} bytes now, {then}): the server's \
+             binary logs were reset; take a full backup (dump-mysql --full)"
+        ))
+    };
+    let recorded = previous.last_incremental.iter().flat_map(|p| p.files.iter());
+    for (name, size) in recorded {
+        if let Some(log) = logs.iter().find(|log| log.name == *name && log.size != *size) {
+            return Err(reset(name, log.size, format!("{size} then")));
+        }
+    }
+    if let (Some(file), Some(pos)) = (&previous.positions.binlog_file, previous.positions.binlog_pos) {
+        if let Some(log) = logs.iter().find(|log| log.name == *file && log.size < pos) {
+            return Err(reset(file, log.size, format!("at least {pos} then")));
+        }
+    }
+    Ok(())
 }
 
 /// Writes an incremental backup continuing `previous` as a stream.
@@ -121,15 +174,13 @@ pub fn incremental(
 ) -> Result<()> {
     produce(TOOL, output, |writer| {
         server.require_binlog()?;
-        let start = previous
-            .positions
-            .continues_from()
-            .ok_or_else(|| Error::usage("the previous backup records no binary log position to continue from"))?;
         // Checked before FLUSH, so a broken chain changes nothing on the server.
         let before = binary_logs(client)?;
+        let start = start_file(previous, &before)?;
         if !before.iter().any(|log| log.name == start) {
             return Err(purged(start, &before));
         }
+        check_not_reset(previous, &before)?;
         client.query("FLUSH BINARY LOGS")?;
         let logs = binary_logs(client)?;
         let files = files_to_copy(&logs, start)?;
@@ -138,11 +189,12 @@ pub fn incremental(
             from_file: Some(start.to_string()),
             binlog_file: Some(files.last().expect("at least one file").name.clone()),
             next_file: Some(next.clone()),
+            files: files.iter().map(|f| (f.name.clone(), f.size)).collect(),
             ..server.positions(BINLOG)
         };
         let begin = Begin {
             positions: positions.to_map(),
-            parent: previous.snapshot.clone(),
+            parent: Some(previous.snapshot.clone()),
             expected_bytes: Some(files.iter().map(|f| f.size).sum()),
             ..Begin::now(TOOL, ENGINE, "incremental")
         };
@@ -208,8 +260,14 @@ fn send_binlog<W: Write>(
     write_entry(writer, &format!("binlog/{}", log.name), "binlog")?;
     let mut tee = Tee { inner: file, check: BackgroundCheck::start(&log.name) };
     let sent = send_content(writer, &mut tee, progress, &format!("binary log {}", log.name));
-    // A damaged file is the cause even when sending stopped because of it.
-    let checked = tee.check.finish()?;
+    let checked = tee.check.finish();
+    // A damaged file is the cause when sending stopped because of it (the
+    // Tee's error); any other failure to send is the cause itself.
+    let sent = match (sent, checked.as_ref()) {
+        (Err(err), Err(_)) if !err.message().contains(CHECK_STOPPED) => return Err(err),
+        (sent, _) => sent,
+    };
+    let checked = checked?;
     let sent = sent?;
     if !checked.is_closed() || checked.end != sent.size || sent.size != log.size {
         return Err(Error::engine(format!(
@@ -219,6 +277,9 @@ fn send_binlog<W: Write>(
     }
     Ok(sent.size)
 }
+
+/// What a [`Tee`] says when the check stopped reading.
+const CHECK_STOPPED: &str = "the binary log check stopped";
 
 /// Passes a reader through, handing a copy of everything read to a check.
 struct Tee<R> {
@@ -231,7 +292,7 @@ impl<R: Read> Read for Tee<R> {
         let got = self.inner.read(buf)?;
         if got > 0 && !self.check.feed(&buf[..got]) {
             // The check stopped: it found damage, which it reports.
-            return Err(std::io::Error::other("the binary log check failed"));
+            return Err(std::io::Error::other(CHECK_STOPPED));
         }
         Ok(got)
     }

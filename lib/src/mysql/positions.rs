@@ -47,6 +47,14 @@ pub struct Positions {
     /// An incremental: the file the next incremental starts with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_file: Option<String>,
+    /// An incremental: each file it holds, with its size. A closed file never
+    /// changes size, so a file of that name with another size is another
+    /// file (the server's binary logs were reset).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<(String, u64)>,
+    /// A physical full: when its copy ended, which is when its data is consistent (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_at: Option<String>,
 }
 
 impl Positions {
@@ -75,17 +83,9 @@ impl Positions {
         }
     }
 
-    /// The binary log files an incremental holds, as an inclusive range.
-    pub fn held_files(&self) -> Option<(&str, &str)> {
-        match (self.method.as_str(), &self.from_file, &self.binlog_file) {
-            (BINLOG, Some(from), Some(to)) => Some((from, to)),
-            _ => None,
-        }
-    }
-
-    /// True when `other` comes from the same server's binary log sequence.
-    pub fn same_sequence(&self, other: &Positions) -> bool {
-        self.binlog_basename == other.binlog_basename && self.server_id == other.server_id
+    /// True for an incremental (binary log files).
+    pub fn is_incremental(&self) -> bool {
+        self.method == BINLOG
     }
 }
 

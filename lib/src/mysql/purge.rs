@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use crate::error::{Error, Result};
 use crate::mysql::client::Client;
 use crate::mysql::incremental::ReceiptLine;
-use crate::mysql::positions::sequence_of;
 use crate::mysql::server::{binary_logs, sql_string, BinaryLog, ServerInfo};
 
 /// What a purge did, or would do.
@@ -23,14 +22,13 @@ pub struct Plan {
 
 /// Works out which of the server's files `receipts` prove stored.
 pub fn plan(server: &ServerInfo, logs: &[BinaryLog], receipts: &[ReceiptLine]) -> Result<Plan> {
+    // A file counts as stored when a stored incremental holds a file of its
+    // name and size: after a reset, new files reuse old names.
     let mut covered = BTreeSet::new();
     for receipt in receipts {
         let positions = receipt.positions()?;
-        if !positions.same_sequence(&server.positions("")) {
-            continue;
-        }
-        if let Some((from, to)) = positions.held_files() {
-            covered.extend(sequence_of(from)?..=sequence_of(to)?);
+        if server.same_sequence(&positions) && positions.is_incremental() {
+            covered.extend(positions.files);
         }
     }
     let mut purge = Vec::new();
@@ -38,7 +36,7 @@ pub fn plan(server: &ServerInfo, logs: &[BinaryLog], receipts: &[ReceiptLine]) -
     for (i, log) in logs.iter().enumerate() {
         let why = if i + 1 == logs.len() {
             "the server is writing it"
-        } else if !covered.contains(&sequence_of(&log.name)?) {
+        } else if !covered.contains(&(log.name.clone(), log.size)) {
             "no incremental backup in the receipts holds it"
         } else {
             purge.push(log.name.clone());
@@ -76,16 +74,16 @@ mod tests {
     }
 
     fn receipt(from: &str, to: &str, basename: &str) -> ReceiptLine {
+        let seq = |f: &str| f.rsplit_once('.').unwrap().1.parse::<u32>().unwrap();
         let positions = Positions {
             from_file: Some(from.into()),
             binlog_file: Some(to.into()),
-            next_file: None,
+            files: (seq(from)..=seq(to)).map(|n| (format!("bin.{n:06}"), 1)).collect(),
             ..ServerInfo { binlog_basename: basename.into(), ..server() }.positions(BINLOG)
         };
         ReceiptLine {
             snapshot: "s".into(),
             engine: "mysql".into(),
-            kind: "incremental".into(),
             positions: positions.to_map(),
             end_positions: Default::default(),
         }
@@ -109,6 +107,14 @@ mod tests {
         let current = plan(&server(), &logs(3..=5), &[receipt("bin.000003", "bin.000005", "/b/bin")]).unwrap();
         assert_eq!(current.purge, ["bin.000003", "bin.000004"]);
         assert_eq!(current.kept.unwrap().1, "the server is writing it");
+    }
+
+    #[test]
+    fn a_file_of_another_size_is_another_file() {
+        let mut after_reset = logs(3..=9);
+        after_reset[1].size = 2;
+        let plan = plan(&server(), &after_reset, &[receipt("bin.000003", "bin.000005", "/b/bin")]).unwrap();
+        assert_eq!(plan.purge, ["bin.000003"]);
     }
 
     #[test]

@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::mysql::client::{Client, Running};
 
+/// How plans and messages print a time.
+pub const UTC_FORMAT: &str = "%Y-%m-%d %H:%M:%S UTC";
+
 /// Where a restore stops replaying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Until {
@@ -41,7 +44,7 @@ impl Until {
     pub fn describe(&self) -> String {
         match self {
             Until::Latest => "at the end of the last binary log".to_string(),
-            Until::Time(t) => format!("before the first event at or after {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+            Until::Time(t) => format!("before the first event at or after {}", t.format(UTC_FORMAT)),
             Until::Position { file, pos } => format!("at {file}:{pos}"),
             Until::Gtid(gtid) => format!("after GTID {gtid}"),
         }

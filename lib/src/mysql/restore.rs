@@ -2,9 +2,10 @@
 //! `fetch --until` writes) and rebuilds the server: loads the logical dump
 //! into a running server, or prepares the physical copy and moves it into a
 //! data directory; then replays the binary logs from the full's coordinates
-//! up to the stopping point. Nothing reaches the server before the chain's
-//! first entry is read and checked; a physical restore touches the data
-//! directory only after the whole input is verified.
+//! up to the stopping point. A logical dump is loaded as it arrives (its
+//! digest is checked at its end), so a failure part-way leaves the target
+//! partly loaded; a physical restore touches the data directory only after
+//! the whole input is verified.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -22,7 +23,7 @@ use crate::mysql::binlog::{BackgroundCheck, Checked};
 use crate::mysql::client::{Client, Running};
 use crate::mysql::dump::ENGINE;
 use crate::mysql::positions::{sequence_of, Positions, PHYSICAL};
-use crate::mysql::replay::{replay, Until};
+use crate::mysql::replay::{replay, Until, UTC_FORMAT};
 use crate::mysql::scratch::ScratchServer;
 use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
@@ -61,10 +62,9 @@ struct ReceivedLog {
 
 /// Where the content of the entry being read goes.
 enum Sink {
-    /// Into `mariadb` on the target (a logical dump).
-    Load(Running, ChildStdin),
-    /// Into `mbstream -x` (a physical backup).
-    Extract(Running, ChildStdin),
+    /// Into a tool's stdin: `mariadb` on the target (a logical dump) or
+    /// `mbstream -x` (a physical backup).
+    Pipe(Running, ChildStdin),
     /// A binary log: checked, and kept in a file unless dry-running.
     Binlog { name: String, file: Option<(PathBuf, BufWriter<File>)>, check: BackgroundCheck },
     /// Only verified (dry run).
@@ -82,6 +82,8 @@ struct Open {
 struct Restore<'a> {
     client: &'a Client,
     options: &'a Options,
+    /// Declared before `work`, so a tool writing into it stops before it is removed.
+    open: Option<Open>,
     work: tempfile::TempDir,
     full: Option<Full>,
     /// Descriptions of the backups read, for the plan.
@@ -89,14 +91,14 @@ struct Restore<'a> {
     /// The binary log file the next incremental must start with.
     next_file: Option<String>,
     logs: Vec<ReceivedLog>,
-    open: Option<Open>,
     begin: Option<Begin>,
     totals: (u64, u64),
 }
 
 /// Restores the chain read from `input`; with `options.dry_run`, writes the plan to `plan` instead.
 pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut dyn Write) -> Result<()> {
-    let work_parent = options.datadir.as_deref().and_then(Path::parent).filter(|p| p.is_dir());
+    // Beside the data directory, so the prepared copy moves in by renaming.
+    let work_parent = options.datadir.as_deref().and_then(Path::parent).filter(|p| p.is_dir() && !options.dry_run);
     let builder = tempfile::Builder::new().prefix(".backpipe-restore-").clone();
     let work = match work_parent {
         Some(parent) => builder.tempdir_in(parent),
@@ -106,12 +108,12 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
     let mut state = Restore {
         client,
         options,
+        open: None,
         work,
         full: None,
         backups: Vec::new(),
         next_file: None,
         logs: Vec::new(),
-        open: None,
         begin: None,
         totals: (0, 0),
     };
@@ -128,7 +130,7 @@ impl Restore<'_> {
             match frame.kind {
                 Kind::Abort => {
                     return Err(Error::incomplete(format!(
-                        "the stream was aborted upstream: {}; nothing was restored",
+                        "the stream was aborted upstream: {}; the restore is incomplete",
                         describe_abort(&frame)
                     )))
                 }
@@ -174,13 +176,16 @@ impl Restore<'_> {
                 return Err(Error::usage("the input starts with an incremental; a full backup must come first"))
             }
             ("incremental", Some(full)) => {
-                let expected = self.next_file.as_deref().unwrap_or("?");
-                if !positions.same_sequence(&full.positions) || positions.from_file.as_deref() != Some(expected) {
+                let expected = self.next_file.as_deref().expect("set at the full's End");
+                let same = positions.binlog_basename == full.positions.binlog_basename
+                    && positions.server_id == full.positions.server_id;
+                if !same || !holds(&positions, expected)? {
                     return Err(Error::usage(format!(
-                        "the incremental started {} does not continue the chain: it starts at {}, the chain needs {expected} \
-                         (an incremental is missing, or it belongs to another server)",
+                        "the incremental started {} does not continue the chain: it holds {} to {}, the chain needs \
+                         {expected} (an incremental is missing, or it belongs to another server)",
                         begin.started,
-                        positions.from_file.as_deref().unwrap_or("?")
+                        positions.from_file.as_deref().unwrap_or("?"),
+                        positions.binlog_file.as_deref().unwrap_or("?")
                     )));
                 }
                 self.next_file = positions.next_file.clone();
@@ -204,7 +209,7 @@ impl Restore<'_> {
                 return Err(Error::usage(format!(
                     "the full backup started at {}, after --until {}; fetch an older chain",
                     begin.started,
-                    until.format("%Y-%m-%d %H:%M:%S UTC")
+                    until.format(UTC_FORMAT)
                 )));
             }
         }
@@ -233,7 +238,7 @@ impl Restore<'_> {
                     c.stdin(Stdio::piped());
                 })?;
                 let stdin = loader.child.stdin.take().expect("stdin is piped");
-                Sink::Load(loader, stdin)
+                Sink::Pipe(loader, stdin)
             }
             "physical-backup" if !dry => {
                 let target = self.work.path().join("full");
@@ -242,7 +247,7 @@ impl Restore<'_> {
                 command.arg("-x").arg("-C").arg(&target).stdin(Stdio::piped()).stdout(Stdio::null());
                 let mut extract = Running::spawn("mbstream", command)?;
                 let stdin = extract.child.stdin.take().expect("stdin is piped");
-                Sink::Extract(extract, stdin)
+                Sink::Pipe(extract, stdin)
             }
             "logical-dump" | "physical-backup" => Sink::Discard,
             "binlog" => {
@@ -276,7 +281,7 @@ impl Restore<'_> {
         open.hasher.update(bytes);
         open.size += bytes.len() as u64;
         match &mut open.sink {
-            Sink::Load(_, stdin) | Sink::Extract(_, stdin) => {
+            Sink::Pipe(_, stdin) => {
                 if let Err(e) = stdin.write_all(bytes) {
                     // The tool stopped reading: its own error says why.
                     let sink = self.open.take().expect("open").sink;
@@ -330,6 +335,15 @@ impl Restore<'_> {
                 (Some(file), Some(pos)) => (file.clone(), pos),
                 _ => return Err(Error::integrity("the full backup records no binary log position")),
             };
+            if let (Until::Time(until), Some(consistent)) = (&self.options.until, &p.consistent_at) {
+                if parse_time(consistent).is_some_and(|at| at > *until) {
+                    return Err(Error::usage(format!(
+                        "the physical full backup is consistent only from {consistent}, when its copy ended, after \
+                         --until {}; fetch an older chain",
+                        until.format(UTC_FORMAT)
+                    )));
+                }
+            }
             self.next_file = Some(file.clone());
             self.backups.insert(
                 0,
@@ -350,6 +364,9 @@ impl Restore<'_> {
         let plan = plan_replay(&full.positions, &self.logs, &self.options.until)?;
         let mut lines = self.backups.clone();
         lines.push(plan.describe(&full.positions, &self.options.until));
+        if let Some(note) = &plan.note {
+            lines.push(format!("note         {note}"));
+        }
         lines.push(match &self.options.datadir {
             Some(dir) if full.positions.method == PHYSICAL => format!("target       data directory {}", dir.display()),
             _ => format!("target       {}", self.client.target()),
@@ -364,7 +381,8 @@ impl Restore<'_> {
         let start = full.positions.binlog_pos.unwrap_or(4);
         if full.positions.method == PHYSICAL {
             let datadir = self.options.datadir.as_deref().expect("checked at Begin");
-            place_physical(&self.work.path().join("full"), datadir, self.options.replace)?;
+            let defaults = self.options.server_defaults.as_deref();
+            place_physical(&self.work.path().join("full"), datadir, defaults, self.options.replace)?;
             if !files.is_empty() {
                 let server = ScratchServer::start(datadir, self.options.server_defaults.as_deref())?;
                 replay(&server.client(), "FLUSH PRIVILEGES;\n", &files, start, &plan.until)?;
@@ -376,9 +394,6 @@ impl Restore<'_> {
         for line in &lines {
             crate::cli::say(&format!("{TOOL}: {line}"));
         }
-        if let Some(note) = plan.note {
-            crate::cli::say(&format!("{TOOL}: note: {note}"));
-        }
         Ok(())
     }
 }
@@ -386,7 +401,7 @@ impl Restore<'_> {
 /// Closes an entry's sink; a binary log's becomes a received log.
 fn finish_sink(sink: Sink) -> Result<Option<ReceivedLog>> {
     match sink {
-        Sink::Load(running, stdin) | Sink::Extract(running, stdin) => {
+        Sink::Pipe(running, stdin) => {
             drop(stdin);
             running.finish()?;
             Ok(None)
@@ -440,9 +455,7 @@ impl ReplayPlan<'_> {
 }
 
 fn utc(seconds: u32) -> String {
-    DateTime::<Utc>::from_timestamp(i64::from(seconds), 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
+    DateTime::<Utc>::from_timestamp(i64::from(seconds), 0).map(|t| t.format(UTC_FORMAT).to_string()).unwrap_or_default()
 }
 
 /// Chooses the received binary logs that carry the full's data forward to `until`.
@@ -475,7 +488,7 @@ fn plan_replay<'a>(full: &Positions, logs: &'a [ReceivedLog], until: &Until) -> 
             // Files created at or after the time hold only later events.
             let keep = chosen.iter().skip(1).take_while(|log| i64::from(log.checked.first_time) < stamp).count() + 1;
             chosen.truncate(keep);
-            if chosen.last().is_none_or(|log| i64::from(log.checked.last_time) < stamp - 1) {
+            if chosen.last().is_none_or(|log| i64::from(log.checked.last_time) < stamp) {
                 let end =
                     chosen.last().map(|log| utc(log.checked.last_time)).unwrap_or_else(|| "the full backup".into());
                 note = Some(format!("the backups end at {end}, before the time asked for; the restore goes that far"));
@@ -488,14 +501,69 @@ fn plan_replay<'a>(full: &Positions, logs: &'a [ReceivedLog], until: &Until) -> 
             if at == 0 && full.binlog_pos.is_some_and(|start| *pos < start) {
                 return Err(Error::usage(format!("{file}:{pos} is before the full backup's consistent point")));
             }
+            if *pos > chosen[at].checked.end {
+                return Err(Error::usage(format!(
+                    "{file}:{pos} is past the end of {file} ({} bytes)",
+                    chosen[at].checked.end
+                )));
+            }
             chosen.truncate(at + 1);
         }
-        Until::Gtid(_) if chosen.is_empty() => {
-            return Err(Error::usage("the input holds no binary logs after the full backup to reach that GTID"))
-        }
-        Until::Gtid(_) => {}
+        Until::Gtid(gtids) => check_gtids_reached(gtids, full, &chosen)?,
     }
     Ok(ReplayPlan { logs: chosen, until: until.clone(), note })
+}
+
+/// True when the incremental with `positions` holds binary log `file`.
+fn holds(positions: &Positions, file: &str) -> Result<bool> {
+    let (Some(from), Some(to)) = (&positions.from_file, &positions.binlog_file) else { return Ok(false) };
+    let wanted = sequence_of(file)?;
+    Ok(sequence_of(from)? <= wanted && wanted <= sequence_of(to)?)
+}
+
+/// Fails unless every GTID in the list `gtids` (domain-server-sequence, comma
+/// separated) is at or after the full backup and inside the binary logs to replay.
+fn check_gtids_reached(gtids: &str, full: &Positions, logs: &[&ReceivedLog]) -> Result<()> {
+    let at_full = parse_gtids(full.gtid.as_deref().unwrap_or(""))?;
+    for (domain, sequence) in parse_gtids(gtids)? {
+        let start = at_full.iter().find(|(d, _)| *d == domain).map(|(_, s)| *s).unwrap_or(0);
+        if sequence < start {
+            return Err(Error::usage(format!(
+                "GTID {domain}-…-{sequence} is before the full backup (which is at {domain}-…-{start})"
+            )));
+        }
+        let reached = sequence == start
+            || logs
+                .iter()
+                .any(|log| log.checked.gtids.get(&domain).is_some_and(|(lo, hi)| *lo <= sequence && sequence <= *hi));
+        if !reached {
+            let last = logs.iter().filter_map(|log| log.checked.gtids.get(&domain)).map(|(_, hi)| *hi).max();
+            return Err(Error::usage(format!(
+                "GTID {domain}-…-{sequence} is not in the binary logs the chain holds (domain {domain} reaches {})",
+                last.map(|hi| hi.to_string()).unwrap_or_else(|| "nothing".into())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a GTID list `d-s-n,d-s-n` into (domain, sequence) pairs.
+fn parse_gtids(text: &str) -> Result<Vec<(u32, u64)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let parts: Vec<&str> = g.split('-').collect();
+            match (
+                parts.as_slice(),
+                parts.first().and_then(|d| d.parse().ok()),
+                parts.last().and_then(|n| n.parse().ok()),
+            ) {
+                ([_, _, _], Some(domain), Some(sequence)) => Ok((domain, sequence)),
+                _ => Err(Error::usage(format!("'{g}' is not a GTID (domain-server-sequence, e.g. 0-1-1234)"))),
+            }
+        })
+        .collect()
 }
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
@@ -556,18 +624,18 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
 
 /// Prepares an extracted physical backup and moves it into `datadir`; an
 /// existing, non-empty `datadir` is renamed aside first (only with `replace`).
-fn place_physical(extracted: &Path, datadir: &Path, replace: bool) -> Result<()> {
+fn place_physical(extracted: &Path, datadir: &Path, defaults: Option<&Path>, replace: bool) -> Result<()> {
     let target = format!("--target-dir={}", extracted.display());
-    let quiet = |c: &mut Command| {
-        c.stdout(Stdio::null());
-    };
-    let prepare = {
+    // mariadb-backup with the server's option file, if given, for its InnoDB settings.
+    let backup_tool = |step: &str, more: &[String]| -> Result<()> {
         let mut command = Command::new("mariadb-backup");
-        command.args(["--prepare", &target]);
-        quiet(&mut command);
-        Running::spawn("mariadb-backup", command)?
+        if let Some(file) = defaults {
+            command.arg(format!("--defaults-file={}", file.display()));
+        }
+        command.args([step, &target]).args(more).stdout(Stdio::null());
+        Running::spawn("mariadb-backup", command)?.finish().map(drop)
     };
-    prepare.finish()?;
+    backup_tool("--prepare", &[])?;
     if !is_empty_dir(datadir)? {
         if !replace {
             return Err(Error::engine(format!("data directory '{}' is no longer empty", datadir.display())));
@@ -578,9 +646,5 @@ fn place_physical(extracted: &Path, datadir: &Path, replace: bool) -> Result<()>
         crate::cli::say(&format!("{TOOL}: moved the old data directory to '{}' (--replace)", aside.display()));
     }
     std::fs::create_dir_all(datadir).map_err(|e| Error::io(format!("cannot create '{}'", datadir.display()), e))?;
-    let mut command = Command::new("mariadb-backup");
-    command.args(["--move-back", &target, &format!("--datadir={}", datadir.display())]);
-    quiet(&mut command);
-    Running::spawn("mariadb-backup", command)?.finish()?;
-    Ok(())
+    backup_tool("--move-back", &[format!("--datadir={}", datadir.display())])
 }

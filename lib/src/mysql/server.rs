@@ -63,6 +63,11 @@ impl ServerInfo {
         }
     }
 
+    /// True when `positions` come from this server's binary log sequence.
+    pub fn same_sequence(&self, positions: &Positions) -> bool {
+        positions.binlog_basename == self.binlog_basename && positions.server_id == self.server_id
+    }
+
     /// The directory holding the binary logs.
     pub fn binlog_dir(&self) -> PathBuf {
         PathBuf::from(&self.binlog_basename).parent().map(PathBuf::from).unwrap_or_default()
@@ -93,7 +98,7 @@ pub fn binary_logs(client: &Client) -> Result<Vec<BinaryLog>> {
         .collect()
 }
 
-/// `text` as an SQL string literal.
+/// `text` as an SQL string literal (quotes doubled, which holds in every SQL mode).
 pub fn sql_string(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("'{}'", text.replace('\'', "''"))
 }

@@ -106,8 +106,8 @@ pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Ve
         .filter(|(i, (_, s))| *i == 0 || continues(s))
         .map(|(_, (id, _))| id.clone())
         .collect();
-    let next = later.iter().find(|(_, s)| s.begin.host == host && s.begin.engine == engine);
-    if let Some((id, _)) = next.filter(|(_, s)| continues(s)) {
+    // An incremental after a later full still starts where the last one ended.
+    if let Some((id, _)) = later.iter().find(|(_, s)| continues(s)) {
         chain.push(id.clone());
     }
     Ok(chain)
