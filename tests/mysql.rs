@@ -314,6 +314,19 @@ fn physical_backups_restore_to_an_instant_and_to_the_latest() {
     let last = case.backup(&source, "--incremental --since-receipt receipts");
     let final_sums = source.checksums();
 
+    // A data directory a running server holds is refused even with --replace.
+    let running = case.server("running");
+    let err = case.fails(
+        &format!(
+            "fetch \"$R\" {full} --key-file k | {RESTORE} | restore-mysql --datadir {}/data --replace",
+            running.dir.display()
+        ),
+        5,
+    );
+    assert!(err.contains("a server is running"), "{err}");
+    assert_eq!(running.sql("SELECT 1").trim(), "1");
+    drop(running);
+
     for (what, until, expected) in
         [("instant", format!("--until {}", a.time), &a.checksums), ("latest", String::new(), &final_sums)]
     {

@@ -603,7 +603,15 @@ fn prepare_target(client: &Client, replace: bool) -> Result<()> {
 
 /// Refuses a data directory that holds files, unless `replace`.
 fn check_datadir(datadir: &Path, replace: bool) -> Result<()> {
-    if is_empty_dir(datadir)? || replace {
+    if is_empty_dir(datadir)? {
+        Ok(())
+    } else if replace {
+        if server_holds(datadir) {
+            return Err(Error::engine(format!(
+                "a server is running on '{}' (it holds the lock on ibdata1); stop it before restoring into it",
+                datadir.display()
+            )));
+        }
         Ok(())
     } else {
         Err(Error::engine(format!(
@@ -612,6 +620,20 @@ fn check_datadir(datadir: &Path, replace: bool) -> Result<()> {
             datadir.display()
         )))
     }
+}
+
+/// True when a running server holds InnoDB's lock on the system tablespace in `datadir`.
+fn server_holds(datadir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(datadir.join("ibdata1")) else {
+        return false;
+    };
+    // SAFETY: flock is a plain C struct; all-zero is a valid value to fill in.
+    let mut probe: nix::libc::flock = unsafe { std::mem::zeroed() };
+    probe.l_type = nix::libc::F_WRLCK as i16;
+    probe.l_whence = nix::libc::SEEK_SET as i16;
+    let asked = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETLK(&mut probe));
+    asked.is_ok() && probe.l_type != nix::libc::F_UNLCK as i16
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool> {
