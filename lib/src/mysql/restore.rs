@@ -176,7 +176,10 @@ impl Restore<'_> {
                 return Err(Error::usage("the input starts with an incremental; a full backup must come first"))
             }
             ("incremental", Some(full)) => {
-                let expected = self.next_file.as_deref().expect("set at the full's End");
+                let expected = self.next_file.clone().ok_or_else(|| {
+                    Error::integrity("the backup before this incremental records no file for the next one")
+                })?;
+                let expected = expected.as_str();
                 let same = positions.binlog_basename == full.positions.binlog_basename
                     && positions.server_id == full.positions.server_id;
                 if !same || !holds(&positions, expected)? {
