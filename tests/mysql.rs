@@ -267,6 +267,9 @@ fn logical_backups_restore_to_every_recorded_instant() {
         "{plan}"
     );
     assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "", "a dry run created nothing");
+    // A malformed GTID is refused before anything is read.
+    let err = case.fails("restore-mysql --until-gtid 0-1 < /dev/null", 2);
+    assert!(err.contains("is not a GTID"), "{err}");
     // Stopping points the chain cannot reach are refused in the plan.
     for until in ["--until-gtid 0-1-99999999", "--until-position mysql-bin.000999:4"] {
         let err = case.fails(
@@ -571,6 +574,15 @@ fn an_incremental_after_a_full_continues_the_archive_without_a_gap() {
     );
     let full2 = case.backup(&source, "--full");
     source.sql("INSERT INTO shop.orders (total) VALUES (4)");
+    // --restart-at-full starts at the full instead (taken, not stored).
+    let restarted = case.ok(&format!(
+        "dump-mysql --incremental --since-receipt receipts --restart-at-full {} | inspect --json",
+        source.backup_login()
+    ));
+    let last: serde_json::Value = serde_json::from_str(case.ok("tail -1 receipts").trim()).unwrap();
+    let full2_file = last["positions"]["binlog_file"].as_str().unwrap();
+    assert!(restarted.contains(&format!("\"from_file\":\"{full2_file}\"")), "{restarted}");
+    source.sql("INSERT INTO shop.orders (total) VALUES (5)");
     let inc2 = case.backup(&source, "--incremental --since-receipt receipts");
     let receipts: Vec<serde_json::Value> =
         case.ok("cat receipts").lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use backpipe::cli::{self, KeyArgs};
 use backpipe::mysql::client::{Client, ConnectArgs};
-use backpipe::mysql::incremental::{self, previous_from_receipt, previous_from_repo, read_receipts};
+use backpipe::mysql::incremental::{
+    self, previous_from_receipt, previous_from_repo, read_receipts, IncrementalOptions,
+};
 use backpipe::mysql::server::ServerInfo;
 use backpipe::mysql::{dump, purge};
 use clap::{Parser, Subcommand};
@@ -66,6 +68,11 @@ struct BackupArgs {
     /// directory of the server's log_bin_basename.
     #[arg(long, value_name = "DIR", requires = "incremental")]
     binlog_dir: Option<PathBuf>,
+    /// With --incremental after a full: start at the full's binary log even if
+    /// the last incremental ended earlier (no backup then holds the files
+    /// between; for when one of them is damaged).
+    #[arg(long, requires = "incremental")]
+    restart_at_full: bool,
     #[command(flatten)]
     keys: KeyArgs,
     #[command(flatten)]
@@ -130,17 +137,15 @@ fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
     if args.full {
         return dump::full_logical(&client, output);
     }
-    let server = ServerInfo::query(&client)?;
-    let previous = match (&args.since_receipt, &args.repo) {
-        (Some(receipt), _) => previous_from_receipt(receipt, &server)?,
-        (None, Some(repo)) => previous_from_repo(&cli::open_repo(repo, &args.keys)?, &server)?,
+    let options = IncrementalOptions { binlog_dir: args.binlog_dir.clone(), restart_at_full: args.restart_at_full };
+    let find_previous = |server: &ServerInfo| match (&args.since_receipt, &args.repo) {
+        (Some(receipt), _) => previous_from_receipt(receipt, server),
+        (None, Some(repo)) => previous_from_repo(&cli::open_repo(repo, &args.keys)?, server),
         (None, None) => {
-            return Err(backpipe::Error::usage(
-                "--incremental needs the previous backup: --since-receipt FILE or --repo REPO",
-            ))
+            Err(backpipe::Error::usage("--incremental needs the previous backup: --since-receipt FILE or --repo REPO"))
         }
     };
-    incremental::incremental(&client, &server, &previous, args.binlog_dir.as_deref(), output)
+    incremental::incremental(&client, find_previous, &options, output)
 }
 
 fn run_purge(receipts: &[PathBuf], dry_run: bool, connect: &ConnectArgs) -> backpipe::Result<()> {

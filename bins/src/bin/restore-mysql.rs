@@ -78,7 +78,7 @@ fn main() {
         } else if let Some(position) = &args.until_position {
             Until::position(position)?
         } else if let Some(gtid) = &args.until_gtid {
-            Until::Gtid(gtid.clone())
+            Until::gtid(gtid)?
         } else {
             Until::Latest
         };

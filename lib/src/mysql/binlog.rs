@@ -13,8 +13,9 @@
 //! NUL-padded), creation time (4), header length (1), one post-header length
 //! per event type, and, from MySQL 5.6.1 and MariaDB 5.3, the checksum
 //! algorithm (1: 0 none, 1 CRC-32) and a CRC-32 of the event itself (always
-//! present; the event's own entry in the table tells whether they are there). With CRC-32 every event ends with the CRC-32 (IEEE, as zlib) of
-//! all its bytes before it.
+//! present; the event's own entry in the table tells whether they are
+//! there). With CRC-32 every event ends with the CRC-32 (IEEE, as zlib) of all
+//! its bytes before it.
 
 use std::io::Read;
 
@@ -28,6 +29,8 @@ const STOP: u8 = 3;
 const ROTATE: u8 = 4;
 /// Flag of the format description event: the server had the file open (not cleanly closed).
 const IN_USE: u16 = 0x1;
+/// Longest format description event accepted (real ones are under 256 bytes).
+const MAX_FORMAT_DESCRIPTION: usize = 64 << 10;
 /// Longest event accepted (MySQL's max_allowed_packet ceiling is 1 GiB).
 const MAX_EVENT: u64 = 1 << 30;
 
@@ -98,6 +101,9 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
         let truncated = || damaged(at, "it ends inside an event (truncated)".into());
         match found.as_ref().map(|f| f.checksums) {
             None if kind == FORMAT_DESCRIPTION => {
+                if body_len > MAX_FORMAT_DESCRIPTION {
+                    return Err(damaged(at, format!("its format description event claims {body_len} bytes")));
+                }
                 body.resize(body_len, 0);
                 read_exact_or(&mut input, &mut body, truncated)?;
                 let description = describe_format(&body).map_err(|why| damaged(at, why))?;
@@ -217,7 +223,6 @@ fn read_exact_or(input: &mut impl Read, buf: &mut [u8], short: impl FnOnce() -> 
     }
 }
 
-/// Reads `len` bytes into the CRC without keeping them.
 /// MariaDB's GTID event: sequence number (8 bytes), domain (4), flags (1), ...
 const MARIADB_GTID: u8 = 162;
 
@@ -243,6 +248,7 @@ fn read_body(
     Ok(Some((domain, seq)))
 }
 
+/// Reads `len` bytes into the CRC without keeping them.
 fn skip(input: &mut impl Read, len: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
     let mut piece = [0u8; 64 << 10];
     let mut left = len;

@@ -67,7 +67,7 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
             return Err(Error::engine("mariadb-dump ended before writing the binary log coordinates"));
         };
         let (file, pos) = coordinates(&head)?;
-        let gtid = client.value(&format!("SELECT IFNULL(BINLOG_GTID_POS({}, {pos}), '')", sql_string(&file)))?;
+        let gtid = client.value(&format!("SELECT IFNULL(BINLOG_GTID_POS({}, {pos}), '')", sql_string(&file)?))?;
         let gtid = Some(gtid).filter(|g| !g.is_empty());
         let positions = Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid, ..server.positions(LOGICAL) };
         begin_full(writer, &positions)?;

@@ -16,7 +16,7 @@ use crate::meta::{Begin, End};
 use crate::mysql::binlog::BackgroundCheck;
 use crate::mysql::client::Client;
 use crate::mysql::dump::{write_entry, ENGINE, TOOL};
-use crate::mysql::positions::{sequence_of, Positions, BINLOG};
+use crate::mysql::positions::{gtid_behind, sequence_of, Positions, BINLOG};
 use crate::mysql::server::{binary_logs, BinaryLog, ServerInfo};
 use crate::progress::Progress;
 use crate::source::emit::{produce, send_content, SourceWriter};
@@ -122,73 +122,124 @@ pub fn previous_from_repo(repo: &crate::repo::Repository, server: &ServerInfo) -
     })
 }
 
-/// The first binary log file the incremental after `previous` holds: where
-/// the newest backup ends, or, when the newest incremental ended earlier
-/// (a full came between) and its next file is still there, that file.
-fn start_file<'a>(previous: &'a Previous, logs: &[BinaryLog]) -> Result<&'a str> {
+/// How an incremental is taken.
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalOptions {
+    /// Read the binary log files here instead of the server's directory.
+    pub binlog_dir: Option<std::path::PathBuf>,
+    /// After a full, start at the full's file even if the last incremental ended earlier.
+    pub restart_at_full: bool,
+}
+
+/// Where an incremental starts.
+struct Start<'a> {
+    /// The first file it holds.
+    file: &'a str,
+    /// The newest full's file, when the incremental reaches back before it to
+    /// where the last incremental ended.
+    full_file: Option<&'a str>,
+}
+
+/// Where the incremental after `previous` starts: where the newest backup
+/// ends; or, when that is a full and the last incremental ended earlier in
+/// the same history with every file since still on the server, there, so the
+/// archive has no gap.
+fn plan_start<'a>(previous: &'a Previous, logs: &[BinaryLog], restart_at_full: bool) -> Result<Start<'a>> {
     let newest = previous
         .positions
         .continues_from()
         .ok_or_else(|| Error::usage("the previous backup records no binary log position to continue from"))?;
-    let earlier = previous.last_incremental.as_ref().and_then(|p| p.next_file.as_deref());
-    if let Some(earlier) = earlier {
-        if sequence_of(earlier)? < sequence_of(newest)? && logs.iter().any(|log| log.name == earlier) {
-            return Ok(earlier);
-        }
+    let at_newest = Start { file: newest, full_file: None };
+    let Some(last) = previous.last_incremental.as_ref().filter(|_| !previous.positions.is_incremental()) else {
+        return Ok(at_newest);
+    };
+    let Some(earlier) = last.next_file.as_deref().filter(|e| *e != newest) else { return Ok(at_newest) };
+    if restart_at_full || sequence_of(earlier)? > sequence_of(newest)? {
+        return Ok(at_newest);
     }
-    Ok(newest)
+    let same_history = match (&previous.positions.gtid, &last.gtid) {
+        (Some(full), Some(then)) => !gtid_behind(full, then)?,
+        _ => false,
+    };
+    let on_server = (sequence_of(earlier)?..sequence_of(newest)?)
+        .all(|seq| logs.iter().any(|log| sequence_of(&log.name).ok() == Some(seq)));
+    if same_history && on_server {
+        return Ok(Start { file: earlier, full_file: Some(newest) });
+    }
+    crate::cli::say(&format!(
+        "{TOOL}: note: the binary logs from {earlier} to before {newest} (between the last incremental and the \
+         last full) are no longer on the server or belong to an earlier history: no backup holds them, and this \
+         incremental starts at the full"
+    ));
+    Ok(at_newest)
 }
 
 /// Fails if the server's binary logs were reset (RESET MASTER, a restore)
-/// since `previous`: a file it recorded is there with another size, or the
-/// full's file is shorter than the full's position.
-fn check_not_reset(previous: &Previous, logs: &[BinaryLog]) -> Result<()> {
-    let reset = |name: &str, now: u64, then: String| {
+/// since the backups `start` continues: the server's GTID position is behind
+/// theirs, a file they hold is there with another size, or the full's file
+/// is shorter than the full's position.
+fn check_not_reset(previous: &Previous, start: &Start, logs: &[BinaryLog], server_gtid: &str) -> Result<()> {
+    let reset = |what: String| {
         Error::engine(format!(
-            "binary log {name} is not the file the previous backup saw ({now} bytes now, {then}): the server's \
-             binary logs were reset; take a full backup (dump-mysql --full)"
+            "{what}: the server's binary logs were reset since the previous backup; take a full backup (dump-mysql --full)"
         ))
     };
-    let recorded = previous.last_incremental.iter().flat_map(|p| p.files.iter());
+    if let Some(then) = &previous.positions.gtid {
+        if gtid_behind(server_gtid, then)? {
+            return Err(reset(format!(
+                "the server's GTID position {server_gtid} is behind the previous backup's {then}"
+            )));
+        }
+    }
+    let mut recorded: Vec<&(String, u64)> = previous.positions.files.iter().collect();
+    if start.full_file.is_some() {
+        recorded.extend(previous.last_incremental.iter().flat_map(|p| p.files.iter()));
+    }
     for (name, size) in recorded {
         if let Some(log) = logs.iter().find(|log| log.name == *name && log.size != *size) {
-            return Err(reset(name, log.size, format!("{size} then")));
+            return Err(reset(format!("binary log {name} has {} bytes, not the {size} a backup holds", log.size)));
         }
     }
     if let (Some(file), Some(pos)) = (&previous.positions.binlog_file, previous.positions.binlog_pos) {
         if let Some(log) = logs.iter().find(|log| log.name == *file && log.size < pos) {
-            return Err(reset(file, log.size, format!("at least {pos} then")));
+            return Err(reset(format!(
+                "binary log {file} has {} bytes, fewer than the full's position {pos}",
+                log.size
+            )));
         }
     }
     Ok(())
 }
 
-/// Writes an incremental backup continuing `previous` as a stream.
-/// `binlog_dir` overrides where the binary log files are read.
+/// Writes an incremental backup as a stream, continuing what `find_previous`
+/// returns for the server.
 pub fn incremental(
     client: &Client,
-    server: &ServerInfo,
-    previous: &Previous,
-    binlog_dir: Option<&Path>,
+    find_previous: impl FnOnce(&ServerInfo) -> Result<Previous>,
+    options: &IncrementalOptions,
     output: impl Write,
 ) -> Result<()> {
     produce(TOOL, output, |writer| {
+        let server = ServerInfo::query(client)?;
         server.require_binlog()?;
+        let previous = find_previous(&server)?;
         // Checked before FLUSH, so a broken chain changes nothing on the server.
         let before = binary_logs(client)?;
-        let start = start_file(previous, &before)?;
-        if !before.iter().any(|log| log.name == start) {
-            return Err(purged(start, &before));
+        let start = plan_start(&previous, &before, options.restart_at_full)?;
+        if !before.iter().any(|log| log.name == start.file) {
+            return Err(purged(start.file, &before));
         }
-        check_not_reset(previous, &before)?;
+        check_not_reset(&previous, &start, &before, &client.value("SELECT @@gtid_binlog_pos")?)?;
         client.query("FLUSH BINARY LOGS")?;
+        let gtid = client.value("SELECT @@gtid_binlog_pos")?;
         let logs = binary_logs(client)?;
-        let files = files_to_copy(&logs, start)?;
+        let files = files_to_copy(&logs, start.file)?;
         let next = &logs.last().expect("files_to_copy checked").name;
         let positions = Positions {
-            from_file: Some(start.to_string()),
+            from_file: Some(start.file.to_string()),
             binlog_file: Some(files.last().expect("at least one file").name.clone()),
             next_file: Some(next.clone()),
+            gtid: Some(gtid).filter(|g| !g.is_empty()),
             files: files.iter().map(|f| (f.name.clone(), f.size)).collect(),
             ..server.positions(BINLOG)
         };
@@ -201,10 +252,27 @@ pub fn incremental(
         writer.write(&Frame::json(Kind::Begin, &begin))?;
         let progress = Progress::for_stage(TOOL);
         progress.set_total(begin.expected_bytes.unwrap_or(0));
-        let dir = binlog_dir.map(Path::to_path_buf).unwrap_or_else(|| server.binlog_dir());
+        let dir = options.binlog_dir.clone().unwrap_or_else(|| server.binlog_dir());
         let mut totals = End { entries: 0, bytes: 0, positions: Default::default() };
         for file in files {
-            totals.bytes += send_binlog(writer, &dir, file, &progress)?;
+            let before_full = match start.full_file {
+                Some(full_file) => sequence_of(&file.name)? < sequence_of(full_file)?,
+                None => false,
+            };
+            totals.bytes += send_binlog(writer, &dir, file, &progress).map_err(|err| {
+                if before_full && !err.is_broken_pipe() {
+                    Error::new(
+                        err.kind(),
+                        format!(
+                            "{} (the file is from before the last full: --restart-at-full starts at the full and \
+                             leaves it out)",
+                            err.message()
+                        ),
+                    )
+                } else {
+                    err
+                }
+            })?;
             totals.entries += 1;
         }
         progress.finish();

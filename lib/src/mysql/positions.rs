@@ -38,7 +38,8 @@ pub struct Positions {
     /// A full: the position in `binlog_file` where its data is consistent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binlog_pos: Option<u64>,
-    /// A full: the GTID position of its data.
+    /// A full: the GTID position of its data. An incremental: the server's
+    /// GTID position just after it closed its last file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gtid: Option<String>,
     /// An incremental: the first binary log file it holds.
@@ -89,6 +90,36 @@ impl Positions {
     }
 }
 
+/// Parses a GTID list `d-s-n,d-s-n` into (domain, sequence) pairs.
+pub fn parse_gtids(text: &str) -> Result<Vec<(u32, u64)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let parts: Vec<&str> = g.split('-').collect();
+            let domain = parts.first().and_then(|d| d.parse().ok());
+            let sequence = parts.last().and_then(|n| n.parse().ok());
+            match (parts.len(), domain, sequence) {
+                (3, Some(domain), Some(sequence)) => Ok((domain, sequence)),
+                _ => Err(Error::usage(format!("'{g}' is not a GTID (domain-server-sequence, e.g. 0-1-1234)"))),
+            }
+        })
+        .collect()
+}
+
+/// True when the GTID position `now` is behind `then` in some replication
+/// domain: the binary log history was reset in between.
+pub fn gtid_behind(now: &str, then: &str) -> Result<bool> {
+    let now = parse_gtids(now)?;
+    for (domain, sequence) in parse_gtids(then)? {
+        let reached = now.iter().find(|(d, _)| *d == domain).map(|(_, s)| *s).unwrap_or(0);
+        if reached < sequence {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The sequence number of a binary log file name (`mysql-bin.000042` is 42).
 pub fn sequence_of(file: &str) -> Result<u64> {
     file.rsplit_once('.')
@@ -114,5 +145,10 @@ mod tests {
         assert_eq!(merged.continues_from(), Some("mysql-bin.000007"));
         assert_eq!(sequence_of("mysql-bin.000042").unwrap(), 42);
         assert!(sequence_of("mysql-bin").is_err());
+        assert_eq!(parse_gtids("0-1-12, 3-2-7").unwrap(), [(0, 12), (3, 7)]);
+        assert!(parse_gtids("0-1").is_err() && parse_gtids("abc").is_err());
+        assert!(gtid_behind("0-1-5", "0-1-9").unwrap());
+        assert!(!gtid_behind("0-1-9,1-1-1", "0-1-9").unwrap());
+        assert!(gtid_behind("", "0-1-1").unwrap());
     }
 }

@@ -59,7 +59,7 @@ pub fn purge(client: &Client, receipts: &[ReceiptLine], dry_run: bool) -> Result
     let plan = plan(&server, &logs, receipts)?;
     if let (false, Some((first_kept, _))) = (dry_run || plan.purge.is_empty(), &plan.kept) {
         // Removes every file before the one named, and nothing else.
-        client.query(&format!("PURGE BINARY LOGS TO {}", sql_string(first_kept)))?;
+        client.query(&format!("PURGE BINARY LOGS TO {}", sql_string(first_kept)?))?;
     }
     Ok(plan)
 }

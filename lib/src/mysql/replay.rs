@@ -40,6 +40,12 @@ impl Until {
             .ok_or_else(|| Error::usage(format!("'{text}' is not a binary log position (use mysql-bin.000042:1234)")))
     }
 
+    /// Parses a GTID list for `Until::Gtid`.
+    pub fn gtid(text: &str) -> Result<Until> {
+        crate::mysql::positions::parse_gtids(text)?;
+        Ok(Until::Gtid(text.to_string()))
+    }
+
     /// How the plan describes this stopping point.
     pub fn describe(&self) -> String {
         match self {

@@ -22,7 +22,7 @@ use crate::meta::{Begin, End, Entry, EntryEnd};
 use crate::mysql::binlog::{BackgroundCheck, Checked};
 use crate::mysql::client::{Client, Running};
 use crate::mysql::dump::ENGINE;
-use crate::mysql::positions::{sequence_of, Positions, PHYSICAL};
+use crate::mysql::positions::{parse_gtids, sequence_of, Positions, PHYSICAL};
 use crate::mysql::replay::{replay, Until, UTC_FORMAT};
 use crate::mysql::scratch::ScratchServer;
 use crate::progress::Progress;
@@ -366,7 +366,7 @@ impl Restore<'_> {
         let full = self.full.as_ref().expect("read checked");
         let plan = plan_replay(&full.positions, &self.logs, &self.options.until)?;
         let mut lines = self.backups.clone();
-        lines.push(plan.describe(&full.positions, &self.options.until));
+        lines.push(plan.describe(&full.positions));
         if let Some(note) = &plan.note {
             lines.push(format!("note         {note}"));
         }
@@ -432,7 +432,7 @@ struct ReplayPlan<'a> {
 }
 
 impl ReplayPlan<'_> {
-    fn describe(&self, full: &Positions, until: &Until) -> String {
+    fn describe(&self, full: &Positions) -> String {
         if self.logs.is_empty() {
             return "replay       nothing: the restore ends at the full backup's consistent point".to_string();
         }
@@ -452,7 +452,7 @@ impl ReplayPlan<'_> {
             names.join(", "),
             utc(first),
             utc(last),
-            until.describe()
+            self.until.describe()
         )
     }
 }
@@ -550,25 +550,6 @@ fn check_gtids_reached(gtids: &str, full: &Positions, logs: &[&ReceivedLog]) -> 
     Ok(())
 }
 
-/// Parses a GTID list `d-s-n,d-s-n` into (domain, sequence) pairs.
-fn parse_gtids(text: &str) -> Result<Vec<(u32, u64)>> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(|g| {
-            let parts: Vec<&str> = g.split('-').collect();
-            match (
-                parts.as_slice(),
-                parts.first().and_then(|d| d.parse().ok()),
-                parts.last().and_then(|n| n.parse().ok()),
-            ) {
-                ([_, _, _], Some(domain), Some(sequence)) => Ok((domain, sequence)),
-                _ => Err(Error::usage(format!("'{g}' is not a GTID (domain-server-sequence, e.g. 0-1-1234)"))),
-            }
-        })
-        .collect()
-}
-
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
@@ -609,13 +590,7 @@ fn check_datadir(datadir: &Path, replace: bool) -> Result<()> {
     if is_empty_dir(datadir)? {
         Ok(())
     } else if replace {
-        if server_holds(datadir) {
-            return Err(Error::engine(format!(
-                "a server is running on '{}' (it holds the lock on ibdata1); stop it before restoring into it",
-                datadir.display()
-            )));
-        }
-        Ok(())
+        refuse_running_server(datadir)
     } else {
         Err(Error::engine(format!(
             "data directory '{}' is not empty; restore into an empty or new directory, or pass --replace \
@@ -625,18 +600,30 @@ fn check_datadir(datadir: &Path, replace: bool) -> Result<()> {
     }
 }
 
-/// True when a running server holds InnoDB's lock on the system tablespace in `datadir`.
-fn server_holds(datadir: &Path) -> bool {
+/// Fails when a running server may hold `datadir`: one holds InnoDB's lock on
+/// its system tablespace, or the lock cannot be tested.
+fn refuse_running_server(datadir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(datadir.join("ibdata1")) else {
-        return false;
+    let path = datadir.join("ibdata1");
+    let file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("cannot tell whether a server runs on '{}'", datadir.display()), e)),
     };
     // SAFETY: flock is a plain C struct; all-zero is a valid value to fill in.
     let mut probe: nix::libc::flock = unsafe { std::mem::zeroed() };
     probe.l_type = nix::libc::F_WRLCK as i16;
     probe.l_whence = nix::libc::SEEK_SET as i16;
-    let asked = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETLK(&mut probe));
-    asked.is_ok() && probe.l_type != nix::libc::F_UNLCK as i16
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETLK(&mut probe))
+        .map_err(|e| Error::io(format!("cannot test the lock on '{}'", path.display()), e.into()))?;
+    if probe.l_type == nix::libc::F_UNLCK as i16 {
+        Ok(())
+    } else {
+        Err(Error::engine(format!(
+            "a server is running on '{}' (it holds the lock on ibdata1); stop it before restoring into it",
+            datadir.display()
+        )))
+    }
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool> {
@@ -665,6 +652,7 @@ fn place_physical(extracted: &Path, datadir: &Path, defaults: Option<&Path>, rep
         if !replace {
             return Err(Error::engine(format!("data directory '{}' is no longer empty", datadir.display())));
         }
+        refuse_running_server(datadir)?;
         let aside = PathBuf::from(format!("{}.replaced-{}", datadir.display(), Utc::now().format("%Y%m%dT%H%M%S")));
         std::fs::rename(datadir, &aside)
             .map_err(|e| Error::io(format!("cannot move '{}' aside", datadir.display()), e))?;

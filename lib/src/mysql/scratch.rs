@@ -103,10 +103,17 @@ impl ScratchServer {
 }
 
 impl Drop for ScratchServer {
+    /// A server left running on an error path is asked to stop, then killed
+    /// if it has not within a minute.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let asked = Instant::now();
+            while matches!(self.child.try_wait(), Ok(None)) && asked.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }

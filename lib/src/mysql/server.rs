@@ -98,7 +98,11 @@ pub fn binary_logs(client: &Client) -> Result<Vec<BinaryLog>> {
         .collect()
 }
 
-/// `text` as an SQL string literal (quotes doubled, which holds in every SQL mode).
-pub fn sql_string(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+/// A binary log file name as an SQL string literal. Names holding a quote or
+/// a backslash, whose escaping depends on the SQL mode, are refused.
+pub fn sql_string(text: &str) -> Result<String> {
+    if text.contains(['\'', '\\']) {
+        return Err(Error::engine(format!("binary log name {text:?} holds a quote or backslash")));
+    }
+    Ok(format!("'{text}'"))
 }
