@@ -24,6 +24,12 @@ pub const ENGINE: &str = "mysql";
 pub const LOGICAL_ENTRY: &str = "dump.sql";
 /// The entry holding a physical backup (mariadb-backup's xbstream).
 pub const PHYSICAL_ENTRY: &str = "backup.xbstream";
+/// The role of the logical dump's entry.
+pub const LOGICAL_ROLE: &str = "logical-dump";
+/// The role of the physical backup's entry.
+pub const PHYSICAL_ROLE: &str = "physical-backup";
+/// The role of each binary log file's entry (named `binlog/<file>`).
+pub const BINLOG_ROLE: &str = "binlog";
 
 /// mariadb-dump's options: one transaction for a consistent snapshot, the
 /// binary log coordinates of that snapshot as a comment, every database but
@@ -72,7 +78,7 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
         let positions = Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid, ..server.positions(LOGICAL) };
         begin_full(writer, &positions)?;
         let progress = Progress::for_stage(TOOL);
-        write_entry(writer, LOGICAL_ENTRY, "logical-dump")?;
+        write_entry(writer, LOGICAL_ENTRY, LOGICAL_ROLE)?;
         let mut tail = TailReader::new((&head[..]).chain(stdout));
         let end = send_content(writer, &mut tail, &progress, "mariadb-dump's output")?;
         dump.finish()?;
@@ -99,7 +105,7 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
         })?;
         let mut stdout = backup.child.stdout.take().expect("stdout is piped");
         let progress = Progress::for_stage(TOOL);
-        write_entry(writer, PHYSICAL_ENTRY, "physical-backup")?;
+        write_entry(writer, PHYSICAL_ENTRY, PHYSICAL_ROLE)?;
         let end = send_content(writer, &mut stdout, &progress, "mariadb-backup's output")?;
         drop(stdout);
         let lines = backup.finish()?;

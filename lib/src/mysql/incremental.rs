@@ -15,7 +15,7 @@ use crate::format::{Frame, Kind};
 use crate::meta::{Begin, End};
 use crate::mysql::binlog::BackgroundCheck;
 use crate::mysql::client::Client;
-use crate::mysql::dump::{write_entry, ENGINE, TOOL};
+use crate::mysql::dump::{write_entry, BINLOG_ROLE, ENGINE, TOOL};
 use crate::mysql::positions::{gtid_behind, sequence_of, Positions, BINLOG};
 use crate::mysql::server::{binary_logs, BinaryLog, ServerInfo};
 use crate::progress::Progress;
@@ -325,7 +325,7 @@ fn send_binlog<W: Write>(
         Error::new(err.kind(), format!("{}{advice}", err.message()))
     };
     let file = std::fs::File::open(&path).map_err(missing)?;
-    write_entry(writer, &format!("binlog/{}", log.name), "binlog")?;
+    write_entry(writer, &format!("binlog/{}", log.name), BINLOG_ROLE)?;
     let mut tee = Tee { inner: file, check: BackgroundCheck::start(&log.name) };
     let sent = send_content(writer, &mut tee, progress, &format!("binary log {}", log.name));
     let checked = tee.check.finish();

@@ -21,7 +21,7 @@ use crate::format::Kind;
 use crate::meta::{Begin, End, Entry, EntryEnd};
 use crate::mysql::binlog::{BackgroundCheck, Checked};
 use crate::mysql::client::{Client, Running};
-use crate::mysql::dump::ENGINE;
+use crate::mysql::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
 use crate::mysql::positions::{parse_gtids, sequence_of, Positions, PHYSICAL};
 use crate::mysql::replay::{replay, Until, UTC_FORMAT};
 use crate::mysql::scratch::ScratchServer;
@@ -236,14 +236,14 @@ impl Restore<'_> {
         let name = entry.path.display();
         let dry = self.options.dry_run;
         let sink = match entry.role.as_str() {
-            "logical-dump" if !dry => {
+            LOGICAL_ROLE if !dry => {
                 let mut loader = self.client.spawn("mariadb", &["--binary-mode"], |c| {
                     c.stdin(Stdio::piped());
                 })?;
                 let stdin = loader.child.stdin.take().expect("stdin is piped");
                 Sink::Pipe(loader, stdin)
             }
-            "physical-backup" if !dry => {
+            PHYSICAL_ROLE if !dry => {
                 let target = self.work.path().join("full");
                 std::fs::create_dir(&target).map_err(|e| Error::io("cannot create the extraction directory", e))?;
                 let mut command = Command::new("mbstream");
@@ -252,8 +252,8 @@ impl Restore<'_> {
                 let stdin = extract.child.stdin.take().expect("stdin is piped");
                 Sink::Pipe(extract, stdin)
             }
-            "logical-dump" | "physical-backup" => Sink::Discard,
-            "binlog" => {
+            LOGICAL_ROLE | PHYSICAL_ROLE => Sink::Discard,
+            BINLOG_ROLE => {
                 let log = name.strip_prefix("binlog/").unwrap_or(&name).to_string();
                 if log.contains('/') || log.starts_with('.') {
                     return Err(Error::integrity(format!("entry '{name}' is not a binary log name")));
