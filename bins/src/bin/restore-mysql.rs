@@ -18,12 +18,13 @@ use clap::Parser;
 /// of information) unless --replace drops them first. Accounts the dump
 /// holds are created unless they exist.
 ///
-/// A physical full is prepared and moved into --datadir, which must be
+/// A physical full is prepared in a staging directory beside --datadir; if
+/// incrementals follow, their binary logs are replayed there through a
+/// temporary private server (--server-defaults gives it the production
+/// my.cnf). Only then does it take the place of --datadir, which must be
 /// empty or absent (--replace moves it aside); the server there must be
-/// stopped. If incrementals follow, their binary logs are replayed through
-/// a temporary private server on that directory (--server-defaults gives
-/// it the production my.cnf). Start the real server afterwards (owned by
-/// its user: chown -R mysql: DIR).
+/// stopped. Start the real server afterwards (owned by its user:
+/// chown -R mysql: DIR).
 ///
 /// Then the binary logs are replayed from the full's coordinates up to the
 /// stopping point: the end (default), --until TIME, --until-position or

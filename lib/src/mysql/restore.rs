@@ -4,8 +4,8 @@
 //! data directory; then replays the binary logs from the full's coordinates
 //! up to the stopping point. A logical dump is loaded as it arrives (its
 //! digest is checked at its end), so a failure part-way leaves the target
-//! partly loaded; a physical restore touches the data directory only after
-//! the whole input is verified.
+//! partly loaded; a physical restore is prepared and replayed in a staging
+//! directory and takes the data directory's place only when all succeeded.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -97,8 +97,15 @@ struct Restore<'a> {
 
 /// Restores the chain read from `input`; with `options.dry_run`, writes the plan to `plan` instead.
 pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut dyn Write) -> Result<()> {
-    // Beside the data directory, so the prepared copy moves in by renaming.
-    let work_parent = options.datadir.as_deref().and_then(Path::parent).filter(|p| p.is_dir() && !options.dry_run);
+    // Beside the data directory, so the restored copy moves in by renaming.
+    let work_parent = match options.datadir.as_deref().and_then(Path::parent) {
+        Some(parent) if !options.dry_run && !parent.as_os_str().is_empty() => {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create '{}'", parent.display()), e))?;
+            Some(parent)
+        }
+        _ => None,
+    };
     let builder = tempfile::Builder::new().prefix(".backpipe-restore-").clone();
     let work = match work_parent {
         Some(parent) => builder.tempdir_in(parent),
@@ -383,14 +390,18 @@ impl Restore<'_> {
         let files: Vec<PathBuf> = plan.logs.iter().map(|log| log.path.clone().expect("kept when not dry")).collect();
         let start = full.positions.binlog_pos.unwrap_or(4);
         if full.positions.method == PHYSICAL {
+            // Everything happens in a staging directory beside the data
+            // directory, which changes only once it all succeeded.
             let datadir = self.options.datadir.as_deref().expect("checked at Begin");
             let defaults = self.options.server_defaults.as_deref();
-            place_physical(&self.work.path().join("full"), datadir, defaults, self.options.replace)?;
+            let staged = self.work.path().join("data");
+            prepare_physical(&self.work.path().join("full"), &staged, defaults)?;
             if !files.is_empty() {
-                let server = ScratchServer::start(datadir, self.options.server_defaults.as_deref())?;
+                let server = ScratchServer::start(&staged, defaults)?;
                 replay(&server.client(), "FLUSH PRIVILEGES;\n", &files, start, &plan.until)?;
                 server.stop()?;
             }
+            swap_in(&staged, datadir, self.options.replace)?;
         } else if !files.is_empty() {
             replay(self.client, "", &files, start, &plan.until)?;
         }
@@ -634,9 +645,9 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
     }
 }
 
-/// Prepares an extracted physical backup and moves it into `datadir`; an
-/// existing, non-empty `datadir` is renamed aside first (only with `replace`).
-fn place_physical(extracted: &Path, datadir: &Path, defaults: Option<&Path>, replace: bool) -> Result<()> {
+/// Prepares an extracted physical backup and moves it into `staged`, a new
+/// directory.
+fn prepare_physical(extracted: &Path, staged: &Path, defaults: Option<&Path>) -> Result<()> {
     let target = format!("--target-dir={}", extracted.display());
     // mariadb-backup with the server's option file, if given, for its InnoDB settings.
     let backup_tool = |step: &str, more: &[String]| -> Result<()> {
@@ -648,7 +659,20 @@ fn place_physical(extracted: &Path, datadir: &Path, defaults: Option<&Path>, rep
         Running::spawn("mariadb-backup", command)?.finish().map(drop)
     };
     backup_tool("--prepare", &[])?;
-    if !is_empty_dir(datadir)? {
+    std::fs::create_dir(staged).map_err(|e| Error::io(format!("cannot create '{}'", staged.display()), e))?;
+    backup_tool("--move-back", &[format!("--datadir={}", staged.display())])
+}
+
+/// Puts the restored `staged` directory in place of `datadir`: an empty or
+/// absent one is replaced, a non-empty one renamed aside first (only with
+/// `replace`, and never while a server holds it).
+fn swap_in(staged: &Path, datadir: &Path, replace: bool) -> Result<()> {
+    if is_empty_dir(datadir)? {
+        if datadir.exists() {
+            std::fs::remove_dir(datadir)
+                .map_err(|e| Error::io(format!("cannot replace '{}'", datadir.display()), e))?;
+        }
+    } else {
         if !replace {
             return Err(Error::engine(format!("data directory '{}' is no longer empty", datadir.display())));
         }
@@ -658,6 +682,6 @@ fn place_physical(extracted: &Path, datadir: &Path, defaults: Option<&Path>, rep
             .map_err(|e| Error::io(format!("cannot move '{}' aside", datadir.display()), e))?;
         crate::cli::say(&format!("{TOOL}: moved the old data directory to '{}' (--replace)", aside.display()));
     }
-    std::fs::create_dir_all(datadir).map_err(|e| Error::io(format!("cannot create '{}'", datadir.display()), e))?;
-    backup_tool("--move-back", &[format!("--datadir={}", datadir.display())])
+    std::fs::rename(staged, datadir)
+        .map_err(|e| Error::io(format!("cannot move the restored data into '{}'", datadir.display()), e))
 }
