@@ -281,10 +281,10 @@ impl BackgroundCheck {
         BackgroundCheck { blocks: Some(sender), worker: Some(worker) }
     }
 
-    /// Hands over the next bytes; false once the check has stopped on damage
+    /// Hands over the next block; false once the check has stopped on damage
     /// (which [`finish`](Self::finish) reports).
-    pub fn feed(&mut self, bytes: &[u8]) -> bool {
-        self.blocks.as_ref().is_some_and(|blocks| blocks.send(bytes.to_vec()).is_ok())
+    pub fn feed(&mut self, block: Vec<u8>) -> bool {
+        self.blocks.as_ref().is_some_and(|blocks| blocks.send(block).is_ok())
     }
 
     /// Ends the input and returns what the check found.

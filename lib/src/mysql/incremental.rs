@@ -358,7 +358,7 @@ struct Tee<R> {
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let got = self.inner.read(buf)?;
-        if got > 0 && !self.check.feed(&buf[..got]) {
+        if got > 0 && !self.check.feed(buf[..got].to_vec()) {
             // The check stopped: it found damage, which it reports.
             return Err(std::io::Error::other(CHECK_STOPPED));
         }

@@ -152,8 +152,8 @@ impl Restore<'_> {
                 Kind::Begin => self.begin(frame.parse_json()?)?,
                 Kind::Entry => self.entry(frame.parse_json()?)?,
                 Kind::Data => {
-                    self.data(&frame.payload)?;
                     progress.add(frame.payload.len() as u64);
+                    self.data(frame.payload)?;
                 }
                 Kind::EntryEnd => self.entry_end(frame.parse_json()?)?,
                 Kind::End => self.end(frame.parse_json()?)?,
@@ -286,13 +286,14 @@ impl Restore<'_> {
         Ok(())
     }
 
-    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Passes on one Data frame's payload (a binary log's goes to its check whole, without a copy).
+    fn data(&mut self, bytes: Vec<u8>) -> Result<()> {
         let open = self.open.as_mut().ok_or_else(|| Error::integrity("a Data frame outside an entry"))?;
-        open.hasher.update(bytes);
+        open.hasher.update(&bytes);
         open.size += bytes.len() as u64;
         match &mut open.sink {
             Sink::Pipe(_, stdin) => {
-                if let Err(e) = stdin.write_all(bytes) {
+                if let Err(e) = stdin.write_all(&bytes) {
                     // The tool stopped reading: its own error says why.
                     let sink = self.open.take().expect("open").sink;
                     return Err(finish_sink(sink).err().unwrap_or_else(|| Error::io("cannot pass on the backup", e)));
@@ -300,7 +301,7 @@ impl Restore<'_> {
             }
             Sink::Binlog { file, check, .. } => {
                 if let Some((path, out)) = file {
-                    out.write_all(bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
+                    out.write_all(&bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
                 }
                 if !check.feed(bytes) {
                     let sink = self.open.take().expect("open").sink;
