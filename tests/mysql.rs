@@ -191,6 +191,12 @@ impl Case {
         receipt["snapshot"].as_str().unwrap().to_string()
     }
 
+    /// Runs `dump` into the backup pipeline, which must fail: returns
+    /// stderr, checking that `dump` itself exited with `code`.
+    fn backup_fails(&self, dump: &str, code: i32) -> String {
+        self.fails(&format!("{dump} | {BACKUP} || exit ${{PIPESTATUS[0]}}"), code)
+    }
+
     fn snapshot_count(&self) -> usize {
         self.ok("repo snapshots \"$R\" --key-file k").lines().count()
     }
@@ -373,13 +379,8 @@ fn a_purged_or_damaged_binary_log_fails_the_incremental_and_stores_nothing() {
     bytes[at] ^= 0x10;
     std::fs::write(&damaged, &bytes).unwrap();
     let before = case.snapshot_count();
-    let err = case.fails(
-        &format!(
-            "dump-mysql --incremental --since-receipt receipts {} | {BACKUP} || exit ${{PIPESTATUS[0]}}",
-            source.backup_login()
-        ),
-        4,
-    );
+    let err =
+        case.backup_fails(&format!("dump-mysql --incremental --since-receipt receipts {}", source.backup_login()), 4);
     assert!(err.contains("is damaged at byte") && err.contains("CRC-32"), "{err}");
     assert_eq!(case.snapshot_count(), before, "nothing stored");
     std::fs::write(&damaged, &original).unwrap();
@@ -388,13 +389,8 @@ fn a_purged_or_damaged_binary_log_fails_the_incremental_and_stores_nothing() {
     let current = source.binlogs().last().unwrap().clone();
     source.sql(&format!("PURGE BINARY LOGS TO '{current}'"));
     let logs = source.binlogs();
-    let err = case.fails(
-        &format!(
-            "dump-mysql --incremental --since-receipt receipts {} | {BACKUP} || exit ${{PIPESTATUS[0]}}",
-            source.backup_login()
-        ),
-        5,
-    );
+    let err =
+        case.backup_fails(&format!("dump-mysql --incremental --since-receipt receipts {}", source.backup_login()), 5);
     assert!(err.contains("was purged") && err.contains("take a full backup"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("dump-mysql")).count(), 1, "{err}");
     assert_eq!(source.binlogs(), logs, "no FLUSH on a broken chain");
@@ -442,7 +438,7 @@ fn failures_end_in_one_line_and_store_nothing() {
             "RELOAD",
         ),
     ] {
-        let err = case.fails(&format!("{command} | {BACKUP} || exit ${{PIPESTATUS[0]}}"), 5);
+        let err = case.backup_fails(&command, 5);
         let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("dump-mysql:")).collect();
         assert_eq!(ours.len(), 1, "{what}: {err}");
         assert!(ours[0].contains(cause), "{what}: {err}");
