@@ -211,6 +211,8 @@ fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
             uid: None,
             gid: None,
             target: target.map(|t| RawPath(t.as_bytes().to_vec())),
+            links: None,
+            xattrs: Vec::new(),
             attrs: Default::default(),
         };
         w.write(&Frame::json(Kind::Entry, &entry)).unwrap();
@@ -222,7 +224,7 @@ fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
         let end = EntryEnd { size: content.len() as u64, blake3: blake3::hash(content).to_hex().to_string() };
         w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
     }
-    w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes, positions: Default::default() }))
+    w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes, ..End::default() }))
         .unwrap();
     w.flush().unwrap();
     out

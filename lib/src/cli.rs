@@ -194,7 +194,8 @@ Exit status:
   1  other error (I/O, permissions, unsupported input)
   2  usage error (bad option, missing or unusable key)
   3  incomplete input (truncated, no End frame, or aborted upstream)
-  4  integrity failure (checksum, digest, order or authentication)";
+  4  integrity failure (checksum, digest, order or authentication)
+  6  complete, but the source changed while it was read (dump-files)";
 
 /// The exit status table of the database agents (`dump-*`, `restore-*`).
 pub const ENGINE_EXIT_STATUS_HELP: &str = "\

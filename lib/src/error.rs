@@ -20,6 +20,9 @@ pub enum ErrorKind {
     /// The database server refused or failed: unreachable, wrong login, missing
     /// privilege, purged or damaged logs, a restore target that is not empty.
     Engine,
+    /// Not a failure of the output: it is complete, but its source changed
+    /// while it was read (files vanished, were replaced or were written to).
+    Changed,
 }
 
 impl ErrorKind {
@@ -31,6 +34,7 @@ impl ErrorKind {
             ErrorKind::Incomplete => 3,
             ErrorKind::Integrity => 4,
             ErrorKind::Engine => 5,
+            ErrorKind::Changed => 6,
         }
     }
 }
@@ -72,6 +76,11 @@ impl Error {
     /// A failure of the database server or its data (exit status 5).
     pub fn engine(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Engine, message)
+    }
+
+    /// A complete output whose source changed while it was read (exit status 6).
+    pub fn changed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Changed, message)
     }
 
     /// Wraps an I/O error with what was being done when it happened. An I/O

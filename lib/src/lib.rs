@@ -25,6 +25,7 @@ pub mod reader;
 pub mod repo;
 pub mod source;
 pub mod unpack;
+pub mod xattr;
 pub mod writer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -59,6 +59,9 @@ pub enum EntryType {
     Dir,
     /// A symbolic link: no Data frames; the target is in the metadata.
     Symlink,
+    /// A further name of a file stored earlier in the same stream (a hard
+    /// link): no Data frames; the earlier entry's path is the target.
+    Hardlink,
 }
 
 /// A path as raw bytes; UTF-8 paths serialize as JSON strings, others as `{"hex": "..."}`.
@@ -122,12 +125,31 @@ pub struct Entry {
     /// Numeric group, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
-    /// A symlink's target, verbatim.
+    /// A symlink's target, verbatim; for a hard link, the path of the
+    /// earlier entry it is another name of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RawPath>,
+    /// A file's number of names at the source, when it had more than one:
+    /// later entries of the stream may be hard links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<u64>,
+    /// Extended attributes (POSIX ACLs and file capabilities among them), in
+    /// the order the source listed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
     /// Engine-specific attributes (page size, log generation, checksums verified).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub attrs: Map<String, Value>,
+}
+
+/// One extended attribute: its full name (`user.mime_type`,
+/// `system.posix_acl_access`, `security.capability`) and its value, hex.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Xattr {
+    /// The attribute's name, namespace included.
+    pub name: RawPath,
+    /// The value's bytes as lowercase hex.
+    pub value: String,
 }
 
 /// Payload of an EntryEnd frame: what the producer actually sent for the entry.
@@ -140,7 +162,7 @@ pub struct EntryEnd {
 }
 
 /// Payload of the End frame that closes a complete stream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct End {
     /// Number of entries in the stream.
     pub entries: u64,
@@ -150,6 +172,23 @@ pub struct End {
     /// physical backup became consistent; they add to (and override) Begin's.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub positions: Map<String, Value>,
+    /// How many things changed while the source read them (files that
+    /// vanished, were replaced or were written to): the stream is complete,
+    /// but not a snapshot of one instant. Zero for a consistent read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changed: u64,
+    /// The first of those changes, one line each (at most [`End::MAX_WARNINGS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl End {
+    /// The most change warnings an End frame carries; `changed` counts them all.
+    pub const MAX_WARNINGS: usize = 100;
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Payload of an Abort frame: why the stream is incomplete.

@@ -35,6 +35,8 @@ fn plain_stream(files: &[Vec<u8>]) -> Vec<u8> {
             uid: None,
             gid: None,
             target: None,
+            links: None,
+            xattrs: Vec::new(),
             attrs: Default::default(),
         };
         w.write(&Frame::json(Kind::Entry, &entry)).unwrap();
@@ -45,7 +47,7 @@ fn plain_stream(files: &[Vec<u8>]) -> Vec<u8> {
         w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
         total += content.len() as u64;
     }
-    w.write(&Frame::json(Kind::End, &End { entries: files.len() as u64, bytes: total, positions: Default::default() }))
+    w.write(&Frame::json(Kind::End, &End { entries: files.len() as u64, bytes: total, ..End::default() }))
         .unwrap();
     w.flush().unwrap();
     out
@@ -87,7 +89,7 @@ fn run_everything(input: &[u8]) -> Vec<(&'static str, bool)> {
     let decryptor = Some(Decryptor::new(Secret::Key(key())));
     results.push(("inspect with key", inspect(input, std::io::sink(), &options, decryptor).is_ok()));
     let dir = tempfile::tempdir().unwrap();
-    let options = UnpackOptions { dir: dir.path().join("out"), force: false, verbose: false };
+    let options = UnpackOptions { dir: dir.path().join("out"), force: false, verbose: false, xattrs: true };
     results.push(("unpack", unpack(input, &options).is_ok()));
     results
 }
@@ -156,7 +158,7 @@ proptest! {
         let mut joined = Vec::new();
         backpipe::filter::run("chunk -d", Joiner, &unsqueezed[..], &mut joined).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let summary = unpack(&joined[..], &UnpackOptions { dir: dir.path().to_path_buf(), force: false, verbose: false }).unwrap();
+        let summary = unpack(&joined[..], &UnpackOptions { dir: dir.path().to_path_buf(), force: false, verbose: false, xattrs: true }).unwrap();
         prop_assert_eq!(summary.entries, files.len() as u64);
         for (i, content) in files.iter().enumerate() {
             prop_assert_eq!(&std::fs::read(dir.path().join(format!("f{i}"))).unwrap(), content);

@@ -86,7 +86,7 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
             return Err(Error::engine("mariadb-dump exited without error but its dump does not end as complete"));
         }
         progress.finish();
-        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, positions: Default::default() }))
+        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, ..End::default() }))
     })
 }
 
@@ -126,7 +126,7 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
         let mut end_positions = positions.to_map();
         // Only what the end adds: the rest is in Begin.
         end_positions.retain(|key, _| matches!(key.as_str(), "binlog_file" | "binlog_pos" | "gtid" | "consistent_at"));
-        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, positions: end_positions }))
+        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, positions: end_positions, ..End::default() }))
     })
 }
 
@@ -148,6 +148,8 @@ pub(crate) fn write_entry<W: Write>(writer: &mut SourceWriter<W>, path: &str, ro
         uid: None,
         gid: None,
         target: None,
+        links: None,
+        xattrs: Vec::new(),
         attrs: Default::default(),
     };
     writer.write(&Frame::json(Kind::Entry, &entry))

@@ -11,6 +11,7 @@
 //! left by a killed run are removed by the next run on the same target.
 
 mod paths;
+mod remove;
 mod stage;
 
 use std::io::Read;
@@ -33,6 +34,8 @@ pub struct UnpackOptions {
     pub force: bool,
     /// Print each entry's path on stderr as it is committed.
     pub verbose: bool,
+    /// Restore extended attributes (ACLs and capabilities included).
+    pub xattrs: bool,
 }
 
 /// What an unpack run wrote.
@@ -51,7 +54,9 @@ pub struct UnpackSummary {
 pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary> {
     std::fs::create_dir_all(&options.dir)
         .map_err(|e| Error::io(format!("cannot create '{}'", options.dir.display()), e))?;
-    stage::remove_stale(&options.dir);
+    for note in remove::remove_stale(&options.dir) {
+        crate::cli::say(&format!("unpack: {note}"));
+    }
     let progress = Progress::for_stage("unpack");
     let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
     let mut summary = UnpackSummary::default();
@@ -59,7 +64,7 @@ pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary
     while let Some(item) = reader.next_item()? {
         let frame = match item {
             Item::Start(_) => {
-                stage = Some(Stage::new(&options.dir, summary.streams, options.force)?);
+                stage = Some(Stage::new(&options.dir, summary.streams, options.force, options.xattrs)?);
                 continue;
             }
             Item::Frame(frame) => frame,

@@ -14,9 +14,10 @@ use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
 use super::paths::{self, lossy, STAGING_PREFIX};
+use super::remove::{describe_mounts, mounts_under, remove_tree};
 use crate::error::{Error, Result};
 use crate::format::Frame;
-use crate::meta::{Entry, EntryEnd, EntryType};
+use crate::meta::{Entry, EntryEnd, EntryType, Xattr};
 
 /// Zero blocks at least this long are skipped with a seek, keeping sparse files sparse.
 const HOLE_MIN: usize = 4096;
@@ -26,6 +27,7 @@ struct OpenDir {
     name: Vec<u8>,
     mode: u32,
     mtime: TimeSpec,
+    xattrs: Vec<Xattr>,
 }
 
 /// The entry being written.
@@ -49,6 +51,11 @@ pub struct Stage {
     root: PathBuf,
     target: PathBuf,
     force: bool,
+    /// Restore extended attributes.
+    xattrs: bool,
+    /// Files of this stream that had several names at the source: the only
+    /// entries a hard link may name.
+    link_targets: HashSet<Vec<u8>>,
     /// Directories this stream created, by stream name: the only parents allowed.
     dirs: HashSet<Vec<u8>>,
     /// Top-level names, in order, to move into the target at commit.
@@ -79,45 +86,9 @@ fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
-/// Removes a file or a whole tree, first making directories writable so
-/// read-only ones restored from a stream do not stop it. Symlinks are never followed.
-pub fn remove_tree(path: &Path) -> std::io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        return std::fs::remove_file(path);
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    for child in std::fs::read_dir(path)? {
-        remove_tree(&child?.path())?;
-    }
-    std::fs::remove_dir(path)
-}
-
-/// Removes staging directories left in `target` by unpack runs that were
-/// killed (their process no longer exists).
-pub fn remove_stale(target: &Path) {
-    let Ok(listing) = std::fs::read_dir(target) else { return };
-    for child in listing.flatten() {
-        let name = child.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else { continue };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
-        let alive = pid.is_some_and(|pid| {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-                .map_or_else(|e| e != nix::errno::Errno::ESRCH, |()| true)
-        });
-        if !alive && remove_tree(&child.path()).is_ok() {
-            crate::cli::say(&format!("unpack: removed '{}' left by an interrupted run", child.path().display()));
-        }
-    }
-}
-
 impl Stage {
     /// A fresh staging directory for stream `number` inside `target`.
-    pub fn new(target: &Path, number: u64, force: bool) -> Result<Stage> {
+    pub fn new(target: &Path, number: u64, force: bool, xattrs: bool) -> Result<Stage> {
         let root = target.join(format!("{STAGING_PREFIX}{}-{number}", std::process::id()));
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -127,6 +98,8 @@ impl Stage {
             root,
             target: target.to_path_buf(),
             force,
+            xattrs,
+            link_targets: HashSet::new(),
             dirs: HashSet::new(),
             tops: Vec::new(),
             tops_seen: HashSet::new(),
@@ -176,7 +149,44 @@ impl Stage {
             } else {
                 self.top_modes.push((dir.name.clone(), dir.mode));
             }
+            if !dir.xattrs.is_empty() {
+                let opened = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(|e| Error::io(format!("cannot open directory '{}'", lossy(&dir.name)), e))?;
+                self.set_xattrs(&opened, &dir.name, &dir.xattrs)?;
+            }
             set_times(&path, &dir.name, &dir.mtime)?;
+        }
+        Ok(())
+    }
+
+    /// Sets an entry's extended attributes on its open file or directory.
+    /// Without root, attributes only root may set (`trusted.*`,
+    /// `security.*`: capabilities) are left out, as owners are; any other
+    /// refusal fails the restore, which would not be exact.
+    fn set_xattrs(&self, file: &File, name: &[u8], xattrs: &[Xattr]) -> Result<()> {
+        use crate::xattr::{needs_privilege, set, SetError};
+        if !self.xattrs {
+            return Ok(());
+        }
+        for attribute in xattrs.iter().filter(|a| self.is_root || !needs_privilege(a)) {
+            set(std::os::fd::AsFd::as_fd(file), attribute).map_err(|e| match e {
+                SetError::Malformed => Error::integrity(format!(
+                    "entry '{}' has a malformed extended attribute '{}'",
+                    lossy(name),
+                    attribute.name.display()
+                )),
+                SetError::Refused(e) => Error::io(
+                    format!(
+                        "cannot set extended attribute '{}' of '{}' (use --no-xattrs to restore without them)",
+                        attribute.name.display(),
+                        lossy(name)
+                    ),
+                    e,
+                ),
+            })?;
         }
         Ok(())
     }
@@ -223,7 +233,8 @@ impl Stage {
                 if !self.dirs.contains(&name) {
                     self.make_dir(&name, 0o700)?;
                 }
-                self.open_dirs.push(OpenDir { name: name.clone(), mode: entry.mode, mtime });
+                let xattrs = entry.xattrs.clone();
+                self.open_dirs.push(OpenDir { name: name.clone(), mode: entry.mode, mtime, xattrs });
             }
             EntryType::Symlink => {
                 let Some(link) = &entry.target else {
@@ -232,6 +243,16 @@ impl Stage {
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link.0), &path)
                     .map_err(|e| Error::io(format!("cannot create symlink '{}'", lossy(&name)), e))?;
                 set_times(&path, &name, &mtime)?;
+            }
+            EntryType::Hardlink => {
+                let Some(first) = entry.target.as_ref().filter(|t| self.link_targets.contains(&t.0)) else {
+                    return Err(Error::integrity(format!(
+                        "hard link '{}' does not name a file with several names stored earlier in the stream",
+                        lossy(&name)
+                    )));
+                };
+                nix::unistd::linkat(None, &self.path(&first.0), None, &path, nix::fcntl::AtFlags::empty())
+                    .map_err(|e| Error::other(format!("cannot create hard link '{}': {}", lossy(&name), e.desc())))?;
             }
             EntryType::File => {
                 let created = OpenOptions::new()
@@ -278,6 +299,11 @@ impl Stage {
                 open.written, end.size
             )));
         }
+        if open.entry.entry_type == EntryType::Hardlink {
+            // Another name of a file already finished: nothing of its own to set.
+            self.totals.0 += 1;
+            return Ok(());
+        }
         // Owner first: changing it clears setuid and setgid, which the mode then restores.
         let mut mode = open.entry.mode;
         if self.is_root {
@@ -293,8 +319,14 @@ impl Stage {
             let mtime = system_time(open.entry.mtime, open.entry.mtime_ns);
             file.set_len(open.written)
                 .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)))
-                .and_then(|()| file.set_times(std::fs::FileTimes::new().set_modified(mtime).set_accessed(mtime)))
                 .map_err(|e| Error::io(format!("cannot finish '{name}'"), e))?;
+            // After the owner and mode: a new owner clears file capabilities.
+            self.set_xattrs(&file, &open.entry.path.0, &open.entry.xattrs)?;
+            file.set_times(std::fs::FileTimes::new().set_modified(mtime).set_accessed(mtime))
+                .map_err(|e| Error::io(format!("cannot finish '{name}'"), e))?;
+            if open.entry.links.is_some_and(|n| n > 1) {
+                self.link_targets.insert(open.entry.path.0.clone());
+            }
         }
         self.totals.0 += 1;
         self.totals.1 += open.written;
@@ -309,6 +341,9 @@ impl Stage {
         let staged = File::open(&self.root).map_err(|e| Error::io("cannot open the staging directory", e))?;
         nix::unistd::syncfs(staged.as_raw_fd())
             .map_err(|e| Error::other(format!("cannot flush unpacked files to disk: {}", e.desc())))?;
+        if self.force {
+            self.refuse_mounts()?;
+        }
         let mut moved: Vec<(Vec<u8>, Moved)> = Vec::new();
         for name in &self.tops {
             match self.move_into_place(name) {
@@ -337,7 +372,44 @@ impl Stage {
                 crate::cli::say(&self.target_path(name).display().to_string());
             }
         }
-        // Whatever was swapped out is now in the staging directory, removed on drop.
+        // Whatever was swapped out is now in the staging directory.
+        let replaced: Vec<&[u8]> =
+            moved.iter().filter(|(_, how)| matches!(how, Moved::Exchanged)).map(|(name, _)| &name[..]).collect();
+        let kept = |why: String| {
+            Error::other(format!(
+                "{} restored, but {why}; the replaced tree is in '{}'",
+                self.tops.iter().map(|n| format!("'{}'", lossy(n))).collect::<Vec<_>>().join(", "),
+                self.root.display()
+            ))
+        };
+        match remove_tree(&self.root) {
+            Ok(left) if left.is_empty() => Ok(()),
+            Ok(left) => Err(kept(format!(
+                "the tree it replaced held {}, which unpack did not enter: unmount, then remove it",
+                describe_mounts(&left)
+            ))),
+            Err(e) if replaced.is_empty() => Err(Error::io("cannot remove the staging directory", e)),
+            Err(e) => Err(kept(format!("cannot remove the tree it replaced: {e}"))),
+        }
+    }
+
+    /// Refuses, before anything moves, to replace a directory that holds a
+    /// mount point: the tree swapped out would take the mount with it.
+    fn refuse_mounts(&self) -> Result<()> {
+        for name in &self.tops {
+            let existing = self.target_path(name);
+            if !std::fs::symlink_metadata(&existing).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            let mounts = mounts_under(&existing);
+            if !mounts.is_empty() {
+                return Err(Error::other(format!(
+                    "'{}' holds {}; --force will not replace a tree with a file system mounted inside: unmount it, or unpack elsewhere (nothing was changed)",
+                    existing.display(),
+                    describe_mounts(&mounts)
+                )));
+            }
+        }
         Ok(())
     }
 
