@@ -7,9 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use backpipe::format::{Frame, Kind};
-use backpipe::meta::{Begin, End, Entry, EntryEnd, EntryType, RawPath};
-use backpipe::writer::StreamWriter;
+use backpipe::meta::EntryType;
 use common::*;
 
 /// A tree with the awkward cases: empty files, one byte, sizes on and around
@@ -188,46 +186,6 @@ fn unpack_refuses_to_overwrite_without_force() {
     // No staging directory is left behind.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("tree")]);
-}
-
-/// Writes a plain stream with the given entries (path, type, symlink target);
-/// files hold five bytes.
-fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut w = StreamWriter::new(&mut out);
-    w.start([9; 16]).unwrap();
-    let begin = Begin::now("forger", "files", "full");
-    w.write(&Frame::json(Kind::Begin, &begin)).unwrap();
-    let mut bytes = 0;
-    for (path, entry_type, target) in entries {
-        let entry = Entry {
-            path: RawPath(path.as_bytes().to_vec()),
-            entry_type: *entry_type,
-            role: "file".into(),
-            size: 0,
-            mode: 0o644,
-            mtime: 1_700_000_000,
-            mtime_ns: 0,
-            uid: None,
-            gid: None,
-            target: target.map(|t| RawPath(t.as_bytes().to_vec())),
-            links: None,
-            xattrs: Vec::new(),
-            attrs: Default::default(),
-        };
-        w.write(&Frame::json(Kind::Entry, &entry)).unwrap();
-        let content: &[u8] = if *entry_type == EntryType::File { b"pwned" } else { b"" };
-        if !content.is_empty() {
-            w.write(&Frame::plain(Kind::Data, content.to_vec())).unwrap();
-        }
-        bytes += content.len() as u64;
-        let end = EntryEnd { size: content.len() as u64, blake3: blake3::hash(content).to_hex().to_string() };
-        w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
-    }
-    w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes, ..End::default() }))
-        .unwrap();
-    w.flush().unwrap();
-    out
 }
 
 #[test]

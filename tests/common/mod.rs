@@ -7,7 +7,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use backpipe::format::Frame;
+use backpipe::format::{Frame, Kind};
+use backpipe::meta::{Begin, End, Entry, EntryEnd, EntryType, RawPath};
 use backpipe::reader::{Item, StreamReader};
 use backpipe::writer::StreamWriter;
 
@@ -177,4 +178,75 @@ pub fn frames_of(stream: &[u8]) -> Vec<Frame> {
         }
     }
     frames
+}
+
+/// Writes a plain stream with the given entries (path, type, symlink target);
+/// files hold five bytes.
+pub fn forged_stream(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::new(&mut out);
+    w.start([9; 16]).unwrap();
+    let begin = Begin::now("forger", "files", "full");
+    w.write(&Frame::json(Kind::Begin, &begin)).unwrap();
+    let mut bytes = 0;
+    for (path, entry_type, target) in entries {
+        let entry = Entry {
+            path: RawPath(path.as_bytes().to_vec()),
+            entry_type: *entry_type,
+            role: "file".into(),
+            size: 0,
+            mode: 0o644,
+            mtime: 1_700_000_000,
+            mtime_ns: 0,
+            uid: None,
+            gid: None,
+            target: target.map(|t| RawPath(t.as_bytes().to_vec())),
+            links: None,
+            xattrs: Vec::new(),
+            attrs: Default::default(),
+        };
+        w.write(&Frame::json(Kind::Entry, &entry)).unwrap();
+        let content: &[u8] = if *entry_type == EntryType::File { b"pwned" } else { b"" };
+        if !content.is_empty() {
+            w.write(&Frame::plain(Kind::Data, content.to_vec())).unwrap();
+        }
+        bytes += content.len() as u64;
+        let end = EntryEnd { size: content.len() as u64, blake3: blake3::hash(content).to_hex().to_string() };
+        w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
+    }
+    w.write(&Frame::json(Kind::End, &End { entries: entries.len() as u64, bytes, ..End::default() })).unwrap();
+    w.flush().unwrap();
+    out
+}
+
+/// A mount made for one test (the tests run as root), undone when dropped.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// A tmpfs of `size` at `dir` (created if missing).
+    pub fn tmpfs(dir: &Path, size: &str) -> Mount {
+        Mount::run(dir, &format!("mkdir -p '{0}' && mount -t tmpfs -o size={size} tmpfs '{0}'", dir.display()))
+    }
+
+    /// `dir` bind-mounted onto itself, read-only.
+    pub fn read_only(dir: &Path) -> Mount {
+        Mount::run(dir, &format!("mount --bind '{0}' '{0}' && mount -o remount,ro,bind '{0}'", dir.display()))
+    }
+
+    /// Directory `from` bind-mounted at `at` (created if missing).
+    pub fn bind(from: &Path, at: &Path) -> Mount {
+        Mount::run(at, &format!("mkdir -p '{1}' && mount --bind '{0}' '{1}'", from.display(), at.display()))
+    }
+
+    fn run(dir: &Path, script: &str) -> Mount {
+        let out = sh(Path::new("/"), script);
+        assert!(out.status.success(), "mounting needs root: {}", String::from_utf8_lossy(&out.stderr));
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = sh(Path::new("/"), &format!("umount '{}'", self.0.display()));
+    }
 }
