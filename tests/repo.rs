@@ -184,6 +184,8 @@ on_every_backend!(
     forged_chunks_summaries_and_references_are_refused,
     repository_files_hold_no_plaintext,
     a_write_only_key_ships_and_deduplicates_but_reads_nothing,
+    selectors_honour_host_and_engine,
+    a_damaged_newest_snapshot_is_never_skipped,
 );
 
 fn ship_and_fetch_round_trip_and_deduplicate(backend: Backend) {
@@ -492,8 +494,11 @@ fn forged_chunks_summaries_and_references_are_refused(backend: Backend) {
     let forged = "snapshots/00000000000000000000000000000000";
     storage.create(forged, &spliced).unwrap();
     let out = case.run(r#"repo snapshots "$R" --key-file k"#);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    assert_eq!(out.status.code(), Some(4), "a snapshot that cannot be read is never hidden");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(listed.contains("00000000000000000000000000000000  damaged: "), "{listed}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 snapshot cannot be read"));
     let err = case.fails(r#"repo check "$R" --key-file k"#, 4);
     assert!(err.contains("00000000000000000000000000000000"), "{err}");
     storage.remove(forged).unwrap();
@@ -583,6 +588,246 @@ fn a_write_only_key_ships_and_deduplicates_but_reads_nothing(backend: Backend) {
         assert!(!bytes.windows(9).any(|w| w == b"\"transit\""), "{name} holds a transit copy");
     }
     assert_eq!(case.snapshot_count(), 4, "{full}");
+}
+
+impl Case {
+    /// Ships the tree `what` as host `host` (its own UTS namespace with that
+    /// host name; the tests run as root) and returns the receipt.
+    fn ship_as(&self, host: &str, what: &str) -> serde_json::Value {
+        let script =
+            format!("unshare --uts bash -c 'set -euo pipefail; hostname {host}; dump-files {what} | {BACKUP}'");
+        let receipt: serde_json::Value = serde_json::from_slice(&self.ok(&script)).expect("one JSON receipt");
+        assert_eq!(receipt["host"], host, "{receipt}");
+        receipt
+    }
+}
+
+/// The ID in a receipt.
+fn id_of(receipt: &serde_json::Value) -> &str {
+    receipt["snapshot"].as_str().expect("a receipt names its snapshot")
+}
+
+/// Asserts every line on stderr comes from the tool itself (prefixed with
+/// its name, `repo: ` or `repo forget: `): library code prints nothing of its own.
+fn all_prefixed(stderr: &str, tool: &str) {
+    for line in stderr.lines() {
+        let prefix = line.split(": ").next().unwrap_or_default();
+        assert!(prefix.split(' ').next() == Some(tool), "a line without the tool's name: {line}\n{stderr}");
+    }
+}
+
+fn selectors_honour_host_and_engine(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    put(&dir.join("web1/data"), b"the first web server", 0o644, 1_700_000_000);
+    put(&dir.join("web2/data"), b"the second web server", 0o644, 1_700_000_000);
+    let web1 = case.ship_as("web1", "web1");
+    let web2 = case.ship_as("web2", "web2");
+    // `latest` of a host is that host's newest backup, though another host shipped later.
+    case.restore("latest --host web1", "out");
+    assert_eq!(std::fs::read(dir.join("out/web1/data")).unwrap(), b"the first web server");
+    case.restore("latest --host web1 --engine files", "out");
+    assert!(dir.join("out/web1").exists() && !dir.join("out/web2").exists());
+    case.restore("latest --host web2", "out");
+    assert_eq!(std::fs::read(dir.join("out/web2/data")).unwrap(), b"the second web server");
+    // Without a host, `latest` and --until refuse to choose between machines, and name them.
+    for select in ["latest", "latest --engine files", "--until 2999-01-01"] {
+        let err = case.fails(&format!(r#"fetch "$R" {select} --key-file k > /dev/null"#), 2);
+        assert!(err.contains("web1") && err.contains("web2") && err.contains("--host"), "{select}: {err}");
+        all_prefixed(&err, "fetch");
+    }
+    case.ok(&format!(r#"fetch "$R" --until 2999-01-01 --host web1 --key-file k | {RESTORE} | unpack until"#));
+    assert!(dir.join("until/web1/data").exists() && !dir.join("until/web2").exists());
+    // An ID of another host's or engine's backup than those asked for is refused, naming what it is.
+    let err = case.fails(&format!(r#"fetch "$R" {} --host web1 --key-file k > /dev/null"#, &id_of(&web2)[..10]), 2);
+    assert!(err.contains(id_of(&web2)) && err.contains("'web2'") && err.contains("'files'"), "{err}");
+    let err = case.fails(&format!(r#"fetch "$R" {} --engine mysql --key-file k > /dev/null"#, id_of(&web1)), 2);
+    assert!(err.contains("'web1'") && err.contains("'files'"), "{err}");
+    case.restore(&format!("{} --host web1 --engine files", id_of(&web1)), "out");
+    assert!(dir.join("out/web1/data").exists());
+    let err = case.fails(r#"fetch "$R" latest --host web3 --key-file k > /dev/null"#, 2);
+    assert!(err.contains("no snapshot of host 'web3'"), "{err}");
+    // With one host only, `latest` needs no filter.
+    case.ok(&format!(r#"repo forget "$R" {} --key-file k 2>/dev/null"#, id_of(&web2)));
+    case.restore("latest", "out");
+    assert!(dir.join("out/web1/data").exists());
+}
+
+fn a_damaged_newest_snapshot_is_never_skipped(backend: Backend) {
+    let case = Case::new(backend);
+    let dir = case.path();
+    let mut receipts = Vec::new();
+    for version in ["one", "two", "three"] {
+        put(&dir.join("db/v"), format!("version {version}").as_bytes(), 0o644, 1_700_000_000);
+        receipts.push(case.ship("db"));
+    }
+    let (oldest, older, newest) = (id_of(&receipts[0]), id_of(&receipts[1]), id_of(&receipts[2]));
+    // One byte of the newest snapshot's sealed summary is overwritten.
+    let name = format!("snapshots/{newest}");
+    let mut bytes = case.storage().read(&name).unwrap();
+    bytes[20] ^= 0x55;
+    case.overwrite(&name, &bytes);
+
+    // `latest` and --until could mean it: they fail, naming it, and restore nothing.
+    for select in ["latest", "--until 2999-01-01", "latest --host nosuch"] {
+        let out = case.run(&format!(r#"fetch "$R" {select} --key-file k | {RESTORE} | unpack out"#));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(newest), "{select}: the pipeline fails: {err}");
+        assert!(!dir.join("out/db").exists(), "{select}: nothing restored");
+        let err = case.fails(&format!(r#"fetch "$R" {select} --key-file k > /dev/null"#), 4);
+        assert!(err.contains(newest) && err.contains("repo check") && err.contains("repo forget"), "{err}");
+        all_prefixed(&err, "fetch");
+    }
+    // Its ID fails with the same status; another snapshot's ID still works.
+    let err = case.fails(&format!(r#"fetch "$R" {} --key-file k > /dev/null"#, &newest[..12]), 4);
+    assert!(err.contains(newest) && err.contains("cannot be read"), "{err}");
+    case.restore(older, "out");
+    assert_eq!(std::fs::read(dir.join("out/db/v")).unwrap(), b"version two");
+
+    // Listings show it whatever the filters, and end with status 4.
+    for filters in ["", "--host nosuch --kind full"] {
+        let out = case.run(&format!(r#"repo snapshots "$R" {filters} --key-file k"#));
+        assert_eq!(out.status.code(), Some(4));
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(listed.lines().any(|l| l.starts_with(&format!("{newest}  damaged: "))), "{listed}");
+        assert_eq!(listed.lines().count(), if filters.is_empty() { 3 } else { 1 }, "{listed}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("1 snapshot cannot be read; run `repo check`"), "{err}");
+        all_prefixed(&err, "repo");
+    }
+    let out = case.run(r#"repo snapshots "$R" --json --key-file k"#);
+    assert_eq!(out.status.code(), Some(4));
+    let damaged: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("damaged").is_some())
+        .collect();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0]["snapshot"], newest);
+
+    // Rules never remove it: they do their work on the others, name it, and end with status 4.
+    let out = case.run(r#"repo forget "$R" --keep-last 1 --key-file k"#);
+    let (listed, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains(newest) && err.contains("cannot be read"), "{err}");
+    all_prefixed(&err, "repo");
+    assert!(listed.contains(&format!("remove {oldest}")) && listed.contains(&format!("keep   {older}")), "{listed}");
+    assert!(listed.contains(&format!("keep   {newest}  (damaged: ")), "{listed}");
+    assert!(case.storage().exists(&name).unwrap());
+    assert!(!case.storage().exists(&format!("snapshots/{oldest}")).unwrap());
+
+    // Named, it is removed: a dry run first, then for real; then everything works again.
+    let err = case.fails(&format!(r#"repo forget "$R" {newest} --keep-last 1 --key-file k"#), 2);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let decisions = case.ok(&format!(r#"repo forget "$R" {} --dry-run --json --key-file k 2>/dev/null"#, &newest[..8]));
+    let decision: serde_json::Value = serde_json::from_slice(&decisions).unwrap();
+    assert_eq!((&decision["id"], &decision["keep"]), (&serde_json::json!(newest), &serde_json::json!(false)));
+    assert!(decision["damaged"].is_string(), "{decision}");
+    assert!(case.storage().exists(&name).unwrap(), "a dry run removes nothing");
+    let listed = String::from_utf8(case.ok(&format!(r#"repo forget "$R" {newest} --key-file k 2>/dev/null"#))).unwrap();
+    assert!(listed.starts_with(&format!("remove {newest}  (damaged: ")), "{listed}");
+    assert!(!case.storage().exists(&name).unwrap());
+    assert_eq!(case.snapshot_count(), 1);
+    case.restore("latest", "out");
+    assert_eq!(std::fs::read(dir.join("out/db/v")).unwrap(), b"version two");
+    case.ok(r#"repo check "$R" --key-file k 2>/dev/null"#);
+}
+
+/// Hostile option values: no tool panics (exit status 101), and values out
+/// of range are usage errors. Times under TZ=Europe/Berlin (tzdata).
+mod hostile_options {
+    use super::*;
+
+    #[test]
+    fn no_option_value_makes_a_tool_panic() {
+        let case = Case::new(Backend::Local);
+        put(&case.path().join("db/data"), b"content", 0o644, 1_700_000_000);
+        case.ship("db");
+        let k = "--key-file k";
+        for (command, status) in [
+            (format!(r#"repo forget "$R" --keep-within 300000y {k}"#), 2),
+            (format!(r#"repo forget "$R" --keep-within 1001y {k}"#), 2),
+            (format!(r#"repo forget "$R" --keep-within 99999999999999999999999y {k}"#), 2),
+            (format!(r#"repo forget "$R" --keep-within 9223372036854775807m {k}"#), 2),
+            (format!(r#"repo forget "$R" --keep-within '' {k}"#), 2),
+            (format!(r#"repo forget "$R" --keep-within=-5d {k}"#), 2),
+            (format!(r#"repo forget "$R" --keep-within 1000y --dry-run {k}"#), 0),
+            (format!(r#"repo forget "$R" --keep-last 99999999999999999999 {k}"#), 2),
+            (
+                format!(
+                    r#"repo forget "$R" --keep-last 18446744073709551615 --keep-daily 18446744073709551615 --dry-run {k}"#
+                ),
+                0,
+            ),
+            (format!(r#"repo forget "$R" '' {k}"#), 2),
+            (format!(r#"repo prune "$R" --grace 300000y {k}"#), 2),
+            (format!(r#"repo prune "$R" --grace '' {k}"#), 2),
+            (format!(r#"repo prune "$R" --grace 1000y --dry-run {k}"#), 0),
+            (format!(r#"fetch "$R" --until 99999-01-01 {k}"#), 2),
+            (format!(r#"fetch "$R" --until +99999-01-01 {k}"#), 2),
+            (format!(r#"fetch "$R" --until=-5000-01-01 {k}"#), 2),
+            (format!(r#"fetch "$R" --until '' {k}"#), 2),
+            (format!(r#"fetch "$R" --until '0000-01-01T00:30:00+01:00' {k}"#), 2),
+            (format!(r#"fetch "$R" '' {k}"#), 2),
+            (format!(r#"fetch "$R" latest --host '' {k}"#), 2),
+            (format!(r#"repo snapshots "$R" --since 99999-01-01 {k}"#), 2),
+            (format!(r#"repo snapshots "$R" --since +99999-01-01T00:00:00Z {k}"#), 2),
+            (format!(r#"repo snapshots "$R" --until=-5000-01-01 {k}"#), 2),
+            (format!(r#"repo snapshots "$R" --since '' {k}"#), 2),
+            (format!(r#"repo snapshots "$R" --since 0000-01-01T00:00:00Z --until 9999-12-31T23:59:59Z {k}"#), 0),
+            (format!("repo init R2 --min-size 99999999999G {k}"), 2),
+            (format!("repo init R2 --avg-size 0 {k}"), 2),
+            (format!("repo init R2 --max-size 18446744073709551615 {k}"), 2),
+            (format!("repo init R2 --min-size '' {k}"), 2),
+            (format!("repo init '' {k}"), 2),
+            ("chunk --min-size 99999999999G".to_string(), 2),
+            ("chunk --max-size 16383P".to_string(), 2),
+            ("chunk --avg-size 0".to_string(), 2),
+            ("squeeze -l 99999".to_string(), 2),
+            ("restore-mysql --until 99999-01-01 --dry-run".to_string(), 2),
+            ("restore-mysql --until=-5000-01-01 --dry-run".to_string(), 2),
+        ] {
+            let out = case.run(&format!("{command} < /dev/null > /dev/null"));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_ne!(out.status.code(), Some(101), "{command} panicked: {err}");
+            assert_eq!(out.status.code(), Some(status), "{command}: {err}");
+        }
+    }
+
+    #[test]
+    fn local_times_skipped_or_repeated_by_daylight_saving_are_named() {
+        let case = Case::new(Backend::Local);
+        put(&case.path().join("db/data"), b"content", 0o644, 1_700_000_000);
+        case.ship("db");
+        for tool in [r#"fetch "$R" --key-file k --until"#, r#"repo snapshots "$R" --key-file k --since"#] {
+            let err = case.fails(&format!("TZ=Europe/Berlin {tool} '2026-03-29 02:30' > /dev/null"), 2);
+            assert!(err.contains("does not exist") && err.contains("skipped") && err.contains("RFC 3339"), "{err}");
+            assert!(err.contains("2026-03-29T02:30:00+01:00"), "{err}");
+            let err = case.fails(&format!("TZ=Europe/Berlin {tool} '2026-10-25 02:30' > /dev/null"), 2);
+            assert!(err.contains("happened twice"), "{err}");
+            assert!(err.contains("2026-10-25T00:30:00Z") && err.contains("2026-10-25T01:30:00Z"), "{err}");
+            // The times either side, and the repeated one with its offset, are accepted
+            // (`fetch` may find no backup that early: status 1).
+            for time in ["2026-03-29 01:59", "2026-03-29 03:00", "2026-10-25T02:30:00+01:00"] {
+                let out = case.run(&format!("TZ=Europe/Berlin {tool} '{time}' > /dev/null"));
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(matches!(out.status.code(), Some(0 | 1)), "{time}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn inspect_shows_setuid_setgid_and_sticky_bits() {
+        let dir = scratch();
+        put(&dir.path().join("t/suid"), b"x", 0o4755, 1_700_000_000);
+        put(&dir.path().join("t/sgid"), b"x", 0o2644, 1_700_000_000);
+        std::fs::create_dir(dir.path().join("t/tmp")).unwrap();
+        sh_ok(dir.path(), "chmod 1777 t/tmp");
+        let listing = String::from_utf8(sh_ok(dir.path(), "dump-files t | inspect")).unwrap();
+        for (name, mode) in [("t/suid", "-rwsr-xr-x"), ("t/sgid", "-rw-r-Sr--"), ("t/tmp", "drwxrwxrwt")] {
+            assert!(listing.lines().any(|l| l.starts_with(mode) && l.contains(name)), "{name} {mode}:\n{listing}");
+        }
+    }
 }
 
 /// Failures of the place a repository lives: each ends in one line on

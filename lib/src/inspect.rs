@@ -50,11 +50,18 @@ fn mode_string(entry: &Entry) -> String {
         EntryType::File => '-',
     };
     let mut s = String::from(kind);
-    for shift in [6, 3, 0] {
+    // Setuid and setgid show in the owner's and the group's execute place as
+    // `s` (`S` without execute), sticky in the others' as `t` (`T`), as `ls -l`.
+    for (shift, special, letter) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
         let bits = (entry.mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+        s.push(match (entry.mode & special != 0, bits & 1 != 0) {
+            (true, true) => letter,
+            (true, false) => letter.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
     }
     s
 }
@@ -269,4 +276,30 @@ fn show_entry<W: Write>(printer: &mut Printer<W>, stats: &EntryStats, end: Optio
         };
         format!("{} {:>9} {:>12} {} {}{stored}", mode_string(entry), owner, size, time_string(entry.mtime), name)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_show_setuid_setgid_and_sticky_as_ls_does() {
+        for (kind, mode, shown) in [
+            ("file", 0o755, "-rwxr-xr-x"),
+            ("file", 0o4755, "-rwsr-xr-x"),
+            ("file", 0o4644, "-rwSr--r--"),
+            ("file", 0o2755, "-rwxr-sr-x"),
+            ("file", 0o2745, "-rwxr-Sr-x"),
+            ("dir", 0o1777, "drwxrwxrwt"),
+            ("dir", 0o1776, "drwxrwxrwT"),
+            ("file", 0o7000, "---S--S--T"),
+            ("file", 0o7777, "-rwsrwsrwt"),
+        ] {
+            let entry: Entry = serde_json::from_value(
+                json!({"path": "x", "type": kind, "role": "file", "size": 0, "mode": mode, "mtime": 0}),
+            )
+            .unwrap();
+            assert_eq!(mode_string(&entry), shown, "{mode:o}");
+        }
+    }
 }

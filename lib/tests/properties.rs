@@ -191,3 +191,129 @@ proptest! {
         }
     }
 }
+
+/// Option values, as a hostile or careless user could type them: near-misses
+/// of the real syntax, and anything at all.
+mod option_values {
+    use backpipe::meta::Begin;
+    use backpipe::repo::forget::{decide, parse_duration, Policy};
+    use backpipe::repo::snapshot::Summary;
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    /// A snapshot summary of `host`, `kind` and start time `started`.
+    fn summary(host: &str, kind: &str, started: &str) -> Summary {
+        let begin = Begin { host: host.into(), started: started.into(), ..Begin::now("test", "files", kind) };
+        let mut value = serde_json::to_value(&begin).unwrap();
+        for (name, member) in [
+            ("stream_id", serde_json::json!("00")),
+            ("entries", 0.into()),
+            ("bytes", 0.into()),
+            ("stream_bytes", 0.into()),
+            ("chunks", 0.into()),
+            ("new_chunks", 0.into()),
+            ("new_bytes", 0.into()),
+            ("stored", started.into()),
+            ("skeleton_blake3", "00".into()),
+        ] {
+            value[name] = member;
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// Any instant chrono can hold.
+    fn instant() -> impl Strategy<Value = DateTime<Utc>> {
+        let (min, max) = (DateTime::<Utc>::MIN_UTC.timestamp(), DateTime::<Utc>::MAX_UTC.timestamp());
+        prop_oneof![
+            min..=max,
+            Just(min),
+            Just(max),
+            // Around the present.
+            1_500_000_000i64..2_500_000_000,
+        ]
+        .prop_map(|secs| DateTime::from_timestamp(secs, 0).unwrap())
+    }
+
+    /// Any instant RFC 3339 can write (years 0000 to 9999).
+    fn writable() -> impl Strategy<Value = DateTime<Utc>> {
+        (-62_167_219_200i64..=253_402_300_799).prop_map(|secs| DateTime::from_timestamp(secs, 0).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+        #[test]
+        fn durations_parse_or_are_refused(text in prop_oneof![
+            "[0-9]{0,25}[mhdwyMs]?",
+            "[-+ ]?[0-9]{1,8}(\\.[0-9])?[a-z ]{0,3}",
+            ".{0,30}",
+        ]) {
+            if let Ok(duration) = parse_duration(&text) {
+                prop_assert!(duration >= chrono::Duration::zero());
+                prop_assert!(duration <= chrono::Duration::days(365 * 1000), "{} accepted as {:?}", text, duration);
+            }
+        }
+
+        #[test]
+        fn times_parse_or_are_refused(text in prop_oneof![
+            "[-+]?[0-9]{1,7}-[0-9]{1,2}-[0-9]{1,2}([ T][0-9]{1,2}:[0-9]{1,2}(:[0-9]{1,2})?)?",
+            "[-+]?[0-9]{4,6}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,12})?(Z|[-+][0-9]{2}:[0-9]{2})",
+            ".{0,40}",
+        ]) {
+            if let Ok(time) = backpipe::repo::fetch::parse_time(&text) {
+                prop_assert!((0..=9999).contains(&chrono::Datelike::year(&time)), "{} accepted as {}", text, time);
+            }
+        }
+
+        #[test]
+        fn sizes_parse_or_are_refused(text in prop_oneof![
+            " ?[0-9]{0,25}[kKmMgGbBiIpP]{0,3} ?",
+            ".{0,30}",
+        ]) {
+            let _ = backpipe::cli::parse_size(&text);
+        }
+
+        #[test]
+        fn locations_parse_or_are_refused(text in prop_oneof![
+            "(sftp|s3|ftp|file)://[a-zA-Z0-9@:%./?&=_#\\[\\]-]{0,40}",
+            "s3://[a-z]{1,8}(/[a-z%0-9]{0,8})?\\?(endpoint|region|addressing)=[a-zA-Z0-9:/@%.&=]{0,30}",
+            "sftp://([a-z:%0-9]{0,8}@)?[a-z0-9.\\[\\]:]{0,12}(:[0-9]{0,7})?(/[a-z%0-9]{0,8}){0,3}",
+            ".{0,40}",
+        ]) {
+            let _ = backpipe::repo::address::Address::parse(&text);
+        }
+
+        #[test]
+        fn retention_decides_or_refuses_at_any_time(
+            now in instant(),
+            within in prop_oneof![
+                Just(None),
+                (0i64..=365_000 * 24 * 60).prop_map(|m| Some(chrono::Duration::minutes(m))),
+                any::<i32>().prop_map(|s| Some(chrono::Duration::seconds(s.into()))),
+            ],
+            counts in proptest::collection::vec(prop_oneof![0usize..4, Just(usize::MAX)], 6),
+            started in proptest::collection::vec((prop_oneof![instant(), writable()], 0usize..3, any::<bool>()), 0..6),
+        ) {
+            let snapshots: Vec<(String, Summary)> = started
+                .iter()
+                .enumerate()
+                .map(|(i, (at, host, full))| {
+                    let time = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    (format!("s{i}"), summary(&format!("h{host}"), if *full { "full" } else { "incremental" }, &time))
+                })
+                .collect();
+            let policy = Policy {
+                last: counts[0],
+                hourly: counts[1],
+                daily: counts[2],
+                weekly: counts[3],
+                monthly: counts[4],
+                yearly: counts[5],
+                within,
+            };
+            if let Ok(decisions) = decide(&snapshots, &policy, now) {
+                prop_assert_eq!(decisions.len(), snapshots.len());
+            }
+        }
+    }
+}

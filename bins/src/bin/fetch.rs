@@ -1,7 +1,7 @@
 //! `fetch`: writes stored streams back out of a repository.
 
 use backpipe::cli::{self, KeyArgs};
-use backpipe::repo::fetch::{chain_until, fetch, resolve, Filter};
+use backpipe::repo::fetch::{fetch, list, parse_time, Filter};
 use clap::Parser;
 
 /// Write stored snapshots back as a stream on stdout, ready for `encrypt -d`.
@@ -14,6 +14,18 @@ use clap::Parser;
 /// the first non-full one after TIME, whose logs reach it;
 /// `restore-mysql --until TIME` stops its replay at TIME. Every
 /// chunk is read back from its pack; `encrypt -d` then authenticates everything.
+///
+/// --host and --engine apply to every selector. `latest` and --until choose
+/// among the backups of one host and engine only: when the repository holds
+/// backups of several, they refuse (exit 2) until --host and --engine name
+/// one, so a restore never picks another machine's backup. An ID of a backup
+/// of another host or engine than those given is refused (exit 2).
+///
+/// A snapshot whose summary cannot be read (damaged) is never skipped: its
+/// host and time are unknown, so `latest` and --until fail (exit 4) naming it
+/// while any exists, as does its own ID. Run `repo check`; then remove it
+/// with `repo forget R ID`, or name a readable snapshot by its ID, which
+/// still works.
 #[derive(Parser)]
 #[command(name = "fetch", version, after_help = AFTER_HELP)]
 struct Args {
@@ -25,11 +37,11 @@ struct Args {
     /// Write the chain that covers this time: `2026-11-21 10:00` (local time) or RFC 3339.
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
-    /// With --until: only backups of this host.
-    #[arg(long, requires = "until")]
+    /// Only backups of this host (the host name `ship` recorded, see `repo snapshots`).
+    #[arg(long)]
     host: Option<String>,
-    /// With --until: only backups of this engine.
-    #[arg(long, requires = "until")]
+    /// Only backups of this engine (files, mysql, ...).
+    #[arg(long)]
     engine: Option<String>,
     #[command(flatten)]
     keys: KeyArgs,
@@ -37,21 +49,26 @@ struct Args {
 
 const AFTER_HELP: &str = "\
 Example:
-  fetch R latest | encrypt -d --repo R | squeeze -d | chunk -d | unpack /restore
-  fetch R --until '2026-11-21 10:00' --host db1 | encrypt -d --repo R | ...
+  fetch R latest --host web1 | encrypt -d --repo R | squeeze -d | chunk -d | unpack /restore
+  fetch R --until '2026-11-21 10:00' --host db1 --engine mysql | encrypt -d --repo R | ...
 
-Exit status: 0 success, 1 error, 2 usage or key, 4 integrity failure (damaged repository).";
+A local TIME that daylight saving time skipped or repeated is refused: give
+it as RFC 3339 with an offset, e.g. 2026-10-25T02:30:00+01:00.
+
+Exit status: 0 success, 1 error, 2 usage or key (also: several hosts or
+engines match, or the ID is of another host or engine), 4 integrity failure
+(a damaged snapshot or repository).";
 
 fn main() {
     let args = Args::parse();
     cli::main("fetch", || {
+        let until = args.until.as_deref().map(parse_time).transpose()?;
         let repo = cli::open_repo(&args.repo, &args.keys)?;
-        let ids = match &args.until {
-            Some(until) => {
-                let filter = Filter { host: args.host.clone(), engine: args.engine.clone() };
-                chain_until(&repo, until, &filter)?
-            }
-            None => args.snapshots.iter().map(|name| resolve(&repo, name)).collect::<backpipe::Result<Vec<_>>>()?,
+        let listing = list(&repo)?;
+        let filter = Filter { host: args.host.clone(), engine: args.engine.clone() };
+        let ids = match until {
+            Some(until) => listing.chain_until(until, &filter)?,
+            None => args.snapshots.iter().map(|name| listing.select(name, &filter)).collect::<backpipe::Result<_>>()?,
         };
         fetch(&repo, &ids, cli::stream_stdout()?)
     })

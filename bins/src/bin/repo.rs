@@ -6,7 +6,7 @@ use backpipe::cdc::ChunkSizes;
 use backpipe::cli::{self, KeyArgs, NewKeyArgs};
 use backpipe::repo::check::check;
 use backpipe::repo::fetch::{list, parse_time, Filter};
-use backpipe::repo::forget::{decide, parse_duration, Policy};
+use backpipe::repo::forget::{decide, named, parse_duration, Decision, Policy};
 use backpipe::repo::prune::prune;
 use backpipe::repo::Repository;
 use clap::{Parser, Subcommand};
@@ -43,7 +43,11 @@ enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// List snapshots, oldest first.
+    /// List snapshots, oldest first. A snapshot whose summary cannot be read
+    /// is listed, whatever the filters, as `ID  damaged: REASON` (with --json
+    /// {"snapshot": ID, "damaged": REASON}), after the others, and the command
+    /// then exits with status 4: run `repo check`, and `repo forget R ID` to
+    /// remove it.
     Snapshots {
         /// The repository.
         repo: String,
@@ -69,11 +73,23 @@ enum Command {
         keys: KeyArgs,
     },
     /// Remove snapshots no retention rule keeps (rules apply per host and engine;
-    /// a kept backup keeps the full and incrementals it needs). Frees no space by
-    /// itself: `repo prune` does.
+    /// a kept backup keeps the full and incrementals it needs), or the snapshots
+    /// named by ID. Frees no space by itself: `repo prune` does.
+    ///
+    /// Rules never remove a snapshot whose summary cannot be read (damaged):
+    /// it is named on stderr, the rules apply to the readable ones, and the
+    /// command exits with status 4 at the end. To remove a damaged snapshot
+    /// after `repo check`, name it: `repo forget R ID`.
     Forget {
         /// The repository.
         repo: String,
+        /// Remove exactly these snapshots (IDs or unambiguous ID prefixes, see
+        /// `repo snapshots`), damaged ones included, instead of applying rules.
+        #[arg(value_name = "ID", conflicts_with_all = [
+            "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+            "keep_within", "host", "engine",
+        ])]
+        ids: Vec<String>,
         /// Keep the newest N.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_last: usize,
@@ -92,7 +108,8 @@ enum Command {
         /// Keep the newest in each of the last N years with backups.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_yearly: usize,
-        /// Keep everything started within this long (36h, 14d, 8w): the point-in-time window.
+        /// Keep everything started within this long (90m, 36h, 14d, 8w, 1y; at
+        /// most 1000y): the point-in-time window.
         #[arg(long, value_name = "DURATION")]
         keep_within: Option<String>,
         /// Only consider backups of this host.
@@ -104,7 +121,8 @@ enum Command {
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// One JSON object per snapshot on stdout ({"id", "keep", "reasons"}).
+        /// One JSON object per snapshot on stdout ({"id", "keep", "reasons"},
+        /// and "damaged" with the reason for a snapshot that cannot be read).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -188,7 +206,8 @@ Example:
       | encrypt --repo /backups --key-file backup.key | ship /backups --key-file backup.key
   repo snapshots /backups --key-file backup.key
 
-Exit status: 0 success, 1 error, 2 usage or key, 4 check found problems.";
+Exit status: 0 success, 1 error, 2 usage or key, 4 check found problems, or
+snapshots or forget met a snapshot that cannot be read (damaged).";
 
 fn main() {
     let args = Args::parse();
@@ -196,16 +215,18 @@ fn main() {
         Command::Init { repo, min_size, avg_size, max_size, keys } => {
             let sizes = ChunkSizes { min: min_size, avg: avg_size, max: max_size };
             let config = Repository::init(&repo, &cli::require_secret(&keys)?, sizes)?;
-            cli::say(&format!("repo: created repository {} at {repo}", config.id));
+            let shown = backpipe::repo::address::redact_location(&repo);
+            cli::say(&format!("repo: created repository {} at {shown}", config.id));
             Ok(())
         }
         Command::Snapshots { repo, json, host, engine, kind, since, until, keys } => {
-            let repo = cli::open_repo(&repo, &keys)?;
             let filter = Filter { host, engine };
             let since = since.as_deref().map(parse_time).transpose()?;
             let until = until.as_deref().map(parse_time).transpose()?;
+            let repo = cli::open_repo(&repo, &keys)?;
+            let listing = list(&repo)?;
             let mut out = std::io::stdout().lock();
-            for (id, s) in list(&repo)? {
+            for (id, s) in &listing.readable {
                 let started = parse_time(&s.begin.started)?;
                 let wanted = filter.matches(&s)
                     && kind.as_ref().is_none_or(|k| *k == s.begin.kind)
@@ -215,7 +236,7 @@ fn main() {
                     continue;
                 }
                 let line = if json {
-                    let mut value = serde_json::to_value(&s).expect("summaries serialize");
+                    let mut value = serde_json::to_value(s).expect("summaries serialize");
                     value["snapshot"] = serde_json::json!(id);
                     value.to_string()
                 } else {
@@ -226,10 +247,24 @@ fn main() {
                 };
                 writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
             }
-            Ok(())
+            // Their host, engine and time are unknown: listed whatever the filters.
+            for damaged in &listing.damaged {
+                let line = if json {
+                    serde_json::json!({"snapshot": damaged.id, "damaged": damaged.reason}).to_string()
+                } else {
+                    format!("{}  damaged: {}", damaged.id, damaged.reason)
+                };
+                writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
+            }
+            match listing.damaged.len() {
+                0 => Ok(()),
+                1 => Err(backpipe::Error::integrity("1 snapshot cannot be read; run `repo check`")),
+                n => Err(backpipe::Error::integrity(format!("{n} snapshots cannot be read; run `repo check`"))),
+            }
         }
         Command::Forget {
             repo,
+            ids,
             keep_last,
             keep_hourly,
             keep_daily,
@@ -243,7 +278,6 @@ fn main() {
             json,
             keys,
         } => {
-            let repo = cli::open_repo(&repo, &keys)?;
             let policy = Policy {
                 last: keep_last,
                 hourly: keep_hourly,
@@ -253,27 +287,58 @@ fn main() {
                 yearly: keep_yearly,
                 within: keep_within.as_deref().map(parse_duration).transpose()?,
             };
-            let filter = Filter { host, engine };
-            let candidates: Vec<_> = list(&repo)?.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+            let repo = cli::open_repo(&repo, &keys)?;
+            let listing = list(&repo)?;
+            let (decisions, left_damaged) = if ids.is_empty() {
+                let filter = Filter { host, engine };
+                let candidates: Vec<_> = listing.readable.iter().filter(|(_, s)| filter.matches(s)).cloned().collect();
+                let mut decisions = decide(&candidates, &policy, chrono::Utc::now())?;
+                // Rules never remove what they cannot read.
+                for damaged in &listing.damaged {
+                    cli::say(&format!(
+                        "repo forget: snapshot {} cannot be read ({}); no rule removes it: run `repo check`, \
+                         then `repo forget REPO {}` removes it",
+                        damaged.id, damaged.reason, damaged.id
+                    ));
+                    decisions.push(Decision {
+                        id: damaged.id.clone(),
+                        keep: true,
+                        reasons: vec!["damaged".into()],
+                        damaged: Some(damaged.reason.clone()),
+                    });
+                }
+                (decisions, listing.damaged.len())
+            } else {
+                (named(&listing, &ids)?, 0)
+            };
             let mut out = std::io::stdout().lock();
             let mut removed = 0;
-            for decision in decide(&candidates, &policy, chrono::Utc::now())? {
+            for decision in decisions {
                 if !decision.keep {
                     removed += 1;
                     if !dry_run {
                         repo.storage().remove(&format!("snapshots/{}", decision.id))?;
                     }
                 }
-                let line = match (json, decision.keep) {
-                    (true, _) => serde_json::to_string(&decision).expect("decisions serialize"),
-                    (false, true) => format!("keep   {}  ({})", decision.id, decision.reasons.join(", ")),
-                    (false, false) => format!("remove {}", decision.id),
+                let line = match (json, decision.keep, &decision.damaged) {
+                    (true, _, _) => serde_json::to_string(&decision).expect("decisions serialize"),
+                    (false, true, Some(why)) => format!("keep   {}  (damaged: {why})", decision.id),
+                    (false, true, None) => format!("keep   {}  ({})", decision.id, decision.reasons.join(", ")),
+                    (false, false, Some(why)) => format!("remove {}  (damaged: {why})", decision.id),
+                    (false, false, None) => format!("remove {}", decision.id),
                 };
                 writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the list", e))?;
             }
             let verb = if dry_run { "would remove" } else { "removed" };
             cli::say(&format!("repo forget: {verb} {removed} snapshots; run `repo prune` to free their space"));
-            Ok(())
+            match left_damaged {
+                0 => Ok(()),
+                n => Err(backpipe::Error::integrity(format!(
+                    "{n} snapshot{} cannot be read and {} left alone; run `repo check`",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "was" } else { "were" }
+                ))),
+            }
         }
         Command::Prune { repo, grace, dry_run, json, keys } => {
             let repo = cli::open_repo(&repo, &keys)?;

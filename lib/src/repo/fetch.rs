@@ -1,64 +1,269 @@
 //! `fetch`: finds snapshots and writes stored streams back out, each chunk
 //! reference replaced by the stored chunk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+
+use chrono::{DateTime, Datelike, FixedOffset, Local, TimeZone, Utc};
 
 use super::pack::{pack_name, Location};
 use super::snapshot::Summary;
 use super::Repository;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Frame, Kind, CHUNK_ID_LEN};
 use crate::progress::Progress;
 use crate::reader::Item;
 use crate::writer::StreamWriter;
 
-/// Every snapshot's ID and summary, oldest first.
-pub fn list(repo: &Repository) -> Result<Vec<(String, Summary)>> {
+/// Every snapshot in a repository: those whose summary opens, and those
+/// whose summary does not (damaged, or forged), which are never left out
+/// silently: a damaged snapshot could be the one a selection means.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Readable snapshots, ID and summary, oldest first.
+    pub readable: Vec<(String, Summary)>,
+    /// Snapshots that cannot be read, by ID.
+    pub damaged: Vec<Damaged>,
+}
+
+/// A snapshot whose summary cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// The snapshot's ID (its object name).
+    pub id: String,
+    /// Why it cannot be read, e.g. "its content does not match its name".
+    pub reason: String,
+}
+
+/// What an ID or ID prefix names.
+#[derive(Debug, Clone, Copy)]
+pub enum Found<'a> {
+    /// A readable snapshot.
+    Readable(&'a str, &'a Summary),
+    /// A snapshot that cannot be read.
+    Damaged(&'a Damaged),
+}
+
+impl Found<'_> {
+    /// The snapshot's ID.
+    pub fn id(&self) -> &str {
+        match self {
+            Found::Readable(id, _) => id,
+            Found::Damaged(d) => &d.id,
+        }
+    }
+}
+
+/// Every snapshot of the repository: readable ones with their summaries,
+/// oldest first, and damaged ones (an integrity failure opening the summary)
+/// by ID. Other failures (I/O, network) are errors; a snapshot removed (by
+/// `forget`) since it was listed is simply gone.
+pub fn list(repo: &Repository) -> Result<Listing> {
     repo.master()?;
-    let mut all = Vec::new();
+    let mut listing = Listing::default();
     for name in repo.storage().list("snapshots")? {
         let id = name.rsplit('/').next().unwrap_or_default().to_string();
-        // A snapshot removed by `forget` since it was listed is simply gone.
         match repo.open_snapshot(&id) {
-            Ok(Some(opened)) => all.push((id, opened.summary)),
+            Ok(Some(opened)) => listing.readable.push((id, opened.summary)),
             Ok(None) => {}
-            Err(e) => crate::cli::say(&format!("warning: {e}; skipped (run `repo check`)")),
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                let reason = damage_reason(&id, e.message());
+                listing.damaged.push(Damaged { id, reason });
+            }
+            Err(e) => return Err(e),
         }
     }
     let when = |s: &Summary| (parse_time(&s.begin.started).ok(), parse_time(&s.stored).ok());
-    all.sort_by_key(|(_, s)| when(s));
-    Ok(all)
+    listing.readable.sort_by_key(|(_, s)| when(s));
+    listing.damaged.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(listing)
 }
 
-/// The snapshot a name means: `latest`, a full ID, or an unambiguous ID prefix.
-pub fn resolve(repo: &Repository, name: &str) -> Result<String> {
-    let all = list(repo)?;
-    if name == "latest" {
-        return all.last().map(|(id, _)| id.clone()).ok_or_else(|| Error::other("the repository holds no snapshots"));
+/// The cause in "snapshot ID is damaged (cause)", else the whole message.
+fn damage_reason(id: &str, message: &str) -> String {
+    message
+        .strip_prefix(&format!("snapshot {id} is damaged ("))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or(message)
+        .to_string()
+}
+
+impl Listing {
+    /// Fails with an integrity error (exit status 4) naming every damaged
+    /// snapshot, when there is any: `could_be` says what each could be
+    /// ("the latest snapshot"), since its host, engine and time are unknown.
+    pub fn refuse_damaged(&self, could_be: &str) -> Result<()> {
+        let names: Vec<String> = self.damaged.iter().map(|d| format!("{} ({})", d.id, d.reason)).collect();
+        match names.len() {
+            0 => Ok(()),
+            1 => Err(Error::integrity(format!(
+                "snapshot {} cannot be read and could be {could_be}; run `repo check`, then remove it with \
+                 `repo forget REPO {}` or name a snapshot by its ID",
+                names[0], self.damaged[0].id
+            ))),
+            n => Err(Error::integrity(format!(
+                "{n} snapshots cannot be read and any could be {could_be}: {}; run `repo check`, then remove \
+                 them with `repo forget REPO ID...` or name a snapshot by its ID",
+                names.join(", ")
+            ))),
+        }
     }
-    let matches: Vec<_> = all.iter().filter(|(id, _)| id.starts_with(name)).collect();
-    match matches.as_slice() {
-        [(id, _)] => Ok(id.clone()),
-        [] => Err(Error::usage(format!("no snapshot '{name}' (see `repo snapshots`)"))),
-        _ => Err(Error::usage(format!("'{name}' matches {} snapshots; give more of the ID", matches.len()))),
+
+    /// The snapshot a full ID or an unambiguous ID prefix names, readable or damaged.
+    pub fn find(&self, name: &str) -> Result<Found<'_>> {
+        if name.is_empty() {
+            return Err(Error::usage("an empty snapshot name (give `latest`, an ID or an ID prefix)"));
+        }
+        let readable =
+            self.readable.iter().filter(|(id, _)| id.starts_with(name)).map(|(id, s)| Found::Readable(id, s));
+        let damaged = self.damaged.iter().filter(|d| d.id.starts_with(name)).map(Found::Damaged);
+        let matches: Vec<Found> = readable.chain(damaged).collect();
+        match matches.as_slice() {
+            [found] => Ok(*found),
+            [] => Err(Error::usage(format!("no snapshot '{name}' (see `repo snapshots`)"))),
+            _ => Err(Error::usage(format!("'{name}' matches {} snapshots; give more of the ID", matches.len()))),
+        }
+    }
+
+    /// The snapshot a name means, among those `filter` accepts: `latest` (the
+    /// newest), a full ID or an unambiguous ID prefix. `latest` refuses when
+    /// a damaged snapshot could be the newest, and when the snapshots span
+    /// several hosts or engines (choose one with the filter); an ID refuses a
+    /// damaged snapshot, and one the filter does not accept.
+    pub fn select(&self, name: &str, filter: &Filter) -> Result<String> {
+        if name == "latest" {
+            self.refuse_damaged("the latest snapshot")?;
+            let candidates: Vec<&(String, Summary)> = self.readable.iter().filter(|(_, s)| filter.matches(s)).collect();
+            let Some((id, _)) = candidates.last() else {
+                return Err(match filter.is_empty() {
+                    true => Error::other("the repository holds no snapshots"),
+                    false => Error::usage(format!("no snapshot {} (see `repo snapshots`)", filter.describe())),
+                });
+            };
+            refuse_several_groups(candidates.iter().map(|(_, s)| s))?;
+            return Ok(id.clone());
+        }
+        match self.find(name)? {
+            Found::Damaged(d) => Err(Error::integrity(format!(
+                "snapshot {} cannot be read ({}); run `repo check`, and remove it with `repo forget REPO {}`",
+                d.id, d.reason, d.id
+            ))),
+            Found::Readable(id, s) if !filter.matches(s) => Err(Error::usage(format!(
+                "snapshot {id} is of host '{}' and engine '{}', not {}",
+                s.begin.host,
+                s.begin.engine,
+                filter.describe()
+            ))),
+            Found::Readable(id, _) => Ok(id.to_string()),
+        }
+    }
+
+    /// The newest chain that covers `until`, among the snapshots `filter`
+    /// accepts: the last full backup started at or before it, then every later
+    /// non-full backup of the same host and engine started at or before it,
+    /// oldest first, and the first non-full backup started after it, which
+    /// holds the logs written up to `until`. Refuses when a damaged snapshot
+    /// could belong to it, and when fulls of several hosts or engines match.
+    pub fn chain_until(&self, until: DateTime<Utc>, filter: &Filter) -> Result<Vec<String>> {
+        self.refuse_damaged(&format!("part of the chain that covers {until}"))?;
+        let started = |s: &Summary| parse_time(&s.begin.started).ok();
+        let all = self.readable.iter().filter(|(_, s)| filter.matches(s));
+        let (covered, later): (Vec<_>, Vec<_>) = all.partition(|(_, s)| started(s).is_some_and(|t| t <= until));
+        let Some(full) = covered.iter().rposition(|(_, s)| s.begin.kind == "full") else {
+            return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
+        };
+        refuse_several_groups(covered.iter().map(|(_, s)| s).filter(|s| s.begin.kind == "full"))?;
+        let (host, engine) = (&covered[full].1.begin.host, &covered[full].1.begin.engine);
+        let continues = |s: &Summary| s.begin.kind != "full" && s.begin.host == *host && s.begin.engine == *engine;
+        let mut chain: Vec<String> = covered[full..]
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, s))| *i == 0 || continues(s))
+            .map(|(_, (id, _))| id.clone())
+            .collect();
+        // An incremental after a later full still starts where the last one ended.
+        if let Some((id, _)) = later.iter().find(|(_, s)| continues(s)) {
+            chain.push(id.clone());
+        }
+        Ok(chain)
     }
 }
 
-/// Parses a point in time: RFC 3339, or `YYYY-MM-DD[ HH:MM[:SS]]` in local time.
-pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
-    use chrono::{Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+/// Refuses (usage error) snapshots of more than one host and engine, naming them.
+fn refuse_several_groups<'a>(summaries: impl Iterator<Item = &'a Summary>) -> Result<()> {
+    let groups: BTreeSet<(&str, &str)> = summaries.map(|s| (s.begin.host.as_str(), s.begin.engine.as_str())).collect();
+    if groups.len() <= 1 {
+        return Ok(());
+    }
+    let named: Vec<String> = groups.iter().map(|(host, engine)| format!("host '{host}' engine '{engine}'")).collect();
+    Err(Error::usage(format!(
+        "backups of {} hosts or engines match ({}); choose one with --host and --engine",
+        groups.len(),
+        named.join(", ")
+    )))
+}
+
+/// The snapshot a name means: `latest` (the newest the filter accepts), a
+/// full ID, or an unambiguous ID prefix; see [`Listing::select`].
+pub fn resolve(repo: &Repository, name: &str, filter: &Filter) -> Result<String> {
+    list(repo)?.select(name, filter)
+}
+
+/// Parses a point in time: RFC 3339, or `YYYY-MM-DD[ HH:MM[:SS]]` in local
+/// time. A local time that does not exist (skipped when clocks went forward)
+/// or that happened twice (when clocks went back) is refused, naming the
+/// case: give it with an offset. Years beyond 0000 to 9999 are refused.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>> {
+    parse_time_in(text, &Local)
+}
+
+/// [`parse_time`] with local times in `zone`.
+fn parse_time_in<Tz: TimeZone<Offset = FixedOffset>>(text: &str, zone: &Tz) -> Result<DateTime<Utc>> {
+    use chrono::{LocalResult, NaiveDate, NaiveDateTime, SecondsFormat};
+    let out_of_range = || Error::usage(format!("'{text}' is out of range (years 0000 to 9999)"));
+    let in_range = |t: &DateTime<Utc>| (0..=9999).contains(&t.year());
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+        return Some(t.with_timezone(&Utc)).filter(in_range).ok_or_else(out_of_range);
     }
     let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
         .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(23, 59, 59)));
-    naive
-        .and_then(|n| Local.from_local_datetime(&n).earliest())
-        .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| Error::usage(format!("'{text}' is not a time (use 2026-11-21 10:00 or RFC 3339)")))
+    let Some(naive) = naive else {
+        return Err(Error::usage(format!("'{text}' is not a time (use 2026-11-21 10:00 or RFC 3339)")));
+    };
+    if !(0..=9999).contains(&naive.year()) {
+        return Err(out_of_range());
+    }
+    let with_offset = |t: &DateTime<Tz>| t.fixed_offset().to_rfc3339_opts(SecondsFormat::Secs, false);
+    let utc = |t: &DateTime<Tz>| t.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::Secs, true);
+    match zone.from_local_datetime(&naive) {
+        LocalResult::Single(t) => Some(t.with_timezone(&Utc)).filter(in_range).ok_or_else(out_of_range),
+        LocalResult::Ambiguous(a, b) => {
+            let (a, b) = if a <= b { (a, b) } else { (b, a) };
+            Err(Error::usage(format!(
+                "'{text}' happened twice in the local time zone (the clocks went back): at {} and at {}; \
+                 give it as RFC 3339 with an offset: {} or {}",
+                utc(&a),
+                utc(&b),
+                with_offset(&a),
+                with_offset(&b)
+            )))
+        }
+        LocalResult::None => {
+            // For an example, the offset in force the day before.
+            let example = naive
+                .checked_sub_signed(chrono::Duration::days(1))
+                .and_then(|n| zone.offset_from_local_datetime(&n).earliest())
+                .and_then(|offset| naive.and_local_timezone(offset).single())
+                .map(|t| format!(", such as {}", t.to_rfc3339_opts(SecondsFormat::Secs, false)))
+                .unwrap_or_default();
+            Err(Error::usage(format!(
+                "'{text}' does not exist in the local time zone (the clocks skipped it, moving forward); \
+                 give an RFC 3339 time with an offset{example}"
+            )))
+        }
+    }
 }
 
 /// Which snapshots a selection applies to.
@@ -76,41 +281,28 @@ impl Filter {
         self.host.as_ref().is_none_or(|h| *h == s.begin.host)
             && self.engine.as_ref().is_none_or(|e| *e == s.begin.engine)
     }
+
+    /// True when it accepts every snapshot.
+    pub fn is_empty(&self) -> bool {
+        self.host.is_none() && self.engine.is_none()
+    }
+
+    /// "of host 'web1' and engine 'files'", for messages.
+    pub fn describe(&self) -> String {
+        match (&self.host, &self.engine) {
+            (Some(h), Some(e)) => format!("of host '{h}' and engine '{e}'"),
+            (Some(h), None) => format!("of host '{h}'"),
+            (None, Some(e)) => format!("of engine '{e}'"),
+            (None, None) => "of any host".to_string(),
+        }
+    }
 }
 
-/// The newest chain that covers `until`: the last full backup started at or
-/// before it, then every later non-full backup of the same host and engine
-/// started at or before it, oldest first, and the first non-full backup
-/// started after it, which holds the logs written up to `until`.
+/// The newest chain that covers `until` (a time as [`parse_time`] reads it),
+/// among the snapshots `filter` accepts; see [`Listing::chain_until`].
 pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Vec<String>> {
     let until = parse_time(until)?;
-    let started = |s: &Summary| parse_time(&s.begin.started).ok();
-    let all: Vec<(String, Summary)> = list(repo)?.into_iter().filter(|(_, s)| filter.matches(s)).collect();
-    let (covered, later): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, s)| started(s).is_some_and(|t| t <= until));
-    let Some(full) = covered.iter().rposition(|(_, s)| s.begin.kind == "full") else {
-        return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
-    };
-    let groups: std::collections::HashSet<_> =
-        covered.iter().filter(|(_, s)| s.begin.kind == "full").map(|(_, s)| (&s.begin.host, &s.begin.engine)).collect();
-    if groups.len() > 1 {
-        return Err(Error::usage(format!(
-            "backups of {} hosts or engines match; choose one with --host and --engine",
-            groups.len()
-        )));
-    }
-    let (host, engine) = (covered[full].1.begin.host.clone(), covered[full].1.begin.engine.clone());
-    let continues = |s: &Summary| s.begin.kind != "full" && s.begin.host == host && s.begin.engine == engine;
-    let mut chain: Vec<String> = covered[full..]
-        .iter()
-        .enumerate()
-        .filter(|(i, (_, s))| *i == 0 || continues(s))
-        .map(|(_, (id, _))| id.clone())
-        .collect();
-    // An incremental after a later full still starts where the last one ended.
-    if let Some((id, _)) = later.iter().find(|(_, s)| continues(s)) {
-        chain.push(id.clone());
-    }
-    Ok(chain)
+    list(repo)?.chain_until(until, filter)
 }
 
 /// Writes the stored stream of each snapshot in `ids`, in order, to `output`.
@@ -172,4 +364,92 @@ fn read_chunk(repo: &Repository, index: &HashMap<[u8; 32], Location>, id: &[u8])
         return Err(Error::integrity(format!("pack {} is damaged at chunk {}", location.pack, short())));
     }
     Ok(Frame { kind: Kind::Data, encodings: location.encodings, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{LocalResult, NaiveDate, NaiveDateTime};
+
+    /// Central European time in 2026: +01:00, and +02:00 from 2026-03-29
+    /// 01:00 UTC (02:00 local becomes 03:00) to 2026-10-25 01:00 UTC (03:00
+    /// local becomes 02:00 again).
+    #[derive(Clone, Copy, Debug)]
+    struct Berlin2026;
+
+    impl Berlin2026 {
+        fn offset_at_utc(utc: &NaiveDateTime) -> FixedOffset {
+            let at = |m, d| NaiveDate::from_ymd_opt(2026, m, d).unwrap().and_hms_opt(1, 0, 0).unwrap();
+            let summer = *utc >= at(3, 29) && *utc < at(10, 25);
+            FixedOffset::east_opt(if summer { 7200 } else { 3600 }).unwrap()
+        }
+    }
+
+    impl TimeZone for Berlin2026 {
+        type Offset = FixedOffset;
+        fn from_offset(_: &FixedOffset) -> Self {
+            Berlin2026
+        }
+        fn offset_from_local_date(&self, local: &NaiveDate) -> LocalResult<FixedOffset> {
+            self.offset_from_local_datetime(&local.and_hms_opt(12, 0, 0).unwrap())
+        }
+        fn offset_from_local_datetime(&self, local: &NaiveDateTime) -> LocalResult<FixedOffset> {
+            // Each offset that, applied to the local time, gives an instant where it is in force.
+            let fits: Vec<FixedOffset> = [3600, 7200]
+                .into_iter()
+                .map(|secs| FixedOffset::east_opt(secs).unwrap())
+                .filter(|off| {
+                    Self::offset_at_utc(&(*local - chrono::Duration::seconds(off.local_minus_utc() as i64))) == *off
+                })
+                .collect();
+            match fits.as_slice() {
+                [one] => LocalResult::Single(*one),
+                [a, b] => LocalResult::Ambiguous(*a, *b), // later instant first, as Local gives them
+                _ => LocalResult::None,
+            }
+        }
+        fn offset_from_utc_date(&self, utc: &NaiveDate) -> FixedOffset {
+            Self::offset_at_utc(&utc.and_hms_opt(0, 0, 0).unwrap())
+        }
+        fn offset_from_utc_datetime(&self, utc: &NaiveDateTime) -> FixedOffset {
+            Self::offset_at_utc(utc)
+        }
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn local_times_in_a_daylight_saving_gap_or_overlap_are_named() {
+        let parse = |text: &str| parse_time_in(text, &Berlin2026);
+        assert_eq!(parse("2026-03-29 01:30").unwrap(), utc("2026-03-29T00:30:00Z"));
+        assert_eq!(parse("2026-03-29 03:30").unwrap(), utc("2026-03-29T01:30:00Z"));
+        assert_eq!(parse("2026-07-01").unwrap(), utc("2026-07-01T21:59:59Z"));
+        let gap = parse("2026-03-29 02:30").unwrap_err();
+        assert_eq!(gap.kind(), ErrorKind::Usage);
+        assert!(gap.message().contains("does not exist") && gap.message().contains("skipped"), "{gap}");
+        assert!(gap.message().contains("2026-03-29T02:30:00+01:00"), "{gap}");
+        let twice = parse("2026-10-25 02:30").unwrap_err();
+        assert_eq!(twice.kind(), ErrorKind::Usage);
+        assert!(twice.message().contains("happened twice"), "{twice}");
+        assert!(
+            twice.message().contains("2026-10-25T00:30:00Z") && twice.message().contains("2026-10-25T01:30:00Z"),
+            "{twice}"
+        );
+        assert!(twice.message().contains("+02:00") && twice.message().contains("+01:00"), "{twice}");
+        // With an offset, both instants can be named.
+        assert_eq!(parse("2026-10-25T02:30:00+02:00").unwrap(), utc("2026-10-25T00:30:00Z"));
+        assert_eq!(parse("2026-10-25T02:30:00+01:00").unwrap(), utc("2026-10-25T01:30:00Z"));
+    }
+
+    #[test]
+    fn times_outside_four_digit_years_are_usage_errors() {
+        for text in ["99999-01-01", "-5000-01-01", "+10000-01-01 10:00", "0000-01-01T00:30:00+01:00", "", "2026-13-01"]
+        {
+            let err = parse_time(text).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Usage, "{text}");
+        }
+        assert!(parse_time("9999-12-31T23:59:59Z").is_ok() && parse_time("0000-01-01T00:00:00Z").is_ok());
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::fetch::parse_time;
+use super::fetch::{parse_time, Found, Listing};
 use super::snapshot::Summary;
 use crate::error::{Error, Result};
 
@@ -30,24 +30,38 @@ pub struct Policy {
 
 impl Policy {
     fn is_empty(&self) -> bool {
-        self.last + self.hourly + self.daily + self.weekly + self.monthly + self.yearly == 0 && self.within.is_none()
+        [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly].iter().all(|&n| n == 0)
+            && self.within.is_none()
     }
 }
 
-/// Parses a duration such as `90m`, `36h`, `14d`, `8w` or `1y` (365 days).
+/// The longest duration [`parse_duration`] accepts, in years of 365 days.
+pub const MAX_DURATION_YEARS: i64 = 1000;
+
+/// Parses a duration such as `90m`, `36h`, `14d`, `8w` or `1y` (365 days),
+/// at most [`MAX_DURATION_YEARS`] years; anything else is a usage error.
 pub fn parse_duration(text: &str) -> Result<chrono::Duration> {
-    let bad = || Error::usage(format!("'{text}' is not a duration (use 36h, 14d, 8w, ...)"));
+    let bad = || Error::usage(format!("'{text}' is not a duration (use 90m, 36h, 14d, 8w or 1y)"));
+    let too_long = || Error::usage(format!("'{text}' is too long (at most {MAX_DURATION_YEARS}y)"));
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let number: i64 = text[..split].parse().map_err(|_| bad())?;
-    let unit = match &text[split..] {
-        "m" => chrono::Duration::minutes(1),
-        "h" => chrono::Duration::hours(1),
-        "d" => chrono::Duration::days(1),
-        "w" => chrono::Duration::weeks(1),
-        "y" => chrono::Duration::days(365),
+    if split == 0 {
+        return Err(bad());
+    }
+    let minutes_per_unit: i64 = match &text[split..] {
+        "m" => 1,
+        "h" => 60,
+        "d" => 24 * 60,
+        "w" => 7 * 24 * 60,
+        "y" => 365 * 24 * 60,
         _ => return Err(bad()),
     };
-    i32::try_from(number).ok().and_then(|n| unit.checked_mul(n)).ok_or_else(bad)
+    // Only digits precede the unit, so the number fails to parse only by being too large.
+    let number: i64 = text[..split].parse().map_err(|_| too_long())?;
+    number
+        .checked_mul(minutes_per_unit)
+        .filter(|&minutes| minutes <= MAX_DURATION_YEARS * 365 * 24 * 60)
+        .map(chrono::Duration::minutes)
+        .ok_or_else(too_long)
 }
 
 /// One snapshot's fate, and why.
@@ -59,6 +73,9 @@ pub struct Decision {
     pub keep: bool,
     /// The rules that keep it (empty when removed).
     pub reasons: Vec<String>,
+    /// Why it cannot be read, for a damaged snapshot (which rules never remove).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// A snapshot's ID and summary with its parsed start time.
@@ -71,6 +88,14 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
     if policy.is_empty() {
         return Err(Error::usage("give at least one --keep-* rule"));
     }
+    // The start of the --keep-within window; a window reaching before the
+    // earliest representable time is refused rather than wrapped around.
+    let window_start = match policy.within {
+        Some(within) => Some(now.checked_sub_signed(within).ok_or_else(|| {
+            Error::usage("the --keep-within window reaches back before the earliest time that can be handled")
+        })?),
+        None => None,
+    };
     let mut reasons: HashMap<&str, Vec<String>> = HashMap::new();
     let mut groups: HashMap<(&str, &str), Vec<Dated>> = HashMap::new();
     for (id, s) in snapshots {
@@ -99,9 +124,9 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
                 }
             }
         }
-        if let Some(within) = policy.within {
+        if let Some(window_start) = window_start {
             for (id, _, started) in &newest_first {
-                if *started >= now - within {
+                if *started >= window_start {
                     reasons.entry(id).or_default().push("within".into());
                 }
             }
@@ -123,9 +148,28 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
         .iter()
         .map(|(id, _)| {
             let why = reasons.remove(id.as_str()).unwrap_or_default();
-            Decision { id: id.clone(), keep: !why.is_empty(), reasons: why }
+            Decision { id: id.clone(), keep: !why.is_empty(), reasons: why, damaged: None }
         })
         .collect())
+}
+
+/// The snapshots `names` (full IDs or unambiguous ID prefixes) name, damaged
+/// ones included, each once, as decisions to remove them: for `repo forget R
+/// ID...`, which removes exactly what it is told, e.g. a damaged snapshot.
+pub fn named(listing: &Listing, names: &[String]) -> Result<Vec<Decision>> {
+    let mut decisions: Vec<Decision> = Vec::new();
+    for name in names {
+        let found = listing.find(name)?;
+        if decisions.iter().any(|d| d.id == found.id()) {
+            continue;
+        }
+        let damaged = match found {
+            Found::Damaged(d) => Some(d.reason.clone()),
+            Found::Readable(..) => None,
+        };
+        decisions.push(Decision { id: found.id().to_string(), keep: false, reasons: Vec::new(), damaged });
+    }
+    Ok(decisions)
 }
 
 #[cfg(test)]
@@ -173,5 +217,37 @@ mod tests {
         assert_eq!(kept(&within), ["f2", "i2", "i3"]);
         assert!(decide(&all, &Policy::default(), now).is_err());
         assert!(parse_duration("3x").is_err() && parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_and_windows_never_overflow() {
+        assert_eq!(parse_duration("1000y").unwrap(), chrono::Duration::days(365_000));
+        assert_eq!(parse_duration("90m").unwrap(), chrono::Duration::minutes(90));
+        for text in ["1001y", "300000y", "99999999999999999999999d", "52143w", "", "-1d", "1.5h", "1 d", "y5"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        let all = vec![snap("f1", "2026-11-01T01:00:00Z", "full")];
+        let longest = Policy { within: parse_duration("1000y").ok(), ..Policy::default() };
+        let now = parse_time("2026-11-03T00:00:00Z").unwrap();
+        assert_eq!(kept(&decide(&all, &longest, now).unwrap()), ["f1"]);
+        assert!(decide(&all, &longest, DateTime::<Utc>::MIN_UTC).is_err());
+        let huge = Policy { last: usize::MAX, hourly: usize::MAX, ..Policy::default() };
+        assert_eq!(kept(&decide(&all, &huge, now).unwrap()), ["f1"]);
+    }
+
+    #[test]
+    fn named_snapshots_include_damaged_ones_once() {
+        let listing = Listing {
+            readable: vec![snap("aa11", "2026-11-01T01:00:00Z", "full"), snap("ab22", "2026-11-02T01:00:00Z", "full")],
+            damaged: vec![super::super::fetch::Damaged { id: "cc33".into(), reason: "truncated".into() }],
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let decisions = named(&listing, &names(&["aa", "cc33", "aa11"])).unwrap();
+        assert_eq!(decisions.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["aa11", "cc33"]);
+        assert_eq!(decisions[1].damaged.as_deref(), Some("truncated"));
+        assert!(decisions.iter().all(|d| !d.keep));
+        assert!(named(&listing, &names(&["a"])).is_err(), "ambiguous");
+        assert!(named(&listing, &names(&["dd"])).is_err(), "unknown");
+        assert!(named(&listing, &names(&[""])).is_err(), "empty");
     }
 }
