@@ -80,6 +80,13 @@ pub fn open_storage(location: &str) -> Result<Box<dyn Storage>> {
 impl Repository {
     /// Creates a repository at `location` (an empty or missing directory) whose
     /// master key opens with `secret`.
+    ///
+    /// Two `repo init` at once on one place: each writes its key slot, then
+    /// creates `config` only where none exists (exclusively where the backend
+    /// can) and reads it back. The run whose config is there succeeds; the
+    /// other removes its key slot and fails, so exactly one key opens the
+    /// repository. docs/REPOSITORY.md says what holds on services that
+    /// ignore conditional writes.
     pub fn init(location: &str, secret: &Secret, sizes: ChunkSizes) -> Result<Config> {
         sizes.validate(crate::format::MAX_PLAIN_PAYLOAD)?;
         let storage = open_storage(location)?;
@@ -96,10 +103,52 @@ impl Repository {
         };
         let master = MasterKey::generate();
         let slot = KeySlot::seal(&master, false, secret, &config.id)?;
-        storage.create(&format!("keys/{}", slot_name()), &serde_json::to_vec_pretty(&slot).unwrap())?;
+        let slot = (format!("keys/{}", slot_name()), serde_json::to_vec_pretty(&slot).unwrap());
+        storage.create(&slot.0, &slot.1)?;
         // The config is written last: a directory without it is not a repository.
-        storage.create("config", &serde_json::to_vec_pretty(&config).unwrap())?;
-        Ok(config)
+        let ours = serde_json::to_vec_pretty(&config).unwrap();
+        let shown = address::redact_location(location);
+        if let Err(err) = storage.create_new("config", &ours) {
+            // Whether it arrived is unknown: take back what is provably this run's.
+            let mine = matches!(storage.read_if_exists("config"), Ok(Some(found)) if found == ours);
+            let removed = match mine {
+                true => storage.remove("config").and_then(|()| storage.remove(&slot.0)),
+                false => storage.remove(&slot.0),
+            };
+            let what = if mine { format!("config and key slot {}", slot.0) } else { format!("key slot {}", slot.0) };
+            let outcome = match removed {
+                Ok(()) => format!("no repository was created; removed this run's {what}"),
+                Err(also) => format!("no repository was created, but this run's {what} could not be removed ({also})"),
+            };
+            return Err(Error::new(err.kind(), format!("{}; {outcome}", err.message())));
+        }
+        // Read back even after an exclusive create: a service that ignores the
+        // condition lets the last writer's config win.
+        let found = storage.read_if_exists("config").map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!(
+                    "{}; whether this run created the repository is unknown (its key slot is {})",
+                    e.message(),
+                    slot.0
+                ),
+            )
+        })?;
+        if found.as_deref() == Some(&ours[..]) {
+            return Ok(config);
+        }
+        let theirs = match found.as_deref().map(serde_json::from_slice::<Config>) {
+            Some(Ok(other)) => format!("repository {} of another `repo init` running at the same time", other.id),
+            Some(Err(_)) => {
+                "another config (being written by a `repo init` running at the same time, or damaged)".to_string()
+            }
+            None => "no config (another program removed it)".to_string(),
+        };
+        let removed = match storage.remove(&slot.0) {
+            Ok(()) => format!("this run's key slot {} was removed", slot.0),
+            Err(e) => format!("this run's key slot {} could not be removed ({e}); remove it by hand", slot.0),
+        };
+        Err(Error::other(format!("'{shown}' now holds {theirs}, not the one this run wrote; {removed}")))
     }
 
     /// The key slots of the repository at `location`: name, kind and access. Needs no key.
@@ -116,7 +165,8 @@ impl Repository {
         let storage = open_storage(location)?;
         if !storage.exists("config")? {
             return Err(Error::usage(format!(
-                "'{location}' is not a backpipe repository (no config); create one with `repo init`"
+                "'{}' is not a backpipe repository (no config); create one with `repo init`",
+                address::redact_location(location)
             )));
         }
         Ok(storage)
@@ -128,7 +178,10 @@ impl Repository {
         let config: Config = serde_json::from_slice(&storage.read("config")?)
             .map_err(|e| Error::integrity(format!("the repository config is damaged: {e}")))?;
         if config.repository != "backpipe" || config.version != 1 {
-            return Err(Error::other(format!("'{location}' is not a version 1 backpipe repository")));
+            return Err(Error::other(format!(
+                "'{}' is not a version 1 backpipe repository",
+                address::redact_location(location)
+            )));
         }
         config.sizes().validate(crate::format::MAX_PLAIN_PAYLOAD).map_err(|e| e.context("the repository config"))?;
         for (name, slot) in keyslot::list(&*storage)? {
@@ -145,7 +198,10 @@ impl Repository {
                 return Ok(Repository { storage, config, master, write, slot });
             }
         }
-        Err(Error::usage(format!("no key slot of '{location}' opens with the key or passphrase given")))
+        Err(Error::usage(format!(
+            "no key slot of '{}' opens with the key or passphrase given",
+            address::redact_location(location)
+        )))
     }
 
     /// Adds a key slot that opens the repository with `secret` (only to

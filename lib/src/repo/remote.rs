@@ -6,6 +6,12 @@
 //! hashes or random, so two writers of one name write the same bytes, and an
 //! S3 PUT is atomic. SFTP writes land in a `.tmp-` name first and are renamed
 //! into place, so a killed writer never leaves a partial object under a real name.
+//! The one exception is `config`, which `repo init` creates only where none
+//! exists ([`Storage::create_new`]): an exclusive open on SFTP, a conditional
+//! PUT (`If-None-Match: *`) on S3.
+//!
+//! Messages quote the location through [`redact_location`] and OpenDAL's
+//! causes through [`redact`], so no user information in a URL reaches stderr.
 
 use std::future::IntoFuture;
 use std::io::Read;
@@ -14,7 +20,7 @@ use std::time::Duration;
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind as DalKind, Operator};
 
-use super::address::{Address, S3Address, SftpAddress};
+use super::address::{check_endpoint, redact, redact_location, Address, S3Address, SftpAddress};
 use super::storage::{is_temporary, Storage};
 use crate::error::{Error, Result};
 
@@ -25,7 +31,7 @@ const UPLOAD_PIECE: usize = 8 << 20;
 pub struct RemoteStorage {
     runtime: tokio::runtime::Runtime,
     operator: Operator,
-    /// Where, for messages.
+    /// Where, for messages (redacted).
     location: String,
     /// Write under a temporary name and rename (SFTP, where writes are not atomic).
     staged_writes: bool,
@@ -42,16 +48,22 @@ impl RemoteStorage {
             .enable_all()
             .build()
             .map_err(|e| Error::io("cannot start the storage runtime", e))?;
-        let config_error = |e: opendal::Error| Error::usage(format!("'{location}': {}", one_line(&e)));
+        let shown = redact_location(location);
+        let config_error = |e: opendal::Error| Error::usage(format!("'{shown}': {}", redact(&one_line(&e))));
         let (operator, staged_writes) = match address {
             Address::Sftp(sftp) => (sftp_operator(sftp).map_err(config_error)?, true),
-            Address::S3(s3) => (s3_operator(s3).map_err(config_error)?, false),
+            Address::S3(s3) => {
+                if s3.endpoint.is_none() {
+                    endpoint_from_environment().map_err(|e| Error::usage(format!("'{shown}': {e}")))?;
+                }
+                (s3_operator(s3).map_err(config_error)?, false)
+            }
             Address::Local(_) => unreachable!("local repositories use LocalStorage"),
         };
         let operator = operator
             .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(300)))
             .layer(RetryLayer::new().with_max_times(3).with_jitter());
-        Ok(RemoteStorage { runtime, operator, location: location.to_string(), staged_writes })
+        Ok(RemoteStorage { runtime, operator, location: shown, staged_writes })
     }
 
     fn run<T>(&self, work: impl IntoFuture<Output = opendal::Result<T>>) -> opendal::Result<T> {
@@ -59,7 +71,7 @@ impl RemoteStorage {
     }
 
     fn fail(&self, name: &str, what: &str, err: opendal::Error) -> Error {
-        let mut cause = one_line(&err);
+        let mut cause = redact(&one_line(&err));
         if cause.contains("failed to load signing credential") {
             cause.push_str(
                 " (no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a credentials file: AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)",
@@ -171,6 +183,26 @@ fn sftp_operator(sftp: &SftpAddress) -> opendal::Result<Operator> {
     Operator::new(builder)
 }
 
+/// The variables OpenDAL reads an S3 endpoint from when the URL names none, first set first.
+const ENDPOINT_VARIABLES: [&str; 3] = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_S3_ENDPOINT"];
+
+/// Refuses an endpoint from the environment that carries credentials, as one in the URL is.
+fn endpoint_from_environment() -> std::result::Result<(), String> {
+    let Some((name, value)) = ENDPOINT_VARIABLES
+        .iter()
+        .find_map(|name| Some((name, std::env::var(name).ok()?)))
+        .filter(|(_, v)| !v.is_empty())
+    else {
+        return Ok(());
+    };
+    match check_endpoint(&value) {
+        Err(why) if why.contains("user name or password") => Err(format!(
+            "{name} has a user name or password in it; credentials never go in a URL (see docs/REPOSITORY.md for where they go)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn s3_operator(s3: &S3Address) -> opendal::Result<Operator> {
     let region = s3.region.clone().or_else(|| std::env::var("AWS_REGION").ok()).unwrap_or_else(|| "us-east-1".into());
     let mut builder = opendal::services::S3::default()
@@ -217,6 +249,19 @@ fn one_line(err: &opendal::Error) -> String {
 }
 
 impl Storage for RemoteStorage {
+    fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        // One request, under the final name: SFTP opens it with SSH_FXF_EXCL
+        // (O_EXCL on the server), S3 sends If-None-Match: *. (A staged SFTP
+        // write is no use here: OpenSSH's posix-rename replaces the target.)
+        match self.run(self.operator.write_with(name, bytes.to_vec()).if_not_exists(true)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == DalKind::ConditionNotMatch => Ok(false),
+            // S3's "a conflicting conditional write is in progress", still so after the retries.
+            Err(e) if e.kind() == DalKind::Conflict && self.exists(name)? => Ok(false),
+            Err(e) => Err(self.write_failure(name, e)),
+        }
+    }
+
     fn create_from(&self, name: &str, content: &mut dyn Read) -> Result<bool> {
         if self.staged_writes {
             return self.create_staged(name, content);

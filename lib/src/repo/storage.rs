@@ -17,6 +17,13 @@ pub trait Storage: Send + Sync {
     /// exposes a partly written object. Memory use does not grow with the
     /// object's size.
     fn create_from(&self, name: &str, content: &mut dyn Read) -> Result<bool>;
+    /// Creates object `name` with `bytes` only if no object of that name
+    /// exists, for the one object whose name says nothing about its content
+    /// (`config`): `Ok(false)` when one existed, whatever it holds. Exclusive
+    /// where the backend can be (a local directory, SFTP, S3 services that
+    /// honour `If-None-Match: *`); a service that ignores the condition
+    /// replaces the object, so callers read it back.
+    fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool>;
     /// Creates object `name` with `bytes`; see [`Storage::create_from`].
     fn create(&self, name: &str, mut bytes: &[u8]) -> Result<bool> {
         self.create_from(name, &mut bytes)
@@ -109,6 +116,11 @@ fn io(name: &str, what: &str, err: std::io::Error) -> Error {
 }
 
 impl Storage for LocalStorage {
+    fn create_new(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        // Already exclusive: published with RENAME_NOREPLACE, false when the name exists.
+        self.create(name, bytes)
+    }
+
     fn create_from(&self, name: &str, content: &mut dyn Read) -> Result<bool> {
         let target = self.path(name);
         if target.exists() {
@@ -210,7 +222,8 @@ impl Storage for LocalStorage {
     }
 
     fn ensure_empty(&self) -> Result<()> {
-        let shown = self.root.display();
+        // A local path may look like a URL ("./s3://..."): never echo user information.
+        let shown = super::address::redact_location(&self.root.display().to_string());
         std::fs::create_dir_all(&self.root).map_err(|e| Error::io(format!("cannot create '{shown}'"), e))?;
         let mut listing = std::fs::read_dir(&self.root).map_err(|e| Error::io(format!("cannot read '{shown}'"), e))?;
         if listing.next().is_some() {
