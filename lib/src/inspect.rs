@@ -48,6 +48,7 @@ fn mode_string(entry: &Entry) -> String {
         EntryType::Dir => 'd',
         EntryType::Symlink => 'l',
         EntryType::File => '-',
+        EntryType::Hardlink => 'h',
     };
     let mut s = String::from(kind);
     // Setuid and setgid show in the owner's and the group's execute place as
@@ -201,8 +202,18 @@ fn show_frame<W: Write>(
         Kind::End if !hidden => {
             let end: End = frame.parse_json()?;
             printer.emit(
-                json!({"type": "end", "entries": end.entries, "bytes": end.bytes, "frames": frames, "stream_bytes": stream_bytes}),
-                || format!("  end: {} entries, {} bytes ({frames} frames, {stream_bytes} stream bytes)", end.entries, end.bytes),
+                json!({"type": "end", "entries": end.entries, "bytes": end.bytes, "frames": frames,
+                       "stream_bytes": stream_bytes, "changed": end.changed, "warnings": end.warnings}),
+                || {
+                    let changed = match end.changed {
+                        0 => String::new(),
+                        n => format!("; {n} names changed while the source read them"),
+                    };
+                    format!(
+                        "  end: {} entries, {} bytes ({frames} frames, {stream_bytes} stream bytes){changed}",
+                        end.entries, end.bytes
+                    )
+                },
             )
         }
         Kind::Abort => {
@@ -261,7 +272,14 @@ fn show_entry<W: Write>(printer: &mut Printer<W>, stats: &EntryStats, end: Optio
                 name.push_str(" -> ");
                 name.push_str(&entry.target.as_ref().map(|t| t.display()).unwrap_or_default());
             }
+            EntryType::Hardlink => {
+                name.push_str(" link to ");
+                name.push_str(&entry.target.as_ref().map(|t| t.display()).unwrap_or_default());
+            }
             EntryType::File => {}
+        }
+        if !entry.xattrs.is_empty() {
+            name.push_str(&format!("  ({} extended attributes)", entry.xattrs.len()));
         }
         let stored = if stats.data_frames > 0 {
             format!(

@@ -256,7 +256,7 @@ pub fn incremental(
         let progress = Progress::for_stage(TOOL);
         progress.set_total(begin.expected_bytes.unwrap_or(0));
         let dir = options.binlog_dir.clone().unwrap_or_else(|| server.binlog_dir());
-        let mut totals = End { entries: 0, bytes: 0, positions: Default::default() };
+        let mut totals = End { entries: 0, bytes: 0, ..End::default() };
         for file in files {
             let before_full = match start.full_file {
                 Some(full_file) => sequence_of(&file.name)? < sequence_of(full_file)?,

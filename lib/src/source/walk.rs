@@ -74,7 +74,13 @@ impl Node<'_> {
         let file = unsafe { File::from_raw_fd(fd) };
         let now = stat_of(&file, self.path)?;
         let same = (now.st_dev, now.st_ino) == (self.listed.st_dev, self.listed.st_ino) && file_type(&now) == kind;
-        Ok(if same { Opened::Same(file) } else { Opened::Changed("was replaced before it was read; skipped") })
+        if !same {
+            return Ok(Opened::Changed("was replaced before it was read; skipped"));
+        }
+        // Reads block as usual from here on (some network file systems honour O_NONBLOCK).
+        nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
+            .map_err(|e| Error::other(format!("cannot read '{}': {}", self.path.display(), e.desc())))?;
+        Ok(Opened::Same(file))
     }
 }
 
