@@ -188,6 +188,14 @@ fn a_live_tree_is_read_to_the_end_and_its_changes_are_reported() {
                 assert!(err.contains("the stream is complete"), "{err}");
                 let end = String::from_utf8(sh_ok(&d, "inspect s.bp | tail -n 1")).unwrap();
                 assert!(end.contains("changed while the source read them"), "{end}");
+                // It is a backup all the same, and the repository says what it is.
+                let listed = sh_ok(
+                    &d,
+                    "rm -rf r && { [ -e k ] || keygen k; } && repo init r --key-file k 2>/dev/null
+                     chunk --repo r --key-file k < s.bp | encrypt --repo r --key-file k | ship r --key-file k >/dev/null
+                     repo snapshots r --key-file k",
+                );
+                assert!(String::from_utf8_lossy(&listed).contains("changed while read"), "{listed:?}");
             }
             code => panic!("run {run}: exit {code:?}: {err}"),
         }

@@ -240,8 +240,12 @@ fn main() {
                     value["snapshot"] = serde_json::json!(id);
                     value.to_string()
                 } else {
+                    let changed = match s.changed {
+                        0 => String::new(),
+                        n => format!("  ({n} changed while read)"),
+                    };
                     format!(
-                        "{id}  {}  {:<10} {:<12} {:<8} {:>6} entries {:>14} bytes",
+                        "{id}  {}  {:<10} {:<12} {:<8} {:>6} entries {:>14} bytes{changed}",
                         s.begin.started, s.begin.host, s.begin.engine, s.begin.kind, s.entries, s.bytes
                     )
                 };

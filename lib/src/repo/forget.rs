@@ -184,6 +184,7 @@ mod tests {
             end_positions: Default::default(),
             entries: 0,
             bytes: 0,
+            changed: 0,
             stream_bytes: 0,
             chunks: 0,
             new_chunks: 0,

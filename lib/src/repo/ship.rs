@@ -248,6 +248,7 @@ fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, s
         end_positions: end.positions,
         entries: end.entries,
         bytes: end.bytes,
+        changed: end.changed,
         stream_bytes,
         chunks: done.chunks,
         new_chunks: done.new_chunks,

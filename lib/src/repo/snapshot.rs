@@ -32,6 +32,10 @@ pub struct Summary {
     pub entries: u64,
     /// Content bytes of the entries.
     pub bytes: u64,
+    /// Names that changed while the source read them (the End frame's
+    /// `changed`): the backup is complete but not of one instant. 0 when consistent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changed: u64,
     /// Stream bytes `ship` read.
     pub stream_bytes: u64,
     /// Chunks in the stream.
@@ -45,6 +49,10 @@ pub struct Summary {
     pub stored: String,
     /// BLAKE3 of the skeleton, hex: binds the summary to its skeleton.
     pub skeleton_blake3: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Binds a summary to its repository.
