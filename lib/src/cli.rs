@@ -7,8 +7,11 @@ use crate::error::Result;
 use crate::keys::SecretSource;
 
 /// Runs a tool's body and exits: 0 on success, the error's class status otherwise.
+/// Notices that a remote repository is not answering go to stderr as they come.
 pub fn main(tool: &str, body: impl FnOnce() -> Result<()>) -> ! {
     prepare_process();
+    let name = tool.to_string();
+    crate::repo::remote::on_waiting(move |notice| say(&format!("{name}: {notice}")));
     match body() {
         Ok(()) => std::process::exit(0),
         Err(err) => {

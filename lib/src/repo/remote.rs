@@ -15,17 +15,114 @@
 
 use std::future::IntoFuture;
 use std::io::Read;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind as DalKind, Operator};
 
 use super::address::{check_endpoint, redact, redact_location, Address, S3Address, SftpAddress};
-use super::storage::{is_temporary, Storage};
+use super::storage::{is_temporary, Listed, Storage};
 use crate::error::{Error, Result};
 
 /// Bytes sent per write request (S3 multipart parts are at least 5 MiB).
 const UPLOAD_PIECE: usize = 8 << 20;
+
+/// How long a remote storage may take, how often a step is tried, and how
+/// many requests go out at once; from the environment ([`Limits::VARIABLES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long one attempt of a step (a request, one piece of a transfer or
+    /// listing) may go without completing before it is given up.
+    pub step: Duration,
+    /// How many times a step that failed in a way that may pass (no answer
+    /// in time, a server error) is tried again.
+    pub retries: usize,
+    /// How many requests to have in flight at once where work allows it
+    /// (reading many snapshots or indexes).
+    pub requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { step: Duration::from_secs(120), retries: 3, requests: 16 }
+    }
+}
+
+impl Limits {
+    /// The environment variables that set the limits: seconds per attempt,
+    /// retries, and requests at once, with their ranges.
+    pub const VARIABLES: [(&'static str, u64, u64); 3] = [
+        ("BACKPIPE_STORAGE_TIMEOUT", 1, 86_400),
+        ("BACKPIPE_STORAGE_RETRIES", 0, 100),
+        ("BACKPIPE_STORAGE_REQUESTS", 1, 32),
+    ];
+
+    /// The defaults, with whatever [`Limits::VARIABLES`] set; a value that is not a
+    /// whole number in range is a usage error.
+    pub fn from_environment() -> Result<Limits> {
+        let mut limits = Limits::default();
+        for (name, low, high) in Self::VARIABLES {
+            let Some(value) = std::env::var_os(name).filter(|v| !v.is_empty()) else { continue };
+            let value = value.to_string_lossy();
+            let number =
+                value.trim().parse::<u64>().ok().filter(|n| (low..=high).contains(n)).ok_or_else(|| {
+                    Error::usage(format!("{name}='{value}' is not a whole number from {low} to {high}"))
+                })?;
+            match name {
+                "BACKPIPE_STORAGE_TIMEOUT" => limits.step = Duration::from_secs(number),
+                "BACKPIPE_STORAGE_RETRIES" => limits.retries = number as usize,
+                _ => limits.requests = number as usize,
+            }
+        }
+        Ok(limits)
+    }
+
+    /// The longest pause between two attempts: they start at 1 s and double
+    /// up to this, and a random part of up to as much again is added.
+    const MAX_PAUSE: Duration = Duration::from_secs(8);
+
+    /// The longest a step can take when the service answers nothing: every
+    /// attempt runs out its time, with the longest pauses between them.
+    pub fn bound(&self) -> Duration {
+        let pause = |n: usize| Duration::from_secs(1 << n.min(3)).min(Self::MAX_PAUSE) * 2;
+        self.step * (self.retries as u32 + 1) + (0..self.retries).map(pause).sum::<Duration>()
+    }
+
+    /// How long a step waits before the first notice that the service is not
+    /// answering: 30 s, or half an attempt's time when that is shorter.
+    fn first_notice(&self) -> Duration {
+        Duration::from_secs(30).min(self.step / 2).max(Duration::from_millis(500))
+    }
+
+    /// How long between further notices: a minute, or an attempt's time when that is shorter.
+    fn next_notice(&self) -> Duration {
+        Duration::from_secs(60).min(self.step)
+    }
+}
+
+/// "8 min 10 s", "45 s", "2 h 3 min": a duration for people.
+pub fn describe_duration(duration: Duration) -> String {
+    let secs = duration.as_secs_f64().round() as u64;
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, 0, _) => format!("{h} h"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}
+
+/// Where notices that a storage is not answering go: set once by the tool
+/// (`cli::main` prints them on stderr with the tool's name).
+static WAITING: OnceLock<Box<dyn Fn(&str) + Send + Sync>> = OnceLock::new();
+
+/// Sends notices that a remote storage is not answering (one line each,
+/// while a step waits) to `notice`; the first call wins.
+pub fn on_waiting(notice: impl Fn(&str) + Send + Sync + 'static) {
+    let _ = WAITING.set(Box::new(notice));
+}
 
 /// A repository on a remote service.
 pub struct RemoteStorage {
@@ -35,6 +132,9 @@ pub struct RemoteStorage {
     location: String,
     /// Write under a temporary name and rename (SFTP, where writes are not atomic).
     staged_writes: bool,
+    limits: Limits,
+    /// When the last notice of waiting went out: one per interval, however many requests wait.
+    last_notice: Mutex<Option<Instant>>,
 }
 
 impl RemoteStorage {
@@ -60,18 +160,74 @@ impl RemoteStorage {
             }
             Address::Local(_) => unreachable!("local repositories use LocalStorage"),
         };
-        let operator = operator
-            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(300)))
-            .layer(RetryLayer::new().with_max_times(3).with_jitter());
-        Ok(RemoteStorage { runtime, operator, location: shown, staged_writes })
+        let limits = Limits::from_environment()?;
+        // Every attempt of a step has the same time; retries pause 1, 2, 4, 8, 8... s, each plus up to as much.
+        let operator =
+            operator.layer(TimeoutLayer::new().with_timeout(limits.step).with_io_timeout(limits.step)).layer(
+                RetryLayer::new()
+                    .with_max_times(limits.retries)
+                    .with_min_delay(Duration::from_secs(1))
+                    .with_factor(2.0)
+                    .with_max_delay(Limits::MAX_PAUSE)
+                    .with_jitter(),
+            );
+        Ok(RemoteStorage { runtime, operator, location: shown, staged_writes, limits, last_notice: Mutex::new(None) })
     }
 
-    fn run<T>(&self, work: impl IntoFuture<Output = opendal::Result<T>>) -> opendal::Result<T> {
-        self.runtime.block_on(work.into_future())
+    /// Runs one step (`what` object `name`, e.g. "write", "data/ab/..."),
+    /// sending a notice while it goes unanswered: first after
+    /// [`Limits::first_notice`], then every [`Limits::next_notice`].
+    fn run<T>(&self, what: &str, name: &str, work: impl IntoFuture<Output = opendal::Result<T>>) -> opendal::Result<T> {
+        self.runtime.block_on(async {
+            let mut work = std::pin::pin!(work.into_future());
+            let began = Instant::now();
+            let mut wait = self.limits.first_notice();
+            loop {
+                match tokio::time::timeout(wait, &mut work).await {
+                    Ok(result) => return result,
+                    Err(_) => self.notice_waiting(what, name, began.elapsed()),
+                }
+                wait = self.limits.next_notice();
+            }
+        })
+    }
+
+    /// Runs a clean-up step after a failure (giving up an upload, deleting a
+    /// temporary object) once, for at most one attempt's time: a service
+    /// that stopped answering must not hold the tool for another full bound.
+    fn clean_up<T>(&self, work: impl IntoFuture<Output = opendal::Result<T>>) {
+        let _ = self.runtime.block_on(tokio::time::timeout(self.limits.step, work.into_future()));
+    }
+
+    fn notice_waiting(&self, what: &str, name: &str, waited: Duration) {
+        let Some(notice) = WAITING.get() else { return };
+        {
+            // However many requests wait at once, one line per interval.
+            let mut last = self.last_notice.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.limits.first_notice()) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        notice(&format!(
+            "{} is not answering: no reply for {} while {what} '{name}'; giving up after {} (BACKPIPE_STORAGE_TIMEOUT={} s per attempt, BACKPIPE_STORAGE_RETRIES={})",
+            self.location,
+            describe_duration(waited),
+            describe_duration(self.limits.bound()),
+            self.limits.step.as_secs(),
+            self.limits.retries,
+        ));
     }
 
     fn fail(&self, name: &str, what: &str, err: opendal::Error) -> Error {
         let mut cause = redact(&one_line(&err));
+        if cause.contains("timeout reached") {
+            cause = format!(
+                "no answer: {} attempts of {} each went unanswered (see BACKPIPE_STORAGE_TIMEOUT and BACKPIPE_STORAGE_RETRIES)",
+                self.limits.retries + 1,
+                describe_duration(self.limits.step)
+            );
+        }
         if cause.contains("failed to load signing credential") {
             cause.push_str(
                 " (no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a credentials file: AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE)",
@@ -86,18 +242,20 @@ impl RemoteStorage {
 
     /// Writes what `content` reads to object `target`, a piece at a time.
     fn upload(&self, name: &str, target: &str, content: &mut dyn Read) -> Result<()> {
-        let mut writer = self.run(self.operator.writer(target)).map_err(|e| self.fail(name, "write", e))?;
+        let mut writer =
+            self.run("writing", name, self.operator.writer(target)).map_err(|e| self.fail(name, "write", e))?;
         let sent = match self.send(name, &mut writer, content) {
             Ok(sent) => sent,
             Err(err) => {
                 // Gives up a multipart upload, so no stored parts are left behind.
-                let _ = self.run(writer.abort());
+                self.clean_up(writer.abort());
                 return Err(err);
             }
         };
         // A write retried after partial progress could leave a longer, shifted
         // object: it must hold exactly what was sent before anything refers to it.
-        let stored = self.run(self.operator.stat(target)).map_err(|e| self.fail(name, "inspect", e))?;
+        let stored =
+            self.run("inspecting", name, self.operator.stat(target)).map_err(|e| self.fail(name, "inspect", e))?;
         if stored.content_length() != sent {
             return Err(Error::other(format!(
                 "cannot write '{name}' in {}: {} bytes arrived of {sent} sent (the connection failed mid-write)",
@@ -122,9 +280,9 @@ impl RemoteStorage {
                 break;
             }
             sent += piece.len() as u64;
-            self.run(writer.write(piece)).map_err(|e| self.write_failure(name, e))?;
+            self.run("writing", name, writer.write(piece)).map_err(|e| self.write_failure(name, e))?;
         }
-        self.run(writer.close()).map_err(|e| self.write_failure(name, e))?;
+        self.run("writing", name, writer.close()).map_err(|e| self.write_failure(name, e))?;
         Ok(sent)
     }
 
@@ -145,13 +303,13 @@ impl RemoteStorage {
         crate::random::fill(&mut random);
         let temp = format!("{folder}/.tmp-{}-{file}", hex::encode(random));
         if let Err(err) = self.upload(name, &temp, content) {
-            let _ = self.run(self.operator.delete(&temp));
+            self.clean_up(self.operator.delete(&temp));
             return Err(err);
         }
-        match self.run(self.operator.rename(&temp, name)) {
+        match self.run("publishing", name, self.operator.rename(&temp, name)) {
             Ok(()) => Ok(true),
             Err(err) => {
-                let _ = self.run(self.operator.delete(&temp));
+                self.clean_up(self.operator.delete(&temp));
                 if self.exists(name)? {
                     Ok(false)
                 } else {
@@ -253,7 +411,7 @@ impl Storage for RemoteStorage {
         // One request, under the final name: SFTP opens it with SSH_FXF_EXCL
         // (O_EXCL on the server), S3 sends If-None-Match: *. (A staged SFTP
         // write is no use here: OpenSSH's posix-rename replaces the target.)
-        match self.run(self.operator.write_with(name, bytes.to_vec()).if_not_exists(true)) {
+        match self.run("writing", name, self.operator.write_with(name, bytes.to_vec()).if_not_exists(true)) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == DalKind::ConditionNotMatch => Ok(false),
             // S3's "a conflicting conditional write is in progress", still so after the retries.
@@ -272,11 +430,11 @@ impl Storage for RemoteStorage {
     }
 
     fn read(&self, name: &str) -> Result<Vec<u8>> {
-        self.run(self.operator.read(name)).map(|b| b.to_vec()).map_err(|e| self.fail(name, "read", e))
+        self.run("reading", name, self.operator.read(name)).map(|b| b.to_vec()).map_err(|e| self.fail(name, "read", e))
     }
 
     fn read_if_exists(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        match self.run(self.operator.read(name)) {
+        match self.run("reading", name, self.operator.read(name)) {
             Ok(bytes) => Ok(Some(bytes.to_vec())),
             Err(e) if e.kind() == DalKind::NotFound => Ok(None),
             Err(e) => Err(self.fail(name, "read", e)),
@@ -285,7 +443,7 @@ impl Storage for RemoteStorage {
 
     fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let bytes = self
-            .run(self.operator.read_with(name).range(offset..offset + len as u64))
+            .run("reading", name, self.operator.read_with(name).range(offset..offset + len as u64))
             .map_err(|e| self.fail(name, "read", e))?;
         if bytes.len() != len {
             return Err(Error::other(format!(
@@ -297,35 +455,46 @@ impl Storage for RemoteStorage {
         Ok(bytes.to_vec())
     }
 
-    fn list(&self, folder: &str) -> Result<Vec<String>> {
-        let entries = match self.run(self.operator.list_with(&format!("{folder}/")).recursive(true)) {
+    fn list_detailed(&self, folder: &str) -> Result<Vec<Listed>> {
+        let path = format!("{folder}/");
+        let entries = match self.run("listing", folder, self.operator.list_with(&path).recursive(true)) {
             Ok(entries) => entries,
             Err(e) if e.kind() == DalKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.fail(folder, "list", e)),
         };
-        let mut names: Vec<String> = entries
+        let mut objects: Vec<Listed> = entries
             .into_iter()
-            .map(|entry| entry.path().trim_start_matches('/').to_string())
-            .filter(|path| !path.ends_with('/') && !is_temporary(path))
+            .map(|entry| {
+                let (path, metadata) = entry.into_parts();
+                let modified = metadata.last_modified().map(|t| DateTime::<Utc>::from(std::time::SystemTime::from(t)));
+                Listed { name: path.trim_start_matches('/').to_string(), size: metadata.content_length(), modified }
+            })
+            .filter(|object| !object.name.ends_with('/') && !is_temporary(&object.name))
             .collect();
-        names.sort();
-        Ok(names)
+        objects.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(objects)
+    }
+
+    fn concurrency(&self) -> usize {
+        self.limits.requests
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
-        self.run(self.operator.exists(name)).map_err(|e| self.fail(name, "look for", e))
+        self.run("looking for", name, self.operator.exists(name)).map_err(|e| self.fail(name, "look for", e))
     }
 
     fn size(&self, name: &str) -> Result<u64> {
-        self.run(self.operator.stat(name)).map(|m| m.content_length()).map_err(|e| self.fail(name, "inspect", e))
+        self.run("inspecting", name, self.operator.stat(name))
+            .map(|m| m.content_length())
+            .map_err(|e| self.fail(name, "inspect", e))
     }
 
     fn remove(&self, name: &str) -> Result<()> {
-        self.run(self.operator.delete(name)).map_err(|e| self.fail(name, "delete", e))
+        self.run("deleting", name, self.operator.delete(name)).map_err(|e| self.fail(name, "delete", e))
     }
 
     fn ensure_empty(&self) -> Result<()> {
-        let entries = self.run(self.operator.list("/")).or_else(|e| match e.kind() {
+        let entries = self.run("listing", "/", self.operator.list("/")).or_else(|e| match e.kind() {
             DalKind::NotFound => Ok(Vec::new()),
             _ => Err(self.fail("/", "list", e)),
         })?;

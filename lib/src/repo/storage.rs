@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use nix::fcntl::{renameat2, RenameFlags};
 
 use crate::error::{Error, Result};
@@ -35,7 +36,15 @@ pub trait Storage: Send + Sync {
     /// Reads `len` bytes of an object from `offset`.
     fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// Names of the objects under a folder (`"snapshots"`, `"data"`), recursively, sorted.
-    fn list(&self, folder: &str) -> Result<Vec<String>>;
+    fn list(&self, folder: &str) -> Result<Vec<String>> {
+        Ok(self.list_detailed(folder)?.into_iter().map(|object| object.name).collect())
+    }
+    /// The objects under a folder as [`Storage::list`] names them, with the
+    /// size and modification time the same listing gives (no request per object).
+    fn list_detailed(&self, folder: &str) -> Result<Vec<Listed>>;
+    /// How many requests this storage serves well at once: what
+    /// [`concurrently`] runs in parallel.
+    fn concurrency(&self) -> usize;
     /// True when the object exists.
     fn exists(&self, name: &str) -> Result<bool>;
     /// The size of an object in bytes.
@@ -44,6 +53,45 @@ pub trait Storage: Send + Sync {
     fn remove(&self, name: &str) -> Result<()>;
     /// Makes sure the place exists and holds nothing yet, for `repo init`.
     fn ensure_empty(&self) -> Result<()>;
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its name, e.g. `snapshots/<id>`.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was written, by the storage's clock (file mtime, S3
+    /// `Last-Modified`), not the writer's; `None` where the service does not say.
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// Runs `work` on every item with up to [`Storage::concurrency`] of them at
+/// once (each on a thread of its own, calling the storage's blocking
+/// methods), and hands the results to `consume` in the items' order. At most
+/// [`crate::parallel::MAX_IN_FLIGHT`] results wait at once, so memory is
+/// bounded by that many results whatever the number of items. The first
+/// failure in item order ends the run.
+pub fn concurrently<J, O>(
+    storage: &dyn Storage,
+    items: impl IntoIterator<Item = J>,
+    work: impl Fn(J) -> Result<O> + Sync,
+    consume: impl FnMut(O) -> Result<()> + Send,
+) -> Result<()>
+where
+    J: Send,
+    O: Send,
+{
+    let produce = |hand: &mut dyn FnMut(J) -> bool| {
+        for item in items {
+            if !hand(item) {
+                break;
+            }
+        }
+        Ok(())
+    };
+    crate::parallel::run_ordered(storage.concurrency(), produce, work, consume)
 }
 
 /// Reads an object front to back in ranges of [`ObjectReader::STEP`] bytes,
@@ -177,8 +225,8 @@ impl Storage for LocalStorage {
         Ok(buf)
     }
 
-    fn list(&self, folder: &str) -> Result<Vec<String>> {
-        let mut names = Vec::new();
+    fn list_detailed(&self, folder: &str) -> Result<Vec<Listed>> {
+        let mut objects = Vec::new();
         let mut pending = vec![folder.to_string()];
         while let Some(dir) = pending.pop() {
             let listing = match std::fs::read_dir(self.path(&dir)) {
@@ -192,15 +240,27 @@ impl Storage for LocalStorage {
                 if is_temporary(&name) {
                     continue;
                 }
-                if child.file_type().map_err(|e| io(&name, "inspect", e))?.is_dir() {
+                let metadata = match child.metadata() {
+                    Ok(metadata) => metadata,
+                    // Removed since the folder was read (by `forget` or `prune`): simply gone.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&name, "inspect", e)),
+                };
+                if metadata.is_dir() {
                     pending.push(name);
                 } else {
-                    names.push(name);
+                    let modified = metadata.modified().ok().map(DateTime::<Utc>::from);
+                    objects.push(Listed { name, size: metadata.len(), modified });
                 }
             }
         }
-        names.sort();
-        Ok(names)
+        objects.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(objects)
+    }
+
+    fn concurrency(&self) -> usize {
+        // Reads from a local disk are quick: the work is decrypting, one per core.
+        crate::parallel::default_threads()
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
