@@ -394,3 +394,32 @@ fn hostile_frames_are_refused_without_a_crash() {
     assert_eq!(std::fs::read_to_string(dir.path().join("status")).unwrap().trim(), "4");
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_key_file_other_users_can_read_or_change_is_refused() {
+    let dir = scratch();
+    let d = dir.path();
+    put(&d.join("tree/a"), b"content", 0o644, 1_700_000_000);
+    sh_ok(d, "keygen k && cp k k0 && repo init R --key-file k 2>/dev/null && dump-files tree > plain.bp");
+    // Every tool that reads a key file, as ssh treats a private key: refused, one line, exit 2.
+    let uses = [
+        "encrypt --key-file k < plain.bp > out.bp",
+        "chunk --key-file k < plain.bp > out.bp",
+        "repo snapshots R --key-file k",
+        "repo key add R --key-file k0 --new-key-file k",
+    ];
+    for mode in ["644", "640", "604", "660", "666", "620"] {
+        for use_ in uses {
+            let err = sh_fails(d, &format!("chmod {mode} k && {use_}"), 2);
+            assert_eq!(err.trim_end().lines().count(), 1, "{mode} {use_}: {err}");
+            assert!(err.contains("accessible by other users") && err.contains("chmod 600"), "{mode} {use_}: {err}");
+        }
+    }
+    // Readable by its owner only (0600, 0400), it is used; keygen makes it so.
+    for mode in ["600", "400"] {
+        sh_ok(d, &format!("chmod {mode} k && encrypt --key-file k < plain.bp > out.bp && repo snapshots R --key-file k"));
+    }
+    sh_ok(d, "keygen k3 && test \"$(stat -c %a k3)\" = 600 && encrypt --key-file k3 < plain.bp > /dev/null");
+    // Through a pipe (mode 0600) it is read as before.
+    sh_ok(d, "encrypt --key-file <(cat k) < plain.bp > /dev/null");
+}

@@ -104,11 +104,16 @@ impl MasterKey {
     }
 
     /// Reads a key file written by [`write_new_file`](Self::write_new_file).
+    /// Like ssh with a private key, refuses one that other users may read or
+    /// write (any group or other permission bit): a usage error naming the fix.
     pub fn read_file(path: &Path) -> Result<MasterKey> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| usage_io(format!("cannot read key file '{}'", path.display()), e))?,
-        );
+        let cannot = |e| usage_io(format!("cannot read key file '{}'", path.display()), e);
+        let mut file = std::fs::File::open(path).map_err(cannot)?;
+        // The mode of what was opened, not of what the name points to a moment later.
+        let mode = std::os::unix::fs::MetadataExt::mode(&file.metadata().map_err(cannot)?);
+        refuse_exposed(path, mode)?;
+        let mut text = Zeroizing::new(String::with_capacity(256));
+        file.read_to_string(&mut text).map_err(cannot)?;
         let mut lines = text.lines();
         let bad = || Error::usage(format!("'{}' is not a backpipe key file (make one with keygen)", path.display()));
         if lines.next() != Some(KEY_FILE_HEADER) {
@@ -118,6 +123,20 @@ impl MasterKey {
         let key: [u8; 32] = bytes[..].try_into().map_err(|_| bad())?;
         Ok(MasterKey(Zeroizing::new(key)))
     }
+}
+
+/// Refuses a key file whose `mode` lets users other than its owner read or
+/// change it: they could learn the key, or swap in one of their own.
+fn refuse_exposed(path: &Path, mode: u32) -> Result<()> {
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let shown = path.display();
+    Err(Error::usage(format!(
+        "key file '{shown}' is accessible by other users (mode {:04o}); it must be readable by its owner only: \
+         chmod 600 '{shown}'",
+        mode & 0o7777
+    )))
 }
 
 /// An I/O failure while reading a secret: the operator gave an unusable key (exit status 2).
