@@ -997,3 +997,105 @@ mod failures {
         }
     }
 }
+
+/// Keys that cannot all vanish, and readers that verify before they act.
+mod keys_and_verification {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    on_every_backend!(concurrent_key_removals_always_leave_a_full_key);
+
+    /// Rounds of two removals at once (on SFTP, where each tool first starts
+    /// its own `ssh`, the two overlap in about one round in twenty).
+    const ROUNDS: usize = 30;
+
+    /// The slot a `repo key add` made, from its report on stderr.
+    fn add_key(case: &Case, with: &str, new: &str) -> String {
+        let out = case.run(&format!(r#"repo key add "$R" --key-file {with} --new-key-file {new}"#));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err.trim_end().rsplit(' ').next().unwrap().to_string()
+    }
+
+    /// Two full keys, `a` and `b`, each removing the other's slot at the same
+    /// instant (each tool blocks reading its key file from a FIFO until both
+    /// are running), round after round: a full key that opens the repository
+    /// always remains, and a removal that lost its own key meanwhile says so,
+    /// having put back what it removed.
+    fn concurrent_key_removals_always_leave_a_full_key(backend: Backend) {
+        let case = Case::new(backend);
+        let dir = case.path();
+        put(&dir.join("db/data"), b"content", 0o644, 1_700_000_000);
+        case.ship("db");
+        case.ok("keygen a && keygen b");
+        let mut slots = [add_key(&case, "k", "a"), add_key(&case, "k", "b")];
+        let first = String::from_utf8(case.ok(r#"repo key list "$R""#)).unwrap();
+        let k_slot = first.lines().map(|l| l.split_whitespace().next().unwrap()).find(|s| !slots.contains(&s.to_string()));
+        case.ok(&format!(r#"repo key remove "$R" {} --key-file a 2>/dev/null"#, k_slot.unwrap()));
+        let opens = |key: &str| case.run(&format!(r#"repo snapshots "$R" --key-file {key}"#)).status.success();
+        let mut put_back = 0;
+        for round in 0..ROUNDS {
+            let mut removals = Vec::new();
+            for (side, other) in [(0, 1), (1, 0)] {
+                let gate = dir.join(format!("gate-{side}"));
+                let _ = std::fs::remove_file(&gate);
+                nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+                let child = Command::new(bin_dir().join("repo"))
+                    .args(["key", "remove", &case.repo, &slots[other], "--key-file"])
+                    .arg(&gate)
+                    .current_dir(dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                removals.push((gate, child));
+            }
+            // Opening a FIFO for writing waits for its reader: both tools are running when the keys go in.
+            let gates: Vec<std::fs::File> =
+                removals.iter().map(|(gate, _)| std::fs::OpenOptions::new().write(true).open(gate).unwrap()).collect();
+            for (side, mut gate) in gates.into_iter().enumerate() {
+                gate.write_all(&std::fs::read(dir.join(["a", "b"][side])).unwrap()).unwrap();
+            }
+            let results: Vec<std::process::Output> =
+                removals.into_iter().map(|(_, child)| child.wait_with_output().unwrap()).collect();
+            let report = results
+                .iter()
+                .map(|o| format!("{} {}", o.status, String::from_utf8_lossy(&o.stderr).trim_end()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let listed = String::from_utf8(case.ok(r#"repo key list "$R""#)).unwrap();
+            let open = [opens("a"), opens("b")];
+            assert!(
+                open.iter().any(|o| *o) && listed.lines().any(|l| l.ends_with("full")),
+                "{backend:?} round {round}: no full key opens the repository any more:\n{listed}\n{report}"
+            );
+            for (side, result) in results.iter().enumerate() {
+                let err = String::from_utf8_lossy(&result.stderr);
+                // Its key was removed before it opened the repository: nothing to do.
+                if result.status.code() == Some(2) && err.contains("no key slot") {
+                    assert!(!open[side] || open[1 - side], "{report}");
+                    continue;
+                }
+                if !result.status.success() {
+                    assert_eq!(result.status.code(), Some(1), "{report}");
+                    assert_eq!(err.trim_end().lines().count(), 1, "{report}");
+                    assert!(err.contains("was put back"), "{report}");
+                    put_back += 1;
+                }
+            }
+            // Whatever was removed comes back for the next round.
+            for side in 0..2 {
+                if !open[side] {
+                    slots[side] = add_key(&case, ["a", "b"][1 - side], ["a", "b"][side]);
+                }
+            }
+            let listed = String::from_utf8(case.ok(r#"repo key list "$R""#)).unwrap();
+            assert_eq!(listed.lines().count(), 2, "{listed}");
+        }
+        case.ok(&format!(r#"fetch "$R" latest --key-file a | {} | unpack out"#, RESTORE.replace("-file k", "-file a")));
+        assert_eq!(std::fs::read(dir.join("out/db/data")).unwrap(), b"content");
+        eprintln!("{backend:?}: {put_back} of {ROUNDS} rounds put a removed slot back");
+    }
+}

@@ -188,7 +188,11 @@ enum KeyAction {
         /// The repository.
         repo: String,
     },
-    /// Remove a key slot (open the repository with another key).
+    /// Remove a key slot (open the repository with another, full key).
+    ///
+    /// A full key always remains: if the slot that opened the repository for
+    /// this run was removed meanwhile (by another `repo key remove`), the
+    /// removed slot is put back and the command fails (exit 1).
     Remove {
         /// The repository.
         repo: String,

@@ -213,7 +213,15 @@ impl Repository {
         Ok(name)
     }
 
-    /// Removes key slot `name`; refuses the slot in use, so a repository always keeps a key that opens it.
+    /// Removes key slot `name`; refuses the slot in use, so a repository always
+    /// keeps a full key that opens it, also when removals run at once.
+    ///
+    /// After deleting, the slots are listed again: when the slot that opened
+    /// the repository for this run is gone (another `repo key remove` took it
+    /// meanwhile, e.g. two keys removing each other), the removed slot is put
+    /// back, byte for byte, and the removal fails. Whichever removal of a full
+    /// slot deletes last then either still finds its own full slot, which no
+    /// later removal takes, or puts back the full slot it took.
     pub fn remove_key(&self, name: &str) -> Result<()> {
         if name.len() != 16 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::usage(format!("'{name}' is not a key slot name (see `repo key list`)")));
@@ -224,10 +232,29 @@ impl Repository {
                 "key slot {name} is the one that opened the repository; open it with another key to remove this one"
             )));
         }
-        if !self.storage.exists(&format!("keys/{name}"))? {
+        let object = format!("keys/{name}");
+        let Some(removed) = self.storage.read_if_exists(&object)? else {
             return Err(Error::usage(format!("no key slot {name} (see `repo key list`)")));
+        };
+        self.storage.remove(&object)?;
+        let own = format!("keys/{}", self.slot);
+        let why = match self.storage.list("keys") {
+            Ok(left) if left.contains(&own) => return Ok(()),
+            Ok(_) => format!(
+                "key slot {}, which opened the repository for this run, was removed meanwhile (by another \
+                 `repo key remove`)",
+                self.slot
+            ),
+            Err(e) => format!("the key slots could not be listed again to check a full key remains ({e})"),
+        };
+        match self.storage.create(&object, &removed) {
+            Ok(_) => Err(Error::other(format!(
+                "{why}; key slot {name} was put back so the repository keeps a key that opens it; see `repo key list`"
+            ))),
+            Err(e) => Err(Error::other(format!(
+                "{why}, and key slot {name} could not be put back ({e}); see `repo key list` at once"
+            ))),
         }
-        self.storage.remove(&format!("keys/{name}"))
     }
 
     /// The repository's master key, for everything that reads or changes
