@@ -594,3 +594,80 @@ fn an_incremental_after_a_full_continues_the_archive_without_a_gap() {
     case.ok(&format!("dump-mysql purge --receipt receipts --defaults-file={}", source.get("DEFAULTS")));
     assert_eq!(source.binlogs().len(), 1);
 }
+
+#[test]
+fn non_transactional_tables_written_during_a_slow_full_are_restored_once() {
+    let case = Case::new();
+    let source = case.server("source");
+    // A large InnoDB database dumped first keeps mariadb-dump busy (its reader is
+    // slow) while rows go on arriving in MyISAM and Aria tables dumped after it.
+    source.sql(
+        "CREATE DATABASE aaa; CREATE TABLE aaa.big (id INT PRIMARY KEY, pad TEXT) ENGINE=InnoDB; \
+         SET SESSION max_recursive_iterations = 100000; INSERT INTO aaa.big WITH RECURSIVE s (n) AS \
+         (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 24000) SELECT n, REPEAT('x', 1000) FROM s; \
+         CREATE DATABASE nt; \
+         CREATE TABLE nt.keyed (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=MyISAM; \
+         CREATE TABLE nt.keyless (v INT) ENGINE=MyISAM; \
+         CREATE TABLE nt.aria (v INT) ENGINE=Aria; \
+         CREATE VIEW nt.both AS SELECT k.v FROM nt.keyed k JOIN nt.aria a USING (v); \
+         INSERT INTO nt.keyed (v) VALUES (0); INSERT INTO nt.keyless VALUES (0); INSERT INTO nt.aria VALUES (0);",
+    );
+    let stop = case.path().join("stop-writing");
+    let mut writer = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ ! -e {stop} ]; do i=$((i+1)); mariadb {login} -e \
+             \"INSERT INTO nt.keyed (v) VALUES ($i); INSERT INTO nt.keyless VALUES ($i); INSERT INTO nt.aria VALUES ($i)\"; \
+             sleep 0.02; done",
+            stop = stop.display(),
+            login = source.root_login()
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out =
+        case.ok(&format!("dump-mysql --full {} | (sleep 4; cat) | {BACKUP} | tee -a receipts", source.backup_login()));
+    assert!(out.contains("\"snapshot\""), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, b"").unwrap();
+    assert!(writer.wait().unwrap().success());
+    let listing = case.ok("fetch \"$R\" latest --key-file k | encrypt -d --repo \"$R\" --key-file k | inspect");
+    assert!(listing.contains("nontransactional.sql"), "{listing}");
+    case.backup(&source, "--incremental --since-receipt receipts");
+
+    let target = case.server("target");
+    case.ok(&format!(
+        "fetch \"$R\" --until 9999-01-01 --key-file k | {RESTORE} | restore-mysql {}",
+        target.root_login()
+    ));
+    let rows = "SELECT GROUP_CONCAT(v ORDER BY v) FROM nt.keyed; SELECT GROUP_CONCAT(v ORDER BY v) FROM nt.keyless; \
+                SELECT GROUP_CONCAT(v ORDER BY v) FROM nt.aria; SELECT COUNT(*) FROM nt.both";
+    let (expected, restored) = (source.sql(rows), target.sql(rows));
+    assert!(expected.lines().next().unwrap().split(',').count() > 20, "too few writes during the full: {expected}");
+    assert_eq!(restored, expected, "rows written during the full were restored twice or lost");
+    assert_eq!(target.checksums(), source.checksums());
+}
+
+#[test]
+fn a_signalled_agent_leaves_no_password_file() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.sql(
+        "CREATE DATABASE aaa; CREATE TABLE aaa.big (id INT PRIMARY KEY, pad TEXT) ENGINE=InnoDB; \
+         SET SESSION max_recursive_iterations = 100000; INSERT INTO aaa.big WITH RECURSIVE s (n) AS \
+         (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 8000) SELECT n, REPEAT('x', 1000) FROM s;",
+    );
+    std::fs::create_dir(case.path().join("tmp")).unwrap();
+    for signal in ["TERM", "INT", "HUP"] {
+        // The dump blocks on a reader that sleeps, and is signalled while it holds a login.
+        case.ok(&format!(
+            "export TMPDIR=\"$PWD/tmp\"
+             dump-mysql --full {} > >(sleep 3; cat > /dev/null) &
+             sleep 1.5; kill -{signal} $!; wait $! || true",
+            source.backup_login()
+        ));
+        let left: Vec<_> =
+            std::fs::read_dir(case.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "SIG{signal} left {left:?} in TMPDIR");
+    }
+}

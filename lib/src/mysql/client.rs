@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// How to reach and log in to the server, as the MariaDB client tools take it.
 /// The password never appears on a command line: it comes from a file or a
 /// file descriptor (handed to the client tools as an option file of their
-/// own, readable only by this user, which outranks every other), an option
+/// own that exists only in memory, which outranks every other), an option
 /// file (`[client] password=`), or `MYSQL_PWD` (which option files outrank).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnectArgs {
@@ -49,9 +49,10 @@ pub struct ConnectArgs {
 pub struct Client {
     /// Connection options, `--defaults-file` first as the tools require.
     options: Vec<OsString>,
-    /// The option file holding the password given by file or descriptor;
-    /// removed when the client is dropped.
-    _password_file: Option<tempfile::NamedTempFile>,
+    /// The option file holding the password given by file or descriptor: a
+    /// memory file (memfd) the client tools open as `/dev/fd/N`, so nothing
+    /// reaches a disk and nothing outlives this process, however it ends.
+    password_file: Option<std::os::fd::OwnedFd>,
     /// Says where the server is, for messages.
     target: String,
 }
@@ -102,9 +103,9 @@ impl Client {
             if args.defaults_file.is_some() {
                 options.remove(0);
             }
-            options.insert(0, flag("defaults-file", file.path().as_os_str()));
+            options.insert(0, flag("defaults-file", fd_path(file).as_ref()));
         }
-        Ok(Client { options, _password_file: password_file, target })
+        Ok(Client { options, password_file, target })
     }
 
     /// A client that logs in as root over `socket` with no option files, for a
@@ -112,7 +113,7 @@ impl Client {
     pub fn local_root(socket: &std::path::Path) -> Client {
         Client {
             options: vec!["--no-defaults".into(), flag("socket", socket.as_os_str()), "--user=root".into()],
-            _password_file: None,
+            password_file: None,
             target: format!("the temporary server at {}", socket.display()),
         }
     }
@@ -127,6 +128,20 @@ impl Client {
         let mut command = Command::new(tool);
         command.args(&self.options).args(args);
         command.stdin(Stdio::null());
+        if let Some(file) = &self.password_file {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = file.as_raw_fd();
+            // SAFETY: only fcntl runs between fork and exec, which is async-signal-safe.
+            // The option file is inherited by the client tools, and by nothing else.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+                        .map(drop)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         command
     }
 
@@ -187,11 +202,19 @@ fn open_fd(fd: i32) -> Result<std::fs::File> {
 /// The option files the client tools read when given none (MariaDB's search order).
 const STANDARD_OPTION_FILES: &[&str] = &["/etc/my.cnf", "/etc/mysql/my.cnf"];
 
-/// A private option file (mode 0600, as the client tools require) that
-/// includes `defaults` (or the standard option files and ~/.my.cnf) and then
-/// sets `password`, quoted and escaped as option files read it: the last
-/// setting wins, so the password given by file or descriptor outranks any.
-fn password_option_file(password: &str, defaults: Option<&std::path::Path>) -> Result<tempfile::NamedTempFile> {
+/// The path under which a child that inherited `file` opens it.
+fn fd_path(file: &std::os::fd::OwnedFd) -> OsString {
+    use std::os::fd::AsRawFd;
+    OsString::from(format!("/dev/fd/{}", file.as_raw_fd()))
+}
+
+/// A private option file in memory (mode 0600, as the client tools require
+/// of option files) that includes `defaults` (or the standard option files
+/// and ~/.my.cnf) and then sets `password`, quoted and escaped as option
+/// files read it: the last setting wins, so the password given by file or
+/// descriptor outranks any. Closed on exec except in the client tools.
+fn password_option_file(password: &str, defaults: Option<&std::path::Path>) -> Result<std::os::fd::OwnedFd> {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
     use std::io::Write;
     let mut includes: Vec<PathBuf> = match defaults {
         Some(path) => vec![path.to_path_buf()],
@@ -208,15 +231,16 @@ fn password_option_file(password: &str, defaults: Option<&std::path::Path>) -> R
     }
     let escaped = password.replace('\\', "\\\\").replace('"', "\\\"");
     content.push_str(&format!("[client]\npassword=\"{escaped}\"\n"));
-    let mut file = tempfile::Builder::new()
-        .prefix("backpipe-login-")
-        .suffix(".cnf")
-        .tempfile()
-        .map_err(|e| Error::io("cannot create a private option file for the password", e))?;
+    let cannot = |e: nix::errno::Errno| {
+        Error::other(format!("cannot create a private option file for the password: {}", e.desc()))
+    };
+    let fd = memfd_create(c"backpipe-login.cnf", MemFdCreateFlag::MFD_CLOEXEC).map_err(cannot)?;
+    nix::sys::stat::fchmod(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(cannot)?;
+    let mut file = std::fs::File::from(fd);
     file.write_all(content.as_bytes())
-        .and_then(|()| file.flush())
         .map_err(|e| Error::io("cannot write the private option file for the password", e))?;
-    Ok(file)
+    Ok(file.into())
 }
 
 /// The first line of `source`, without its line ending.

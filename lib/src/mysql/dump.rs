@@ -1,6 +1,7 @@
 //! Full backups: a logical dump through `mariadb-dump`, consistent while
 //! writes go on, or a hot physical copy through `mariadb-backup`. Either
-//! becomes one stream entry; the binary log coordinates of the backup's
+//! becomes one stream entry (a logical one two, when non-transactional
+//! tables are read apart: see [`crate::mysql::locked`]); the binary log coordinates of the backup's
 //! consistent point go into the positions, where incrementals and restores
 //! find them.
 
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::{Frame, Kind};
 use crate::meta::{Begin, End, Entry, EntryType, RawPath};
 use crate::mysql::client::Client;
+use crate::mysql::locked::{self, ReadLock, TableDump};
 use crate::mysql::positions::{Positions, LOGICAL, PHYSICAL};
 use crate::mysql::server::{sql_string, ServerInfo};
 use crate::progress::Progress;
@@ -22,6 +24,9 @@ pub const TOOL: &str = "dump-mysql";
 pub const ENGINE: &str = "mysql";
 /// The entry holding a logical dump (SQL text).
 pub const LOGICAL_ENTRY: &str = "dump.sql";
+/// The entry holding the non-transactional tables of a logical dump, read
+/// under a global read lock; it comes (and loads) before [`LOGICAL_ENTRY`].
+pub const LOCKED_ENTRY: &str = "nontransactional.sql";
 /// The entry holding a physical backup (mariadb-backup's xbstream).
 pub const PHYSICAL_ENTRY: &str = "backup.xbstream";
 /// The role of the logical dump's entry.
@@ -55,14 +60,25 @@ const COORDINATES: &str = "-- CHANGE MASTER TO MASTER_LOG_FILE='";
 /// How far into the dump the coordinates must appear.
 const MAX_HEAD: usize = 1 << 20;
 /// The comment mariadb-dump ends a complete dump with.
-const COMPLETED: &[u8] = b"-- Dump completed";
+pub(crate) const COMPLETED: &[u8] = b"-- Dump completed";
 
-/// Writes a logical full backup of every database as a stream.
+/// Writes a logical full backup of every database as a stream. Tables of
+/// non-transactional engines, which the dump's transaction cannot read as of
+/// its start, are read first while a global read lock holds writes (from
+/// before the transaction starts until they are read), into an entry of
+/// their own that loads before the main dump.
 pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
     produce(TOOL, output, |writer| {
         let server = ServerInfo::query(client)?;
         server.require_binlog()?;
-        let mut dump = client.spawn("mariadb-dump", DUMP_OPTIONS, |c| {
+        let (lock, tables) = match locked::non_transactional_tables(client)?.is_empty() {
+            true => (None, Vec::new()),
+            // Listed again under the lock, which holds table changes too.
+            false => (Some(ReadLock::acquire(client)?), locked::non_transactional_tables(client)?),
+        };
+        let ignore = locked::ignore_options(&tables)?;
+        let options: Vec<&str> = DUMP_OPTIONS.iter().copied().chain(ignore.iter().map(String::as_str)).collect();
+        let mut dump = client.spawn("mariadb-dump", &options, |c| {
             c.stdout(Stdio::piped());
         })?;
         let mut stdout = dump.child.stdout.take().expect("stdout is piped");
@@ -78,15 +94,26 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
         let positions = Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid, ..server.positions(LOGICAL) };
         begin_full(writer, &positions)?;
         let progress = Progress::for_stage(TOOL);
+        let mut totals = End::default();
+        if let Some(lock) = lock {
+            if !tables.is_empty() {
+                write_entry(writer, LOCKED_ENTRY, LOGICAL_ROLE)?;
+                let mut tables = TableDump::new(client, &tables);
+                totals.bytes += send_content(writer, &mut tables, &progress, "the non-transactional tables")?.size;
+                totals.entries += 1;
+            }
+            lock.release()?;
+        }
         write_entry(writer, LOGICAL_ENTRY, LOGICAL_ROLE)?;
         let mut tail = TailReader::new((&head[..]).chain(stdout));
-        let end = send_content(writer, &mut tail, &progress, "mariadb-dump's output")?;
+        totals.bytes += send_content(writer, &mut tail, &progress, "mariadb-dump's output")?.size;
+        totals.entries += 1;
         dump.finish()?;
         if !tail.last.windows(COMPLETED.len()).any(|w| w == COMPLETED) {
             return Err(Error::engine("mariadb-dump exited without error but its dump does not end as complete"));
         }
         progress.finish();
-        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, ..End::default() }))
+        writer.write(&Frame::json(Kind::End, &totals))
     })
 }
 
@@ -126,7 +153,10 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
         let mut end_positions = positions.to_map();
         // Only what the end adds: the rest is in Begin.
         end_positions.retain(|key, _| matches!(key.as_str(), "binlog_file" | "binlog_pos" | "gtid" | "consistent_at"));
-        writer.write(&Frame::json(Kind::End, &End { entries: 1, bytes: end.size, positions: end_positions, ..End::default() }))
+        writer.write(&Frame::json(
+            Kind::End,
+            &End { entries: 1, bytes: end.size, positions: end_positions, ..End::default() },
+        ))
     })
 }
 
@@ -205,16 +235,18 @@ fn backup_coordinates(line: &str) -> Option<(String, u64, String)> {
 }
 
 /// Passes a reader through, keeping its last bytes.
-struct TailReader<R> {
+pub(crate) struct TailReader<R> {
     inner: R,
-    last: Vec<u8>,
+    /// The last bytes read (at most 256).
+    pub(crate) last: Vec<u8>,
 }
 
 /// Bytes [`TailReader`] keeps.
 const TAIL: usize = 256;
 
 impl<R: Read> TailReader<R> {
-    fn new(inner: R) -> Self {
+    /// Passes `inner` through.
+    pub(crate) fn new(inner: R) -> Self {
         TailReader { inner, last: Vec::with_capacity(2 * TAIL) }
     }
 }

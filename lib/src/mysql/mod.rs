@@ -6,6 +6,7 @@ pub mod binlog;
 pub mod client;
 pub mod dump;
 pub mod incremental;
+pub mod locked;
 pub mod positions;
 pub mod purge;
 pub mod replay;
