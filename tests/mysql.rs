@@ -671,3 +671,41 @@ fn a_signalled_agent_leaves_no_password_file() {
         assert!(left.is_empty(), "SIG{signal} left {left:?} in TMPDIR");
     }
 }
+
+#[test]
+fn purge_reports_what_the_server_removed_and_an_unreadable_directory_changes_nothing() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    let admin = format!("--defaults-file={}", source.get("DEFAULTS"));
+    case.backup(&source, "--full");
+
+    // Binary logs that cannot be read fail the incremental before FLUSH BINARY LOGS.
+    let before = source.binlogs();
+    let err = case.backup_fails(
+        &format!(
+            "dump-mysql --incremental --since-receipt receipts --binlog-dir missing-dir {}",
+            source.backup_login()
+        ),
+        1,
+    );
+    assert!(err.contains("cannot read binary log") && err.contains("--binlog-dir"), "{err}");
+    assert_eq!(source.binlogs(), before, "the server's binary logs changed");
+
+    // Purges right after incrementals, with writes going on: what it says it
+    // purged is gone, what it says it kept is there.
+    for _ in 0..3 {
+        while_writing(&source, 2, || case.backup(&source, "--incremental --since-receipt receipts"));
+        let said = case.ok(&format!("dump-mysql purge --receipt receipts {admin} 2>&1"));
+        let left = source.binlogs();
+        for line in said.lines() {
+            if let Some(range) = line.split_once(" binary logs, ").map(|(_, r)| r) {
+                let last = range.split(" to ").last().unwrap().trim();
+                assert!(!left.iter().any(|f| f == last), "purge said it removed {last}, the server has {left:?}");
+            }
+            if let Some(kept) = line.split_once("kept ").map(|(_, r)| r.split(' ').next().unwrap()) {
+                assert!(left.iter().any(|f| f == kept), "purge said it kept {kept}, the server has {left:?}");
+            }
+        }
+    }
+}

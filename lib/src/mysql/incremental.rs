@@ -233,6 +233,18 @@ pub fn incremental(
             return Err(purged(start.file, &before));
         }
         check_not_reset(&previous, &start, &before, &client.value("SELECT @@gtid_binlog_pos")?)?;
+        let dir = options.binlog_dir.clone().unwrap_or_else(|| server.binlog_dir());
+        // A directory this user cannot read would fail the copy after FLUSH changed the server.
+        let first = dir.join(start.file);
+        std::fs::File::open(&first).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot read binary log '{}' (run dump-mysql as a user who can read the binary log directory, or name it with --binlog-dir)",
+                    first.display()
+                ),
+                e,
+            )
+        })?;
         client.query("FLUSH BINARY LOGS")?;
         let gtid = client.value("SELECT @@gtid_binlog_pos")?;
         let logs = binary_logs(client)?;
@@ -255,7 +267,6 @@ pub fn incremental(
         writer.write(&Frame::json(Kind::Begin, &begin))?;
         let progress = Progress::for_stage(TOOL);
         progress.set_total(begin.expected_bytes.unwrap_or(0));
-        let dir = options.binlog_dir.clone().unwrap_or_else(|| server.binlog_dir());
         let mut totals = End { entries: 0, bytes: 0, ..End::default() };
         for file in files {
             let before_full = match start.full_file {

@@ -56,10 +56,17 @@ pub fn purge(client: &Client, receipts: &[ReceiptLine], dry_run: bool) -> Result
         return Err(Error::usage("the receipts hold no MySQL backup"));
     }
     let logs = binary_logs(client)?;
-    let plan = plan(&server, &logs, receipts)?;
+    let mut plan = plan(&server, &logs, receipts)?;
     if let (false, Some((first_kept, _))) = (dry_run || plan.purge.is_empty(), &plan.kept) {
         // Removes every file before the one named, and nothing else.
         client.query(&format!("PURGE BINARY LOGS TO {}", sql_string(first_kept)?))?;
+        // The server may keep some (its binary log checkpoint still needs them): report what it did.
+        let left = binary_logs(client)?;
+        if let Some(held) = plan.purge.iter().position(|name| left.iter().any(|log| log.name == *name)) {
+            let why = "the server kept it (its binary log checkpoint still needs it); a later purge removes it";
+            plan.kept = Some((plan.purge[held].clone(), why.to_string()));
+            plan.purge.truncate(held);
+        }
     }
     Ok(plan)
 }
