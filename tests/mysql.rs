@@ -709,3 +709,25 @@ fn purge_reports_what_the_server_removed_and_an_unreadable_directory_changes_not
         }
     }
 }
+
+#[test]
+fn replace_never_drops_a_system_schema_whatever_the_database_names() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    let full = case.backup(&source, "--full");
+    let target = case.server("target");
+    // Names a line-based reading would split into `mysql` and more.
+    target.sql("CREATE DATABASE `mysql\nx`; CREATE DATABASE `mysql\tx`");
+    let users = target.sql("SELECT COUNT(*) FROM mysql.user");
+    let out = case.ok(&format!(
+        "fetch \"$R\" {full} --key-file k | {RESTORE} | restore-mysql --replace {} 2>&1",
+        target.root_login()
+    ));
+    assert!(out.contains("dropping database \"mysql\\nx\""), "{out}");
+    assert!(
+        target.sql("SELECT COUNT(*) FROM mysql.user").trim().parse::<u32>().unwrap() >= users.trim().parse().unwrap()
+    );
+    assert_eq!(target.sql("SHOW DATABASES LIKE 'mysql%'").trim(), "mysql", "the odd databases are gone, mysql stays");
+    assert_eq!(target.checksums(), source.checksums());
+}

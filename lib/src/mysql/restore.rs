@@ -567,7 +567,12 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The databases that make a server "not empty": all but the system schemas.
-const USER_DATABASES: &str = "SELECT schema_name FROM information_schema.schemata \
+/// The system schemas: never dropped, whatever a listing says.
+const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
+
+/// The target's own databases, names in hex: a name holding a tab or a
+/// newline cannot be misread as two (or as `mysql`).
+const USER_DATABASES: &str = "SELECT HEX(schema_name) FROM information_schema.schemata \
      WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1";
 
 /// The role mariadb-dump's account statements create and drop around
@@ -576,8 +581,17 @@ const DUMP_IMPORT_ROLE: &str = "mariadb_dump_import_role";
 
 /// Refuses a target server that holds databases, or drops them with `replace`.
 fn prepare_target(client: &Client, replace: bool) -> Result<()> {
-    let databases: Vec<String> =
-        client.query(USER_DATABASES)?.into_iter().filter_map(|r| r.into_iter().next()).collect();
+    let databases = client
+        .query(USER_DATABASES)?
+        .into_iter()
+        .map(|row| {
+            let name = row.first().and_then(|h| hex::decode(h).ok()).and_then(|b| String::from_utf8(b).ok());
+            name.ok_or_else(|| Error::engine(format!("unexpected answer listing databases: {}", row.join(" "))))
+        })
+        .collect::<Result<Vec<String>>>()?;
+    if let Some(system) = databases.iter().find(|db| SYSTEM_SCHEMAS.contains(&db.as_str())) {
+        return Err(Error::engine(format!("the target listed the system schema '{system}' as a user database")));
+    }
     if databases.is_empty() {
         client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
         return Ok(());
@@ -586,11 +600,11 @@ fn prepare_target(client: &Client, replace: bool) -> Result<()> {
         return Err(Error::engine(format!(
             "{} already holds databases ({}); restore into an empty server, or pass --replace to drop them first",
             client.target(),
-            databases.join(", ")
+            databases.iter().map(|db| format!("{db:?}")).collect::<Vec<_>>().join(", ")
         )));
     }
     for db in &databases {
-        crate::cli::say(&format!("{TOOL}: dropping database {db} (--replace)"));
+        crate::cli::say(&format!("{TOOL}: dropping database {db:?} (--replace)"));
         client.query(&format!("DROP DATABASE `{}`", db.replace('`', "``")))?;
     }
     client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
