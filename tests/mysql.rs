@@ -731,3 +731,24 @@ fn replace_never_drops_a_system_schema_whatever_the_database_names() {
     assert_eq!(target.sql("SHOW DATABASES LIKE 'mysql%'").trim(), "mysql", "the odd databases are gone, mysql stays");
     assert_eq!(target.checksums(), source.checksums());
 }
+
+#[test]
+fn a_bulk_statement_larger_than_the_default_packet_replays() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.sql(
+        "CREATE DATABASE bulk; CREATE TABLE bulk.t (id INT PRIMARY KEY, pad VARCHAR(100)) ENGINE=InnoDB; \
+         SET SESSION max_recursive_iterations = 300000; INSERT INTO bulk.t WITH RECURSIVE s (n) AS \
+         (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 200000) SELECT n, REPEAT('a', 100) FROM s;",
+    );
+    let full = case.backup(&source, "--full");
+    // One UPDATE of 200,000 rows: about 45 MB of row images in one statement.
+    source.sql("UPDATE bulk.t SET pad = REPEAT('b', 100)");
+    let inc = case.backup(&source, "--incremental --since-receipt receipts");
+    let target = case.server("target");
+    let limit = target.sql("SELECT @@GLOBAL.max_allowed_packet");
+    assert!(limit.trim().parse::<u64>().unwrap() < 40 << 20, "the target must start with a small limit: {limit}");
+    case.ok(&format!("fetch \"$R\" {full} {inc} --key-file k | {RESTORE} | restore-mysql {}", target.root_login()));
+    assert_eq!(target.checksums(), source.checksums());
+    assert_eq!(target.sql("SELECT @@GLOBAL.max_allowed_packet"), limit, "the limit is set back after the replay");
+}

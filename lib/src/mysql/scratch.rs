@@ -46,7 +46,9 @@ impl ScratchServer {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
             .arg(format!("--log-error={}", log.display()))
-            .args(["--skip-networking", "--skip-grant-tables", "--skip-log-bin", "--skip-slave-start"]);
+            .args(["--skip-networking", "--skip-grant-tables", "--skip-log-bin", "--skip-slave-start"])
+            // The replay passes a statement's row events as one packet, which may be large.
+            .arg(format!("--max-allowed-packet={}", crate::mysql::replay::MAX_PACKET));
         if nix::unistd::geteuid().is_root() {
             command.arg("--user=root");
         }
