@@ -1,7 +1,7 @@
 //! `fetch`: writes stored streams back out of a repository.
 
 use backpipe::cli::{self, KeyArgs};
-use backpipe::repo::fetch::{fetch, list, parse_time, Filter};
+use backpipe::repo::fetch::{chain_until, fetch, parse_time, resolve, Filter};
 use clap::Parser;
 
 /// Write stored snapshots back as a stream on stdout, ready for `encrypt -d`.
@@ -64,11 +64,10 @@ fn main() {
     cli::main("fetch", || {
         let until = args.until.as_deref().map(parse_time).transpose()?;
         let repo = cli::open_repo(&args.repo, &args.keys)?;
-        let listing = list(&repo)?;
         let filter = Filter { host: args.host.clone(), engine: args.engine.clone() };
         let ids = match until {
-            Some(until) => listing.chain_until(until, &filter)?,
-            None => args.snapshots.iter().map(|name| listing.select(name, &filter)).collect::<backpipe::Result<_>>()?,
+            Some(until) => chain_until(&repo, until, &filter)?,
+            None => resolve(&repo, &args.snapshots, &filter)?,
         };
         fetch(&repo, &ids, cli::stream_stdout()?)
     })

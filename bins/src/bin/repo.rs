@@ -6,6 +6,7 @@ use backpipe::cdc::ChunkSizes;
 use backpipe::cli::{self, KeyArgs, NewKeyArgs};
 use backpipe::repo::check::check;
 use backpipe::repo::fetch::{list, parse_time, Filter};
+use backpipe::repo::snapshot::summary_time;
 use backpipe::repo::forget::{decide, named, parse_duration, Decision, Policy};
 use backpipe::repo::prune::prune;
 use backpipe::repo::Repository;
@@ -229,13 +230,17 @@ fn main() {
             let until = until.as_deref().map(parse_time).transpose()?;
             let repo = cli::open_repo(&repo, &keys)?;
             let listing = list(&repo)?;
+            for warning in listing.clock_warnings(chrono::Utc::now()) {
+                cli::say(&format!("repo snapshots: warning: {warning}"));
+            }
             let mut out = std::io::stdout().lock();
             for (id, s) in &listing.readable {
-                let started = parse_time(&s.begin.started)?;
-                let wanted = filter.matches(&s)
+                // Listed summaries have a valid start time (a snapshot whose has not is damaged).
+                let started = summary_time(&s.begin.started);
+                let wanted = filter.matches(s)
                     && kind.as_ref().is_none_or(|k| *k == s.begin.kind)
-                    && since.is_none_or(|t| started >= t)
-                    && until.is_none_or(|t| started <= t);
+                    && since.is_none_or(|t| started.is_some_and(|started| started >= t))
+                    && until.is_none_or(|t| started.is_some_and(|started| started <= t));
                 if !wanted {
                     continue;
                 }
@@ -300,7 +305,11 @@ fn main() {
             let (decisions, left_damaged) = if ids.is_empty() {
                 let filter = Filter { host, engine };
                 let candidates: Vec<_> = listing.readable.iter().filter(|(_, s)| filter.matches(s)).cloned().collect();
-                let mut decisions = decide(&candidates, &policy, chrono::Utc::now())?;
+                let now = chrono::Utc::now();
+                for warning in listing.clock_warnings(now) {
+                    cli::say(&format!("repo forget: warning: {warning}"));
+                }
+                let mut decisions = decide(&candidates, &listing.storage_times, &policy, now)?;
                 // Rules never remove what they cannot read.
                 for damaged in &listing.damaged {
                     cli::say(&format!(

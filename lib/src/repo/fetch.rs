@@ -1,13 +1,15 @@
 //! `fetch`: finds snapshots and writes stored streams back out, each chunk
 //! reference replaced by the stored chunk.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 
 use chrono::{DateTime, Datelike, FixedOffset, Local, TimeZone, Utc};
 
+use super::cache::HeaderCache;
 use super::pack::{pack_name, Location};
-use super::snapshot::Summary;
+use super::snapshot::{self, Summary};
+use super::storage::{concurrently, Listed};
 use super::Repository;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Frame, Kind, CHUNK_ID_LEN};
@@ -24,6 +26,9 @@ pub struct Listing {
     pub readable: Vec<(String, Summary)>,
     /// Snapshots that cannot be read, by ID.
     pub damaged: Vec<Damaged>,
+    /// When the storage received each readable snapshot, by its own clock
+    /// (not the backup host's), by ID; missing where the storage does not say.
+    pub storage_times: HashMap<String, DateTime<Utc>>,
 }
 
 /// A snapshot whose summary cannot be read.
@@ -55,26 +60,72 @@ impl Found<'_> {
 }
 
 /// Every snapshot of the repository: readable ones with their summaries,
-/// oldest first, and damaged ones (an integrity failure opening the summary)
-/// by ID. Other failures (I/O, network) are errors; a snapshot removed (by
-/// `forget`) since it was listed is simply gone.
+/// oldest first, and damaged ones (an integrity failure opening the summary,
+/// or a summary that does not make sense) by ID. Other failures (I/O,
+/// network) are errors; a snapshot removed (by `forget`) since it was listed
+/// is simply gone. Headers come from the local cache where it has them
+/// ([`HeaderCache`]), the others from the storage, several at a time.
 pub fn list(repo: &Repository) -> Result<Listing> {
     repo.master()?;
-    let mut listing = Listing::default();
-    for name in repo.storage().list("snapshots")? {
-        let id = name.rsplit('/').next().unwrap_or_default().to_string();
-        match repo.open_snapshot(&id) {
-            Ok(Some(opened)) => listing.readable.push((id, opened.summary)),
-            Ok(None) => {}
+    let objects = repo.storage().list_detailed("snapshots")?;
+    let ids: HashSet<String> = objects.iter().map(|o| object_id(&o.name).to_string()).collect();
+    let listing = open_listed(repo, objects)?;
+    HeaderCache::open(&repo.config.id).retain(&ids.iter().map(String::as_str).collect());
+    Ok(listing)
+}
+
+/// The snapshot ID an object name ends in.
+fn object_id(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or_default()
+}
+
+/// What opening one listed snapshot found.
+enum Opening {
+    Readable(String, Summary),
+    Damaged(Damaged),
+    /// Removed since it was listed.
+    Gone,
+}
+
+/// Opens the summaries of the snapshots `objects` (from a listing of
+/// `snapshots/`), up to [`super::storage::Storage::concurrency`] at once.
+fn open_listed(repo: &Repository, objects: Vec<Listed>) -> Result<Listing> {
+    let secret = repo.master()?.recipient_secret();
+    let cache = HeaderCache::open(&repo.config.id);
+    let storage = repo.storage();
+    let open = |object: Listed| -> Result<(Opening, Option<DateTime<Utc>>)> {
+        let id = object_id(&object.name).to_string();
+        let header = match cache.get(&id) {
+            Some(header) => Ok(header),
+            None => snapshot::read_header(storage, &id, Some(object.size)).inspect(|header| cache.put(&id, header)),
+        };
+        let opening = match header.and_then(|header| snapshot::open_header(&header, &id, &secret, &repo.config.id)) {
+            Ok(opened) => Opening::Readable(id, opened.summary),
+            Err(_) if !storage.exists(&object.name)? => Opening::Gone,
             Err(e) if e.kind() == ErrorKind::Integrity => {
                 let reason = damage_reason(&id, e.message());
-                listing.damaged.push(Damaged { id, reason });
+                Opening::Damaged(Damaged { id, reason })
             }
             Err(e) => return Err(e),
+        };
+        Ok((opening, object.modified))
+    };
+    let mut listing = Listing::default();
+    concurrently(storage, objects, open, |(opening, modified)| {
+        match opening {
+            Opening::Readable(id, summary) => {
+                if let Some(time) = modified {
+                    listing.storage_times.insert(id.clone(), time);
+                }
+                listing.readable.push((id, summary));
+            }
+            Opening::Damaged(damaged) => listing.damaged.push(damaged),
+            Opening::Gone => {}
         }
-    }
+        Ok(())
+    })?;
     let when = |s: &Summary| (parse_time(&s.begin.started).ok(), parse_time(&s.stored).ok());
-    listing.readable.sort_by_key(|(_, s)| when(s));
+    listing.readable.sort_by(|(a_id, a), (b_id, b)| when(a).cmp(&when(b)).then_with(|| a_id.cmp(b_id)));
     listing.damaged.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(listing)
 }
@@ -109,20 +160,71 @@ impl Listing {
         }
     }
 
+    /// Lines about clocks that disagree, for people: backups whose host's
+    /// clock was ahead of the storage's (made after the storage received
+    /// them), or behind it by more than an hour (or the repository was
+    /// copied, which gives its objects new times), one line per host and
+    /// direction; and storage times ahead of this machine's clock `now`.
+    pub fn clock_warnings(&self, now: DateTime<Utc>) -> Vec<String> {
+        let ahead_slack = chrono::Duration::minutes(10);
+        let behind_slack = chrono::Duration::hours(1);
+        // (host, ahead) -> (how many, the largest difference, the snapshot with it)
+        let mut found: BTreeMap<(&str, bool), (usize, chrono::Duration, &str)> = BTreeMap::new();
+        let mut storage_ahead = chrono::Duration::zero();
+        for (id, s) in &self.readable {
+            let Some(&received) = self.storage_times.get(id) else { continue };
+            storage_ahead = storage_ahead.max(received - now);
+            let (Some(started), Some(stored)) =
+                (snapshot::summary_time(&s.begin.started), snapshot::summary_time(&s.stored))
+            else {
+                continue;
+            };
+            let (ahead, by) = match started.max(stored) - received {
+                later if later > ahead_slack => (true, later),
+                _ if received - stored > behind_slack => (false, received - stored),
+                _ => continue,
+            };
+            let entry = found.entry((&s.begin.host, ahead)).or_insert((0, by, id));
+            entry.0 += 1;
+            if by > entry.1 {
+                (entry.1, entry.2) = (by, id);
+            }
+        }
+        let long = |d: chrono::Duration| super::remote::describe_duration(d.to_std().unwrap_or_default());
+        let mut lines: Vec<String> = found
+            .into_iter()
+            .map(|((host, ahead), (n, by, id))| {
+                let (count, were) = if n == 1 { ("1 snapshot".to_string(), "was") } else { (format!("{n} snapshots"), "were") };
+                match ahead {
+                    true => format!(
+                        "host '{host}': {count} say they were made up to {} after the storage received them (e.g. {id}): \
+                         its clock was ahead; retention also goes by the storage's time, `latest` and --until by the host's",
+                        long(by)
+                    ),
+                    false => format!(
+                        "host '{host}': {count} {were} stored up to {} before the storage received them, by the host's clock \
+                         (e.g. {id}): its clock was behind, or the repository was copied since; retention also goes by the \
+                         storage's time, `latest` and --until by the host's",
+                        long(by)
+                    ),
+                }
+            })
+            .collect();
+        if storage_ahead > ahead_slack {
+            lines.push(format!(
+                "the storage holds snapshots it received up to {} later than this machine's clock says it is now: \
+                 this machine's clock is behind",
+                long(storage_ahead)
+            ));
+        }
+        lines
+    }
+
     /// The snapshot a full ID or an unambiguous ID prefix names, readable or damaged.
     pub fn find(&self, name: &str) -> Result<Found<'_>> {
-        if name.is_empty() {
-            return Err(Error::usage("an empty snapshot name (give `latest`, an ID or an ID prefix)"));
-        }
-        let readable =
-            self.readable.iter().filter(|(id, _)| id.starts_with(name)).map(|(id, s)| Found::Readable(id, s));
-        let damaged = self.damaged.iter().filter(|d| d.id.starts_with(name)).map(Found::Damaged);
-        let matches: Vec<Found> = readable.chain(damaged).collect();
-        match matches.as_slice() {
-            [found] => Ok(*found),
-            [] => Err(Error::usage(format!("no snapshot '{name}' (see `repo snapshots`)"))),
-            _ => Err(Error::usage(format!("'{name}' matches {} snapshots; give more of the ID", matches.len()))),
-        }
+        let readable = self.readable.iter().map(|(id, s)| (id.as_str(), Found::Readable(id, s)));
+        let damaged = self.damaged.iter().map(|d| (d.id.as_str(), Found::Damaged(d)));
+        named_one(name, readable.chain(damaged))
     }
 
     /// The snapshot a name means, among those `filter` accepts: `latest` (the
@@ -203,10 +305,40 @@ fn refuse_several_groups<'a>(summaries: impl Iterator<Item = &'a Summary>) -> Re
     )))
 }
 
-/// The snapshot a name means: `latest` (the newest the filter accepts), a
-/// full ID, or an unambiguous ID prefix; see [`Listing::select`].
-pub fn resolve(repo: &Repository, name: &str, filter: &Filter) -> Result<String> {
-    list(repo)?.select(name, filter)
+/// What `name` (a full ID or an unambiguous prefix of one) names among
+/// `candidates` (ID, thing).
+fn named_one<'a, T>(name: &str, candidates: impl Iterator<Item = (&'a str, T)>) -> Result<T> {
+    if name.is_empty() {
+        return Err(Error::usage("an empty snapshot name (give `latest`, an ID or an ID prefix)"));
+    }
+    let mut matches: Vec<T> = candidates.filter(|(id, _)| id.starts_with(name)).map(|(_, found)| found).collect();
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => Err(Error::usage(format!("no snapshot '{name}' (see `repo snapshots`)"))),
+        n => Err(Error::usage(format!("'{name}' matches {n} snapshots; give more of the ID"))),
+    }
+}
+
+/// The snapshots `names` mean, in order: `latest` (the newest the filter
+/// accepts), a full ID, or an unambiguous ID prefix; see [`Listing::select`].
+/// Without `latest`, only the snapshots named are read: one listing of the
+/// names, then their headers.
+pub fn resolve(repo: &Repository, names: &[String], filter: &Filter) -> Result<Vec<String>> {
+    repo.master()?;
+    let listing = if names.iter().any(|name| name == "latest") {
+        list(repo)?
+    } else {
+        let objects = repo.storage().list_detailed("snapshots")?;
+        let mut wanted: Vec<Listed> = Vec::new();
+        for name in names {
+            let object = named_one(name, objects.iter().map(|o| (object_id(&o.name), o)))?;
+            if !wanted.contains(object) {
+                wanted.push(object.clone());
+            }
+        }
+        open_listed(repo, wanted)?
+    };
+    names.iter().map(|name| listing.select(name, filter)).collect()
 }
 
 /// Parses a point in time: RFC 3339, or `YYYY-MM-DD[ HH:MM[:SS]]` in local
@@ -298,11 +430,26 @@ impl Filter {
     }
 }
 
-/// The newest chain that covers `until` (a time as [`parse_time`] reads it),
-/// among the snapshots `filter` accepts; see [`Listing::chain_until`].
-pub fn chain_until(repo: &Repository, until: &str, filter: &Filter) -> Result<Vec<String>> {
-    let until = parse_time(until)?;
+/// The newest chain that covers `until`, among the snapshots `filter`
+/// accepts; see [`Listing::chain_until`].
+pub fn chain_until(repo: &Repository, until: DateTime<Utc>, filter: &Filter) -> Result<Vec<String>> {
     list(repo)?.chain_until(until, filter)
+}
+
+/// What the skeleton reader hands on, in stream order.
+enum Job {
+    /// Written as it is.
+    Pass(Piece),
+    /// A chunk reference: the chunk is read back and verified by a worker.
+    Chunk([u8; 32]),
+}
+
+/// What is written, in stream order.
+enum Piece {
+    /// A new stream: its ID, and its size for the progress display.
+    Start(StreamId, u64),
+    /// A frame.
+    Frame(Frame),
 }
 
 /// Writes the stored stream of each snapshot in `ids`, in order, to `output`.

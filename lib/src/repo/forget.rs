@@ -78,13 +78,62 @@ pub struct Decision {
     pub damaged: Option<String>,
 }
 
-/// A snapshot's ID and summary with its parsed start time.
-type Dated<'a> = (&'a str, &'a Summary, DateTime<Utc>);
+/// The two clocks a snapshot's time can be read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// The backup host's: the summary's `started`.
+    Source,
+    /// The storage's: when it received the snapshot object.
+    Storage,
+}
+
+/// A snapshot with its time by each clock.
+struct Dated<'a> {
+    id: &'a str,
+    summary: &'a Summary,
+    started: DateTime<Utc>,
+    /// When `ship` stored it, by its host's clock: orders backups started in one second.
+    stored: Option<DateTime<Utc>>,
+    received: DateTime<Utc>,
+}
+
+impl Dated<'_> {
+    fn at(&self, clock: Clock) -> DateTime<Utc> {
+        match clock {
+            Clock::Source => self.started,
+            Clock::Storage => self.received,
+        }
+    }
+}
+
+/// Records that `rule` keeps snapshot `id` by `clock`, once per rule: a
+/// rule that keeps it only by the storage's time says so.
+fn keep_by<'a>(reasons: &mut HashMap<&'a str, Vec<String>>, id: &'a str, rule: &str, clock: Clock) {
+    let held = reasons.entry(id).or_default();
+    if !held.iter().any(|r| r.split(" (").next() == Some(rule)) {
+        held.push(match clock {
+            Clock::Source => rule.to_string(),
+            Clock::Storage => format!("{rule} (by the storage's time)"),
+        });
+    }
+}
 
 /// Decides which snapshots (oldest first, as [`super::fetch::list`] gives
 /// them) to keep, per host and engine. Every snapshot a kept one builds on (its
 /// full backup and the backups between) is kept too.
-pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Decision>> {
+///
+/// The rules are applied twice: with each backup's time by its host's clock
+/// (`started`) and by the storage's (`received`, from the listing; `started`
+/// where the storage gave none), and a snapshot either keeps is kept. A host
+/// whose clock was wrong cannot get a fresh backup removed (the storage's
+/// time keeps it), and a repository whose objects were copied, which gives
+/// them all new storage times, keeps what the hosts' times keep.
+pub fn decide(
+    snapshots: &[(String, Summary)],
+    received: &HashMap<String, DateTime<Utc>>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>> {
     if policy.is_empty() {
         return Err(Error::usage("give at least one --keep-* rule"));
     }
@@ -98,49 +147,64 @@ pub fn decide(snapshots: &[(String, Summary)], policy: &Policy, now: DateTime<Ut
     };
     let mut reasons: HashMap<&str, Vec<String>> = HashMap::new();
     let mut groups: HashMap<(&str, &str), Vec<Dated>> = HashMap::new();
-    for (id, s) in snapshots {
-        groups.entry((&s.begin.host, &s.begin.engine)).or_default().push((id, s, parse_time(&s.begin.started)?));
+    for (id, summary) in snapshots {
+        let started = parse_time(&summary.begin.started)?;
+        let stored = parse_time(&summary.stored).ok();
+        let dated = Dated { id, summary, started, stored, received: received.get(id).copied().unwrap_or(started) };
+        groups.entry((&summary.begin.host, &summary.begin.engine)).or_default().push(dated);
     }
     for group in groups.values() {
-        let newest_first: Vec<_> = group.iter().rev().collect();
-        for (id, _, _) in newest_first.iter().take(policy.last) {
-            reasons.entry(id).or_default().push("last".into());
-        }
-        let buckets: [(&str, usize, &str); 5] = [
-            ("hourly", policy.hourly, "%Y-%m-%d %H"),
-            ("daily", policy.daily, "%Y-%m-%d"),
-            ("weekly", policy.weekly, "%G-%V"),
-            ("monthly", policy.monthly, "%Y-%m"),
-            ("yearly", policy.yearly, "%Y"),
-        ];
-        for (rule, count, format) in buckets {
-            let mut seen = HashSet::new();
-            for (id, _, started) in &newest_first {
-                if seen.len() == count {
-                    break;
-                }
-                if seen.insert(started.format(format).to_string()) {
-                    reasons.entry(id).or_default().push(rule.into());
-                }
+        let mut by_clock = Vec::new();
+        for clock in [Clock::Source, Clock::Storage] {
+            let mut newest_first: Vec<&Dated> = group.iter().collect();
+            newest_first.sort_by_key(|d| std::cmp::Reverse((d.at(clock), d.started, d.stored, d.id)));
+            let mut keep = |id, rule| keep_by(&mut reasons, id, rule, clock);
+            for dated in newest_first.iter().take(policy.last) {
+                keep(dated.id, "last");
             }
-        }
-        if let Some(window_start) = window_start {
-            for (id, _, started) in &newest_first {
-                if *started >= window_start {
-                    reasons.entry(id).or_default().push("within".into());
+            let buckets: [(&str, usize, &str); 5] = [
+                ("hourly", policy.hourly, "%Y-%m-%d %H"),
+                ("daily", policy.daily, "%Y-%m-%d"),
+                ("weekly", policy.weekly, "%G-%V"),
+                ("monthly", policy.monthly, "%Y-%m"),
+                ("yearly", policy.yearly, "%Y"),
+            ];
+            for (rule, count, format) in buckets {
+                let mut seen = HashSet::new();
+                for dated in &newest_first {
+                    if seen.len() == count {
+                        break;
+                    }
+                    if seen.insert(dated.at(clock).format(format).to_string()) {
+                        keep(dated.id, rule);
+                    }
                 }
             }
-        }
-        // A kept backup needs its chain: back to and including the full before it.
-        let mut needed = false;
-        for (id, s, _) in &newest_first {
-            if needed && !reasons.contains_key(id) {
-                reasons.entry(id).or_default().push("needed by a newer kept backup".into());
+            if let Some(window_start) = window_start {
+                for dated in newest_first.iter().filter(|d| d.at(clock) >= window_start) {
+                    keep(dated.id, "within");
+                }
             }
-            if reasons.contains_key(id) && s.begin.kind != "full" {
-                needed = true;
-            } else if s.begin.kind == "full" {
-                needed = false;
+            by_clock.push(newest_first);
+        }
+        // A kept backup needs its chain: back to and including the full
+        // before it, in either order, until nothing more is added.
+        let mut added = true;
+        while added {
+            added = false;
+            for newest_first in &by_clock {
+                let mut needed = false;
+                for dated in newest_first {
+                    if needed && !reasons.contains_key(dated.id) {
+                        reasons.entry(dated.id).or_default().push("needed by a newer kept backup".into());
+                        added = true;
+                    }
+                    if reasons.contains_key(dated.id) && dated.summary.begin.kind != "full" {
+                        needed = true;
+                    } else if dated.summary.begin.kind == "full" {
+                        needed = false;
+                    }
+                }
             }
         }
     }
@@ -209,14 +273,19 @@ mod tests {
             snap("i3", "2026-11-02T09:00:00Z", "incremental"),
         ];
         let now = parse_time("2026-11-03T00:00:00Z").unwrap();
-        let last = decide(&all, &Policy { last: 1, ..Policy::default() }, now).unwrap();
+        let last = decide(&all, &HashMap::new(), &Policy { last: 1, ..Policy::default() }, now).unwrap();
         assert_eq!(kept(&last), ["f2", "i2", "i3"], "i3 needs i2 and f2");
-        let daily = decide(&all, &Policy { daily: 2, ..Policy::default() }, now).unwrap();
+        let daily = decide(&all, &HashMap::new(), &Policy { daily: 2, ..Policy::default() }, now).unwrap();
         assert_eq!(kept(&daily), ["f1", "i1", "f2", "i2", "i3"]);
-        let within =
-            decide(&all, &Policy { within: Some(parse_duration("20h").unwrap()), ..Policy::default() }, now).unwrap();
+        let within = decide(
+            &all,
+            &HashMap::new(),
+            &Policy { within: Some(parse_duration("20h").unwrap()), ..Policy::default() },
+            now,
+        )
+        .unwrap();
         assert_eq!(kept(&within), ["f2", "i2", "i3"]);
-        assert!(decide(&all, &Policy::default(), now).is_err());
+        assert!(decide(&all, &HashMap::new(), &Policy::default(), now).is_err());
         assert!(parse_duration("3x").is_err() && parse_duration("h").is_err());
     }
 
@@ -230,10 +299,10 @@ mod tests {
         let all = vec![snap("f1", "2026-11-01T01:00:00Z", "full")];
         let longest = Policy { within: parse_duration("1000y").ok(), ..Policy::default() };
         let now = parse_time("2026-11-03T00:00:00Z").unwrap();
-        assert_eq!(kept(&decide(&all, &longest, now).unwrap()), ["f1"]);
-        assert!(decide(&all, &longest, DateTime::<Utc>::MIN_UTC).is_err());
+        assert_eq!(kept(&decide(&all, &HashMap::new(), &longest, now).unwrap()), ["f1"]);
+        assert!(decide(&all, &HashMap::new(), &longest, DateTime::<Utc>::MIN_UTC).is_err());
         let huge = Policy { last: usize::MAX, hourly: usize::MAX, ..Policy::default() };
-        assert_eq!(kept(&decide(&all, &huge, now).unwrap()), ["f1"]);
+        assert_eq!(kept(&decide(&all, &HashMap::new(), &huge, now).unwrap()), ["f1"]);
     }
 
     #[test]
@@ -241,6 +310,7 @@ mod tests {
         let listing = Listing {
             readable: vec![snap("aa11", "2026-11-01T01:00:00Z", "full"), snap("ab22", "2026-11-02T01:00:00Z", "full")],
             damaged: vec![super::super::fetch::Damaged { id: "cc33".into(), reason: "truncated".into() }],
+            storage_times: HashMap::new(),
         };
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let decisions = named(&listing, &names(&["aa", "cc33", "aa11"])).unwrap();
@@ -250,5 +320,58 @@ mod tests {
         assert!(named(&listing, &names(&["a"])).is_err(), "ambiguous");
         assert!(named(&listing, &names(&["dd"])).is_err(), "unknown");
         assert!(named(&listing, &names(&[""])).is_err(), "empty");
+    }
+
+    #[test]
+    fn a_host_clock_behind_or_ahead_never_gets_a_fresh_backup_removed() {
+        let now = parse_time("2026-11-10T12:00:00Z").unwrap();
+        // f2 was made just now on a host whose clock was three days behind;
+        // the storage received each backup when it was made.
+        let all = vec![
+            snap("f0", "2026-11-01T01:00:00Z", "full"),
+            snap("f2", "2026-11-07T11:59:00Z", "full"),
+            snap("f1", "2026-11-09T01:00:00Z", "full"),
+        ];
+        let received: HashMap<String, DateTime<Utc>> =
+            [("f0", "2026-11-01T01:01:00Z"), ("f2", "2026-11-10T11:59:30Z"), ("f1", "2026-11-09T01:01:00Z")]
+                .into_iter()
+                .map(|(id, t)| (id.to_string(), parse_time(t).unwrap()))
+                .collect();
+        let within = Policy { within: parse_duration("2d").ok(), ..Policy::default() };
+        let decisions = decide(&all, &received, &within, now).unwrap();
+        assert_eq!(kept(&decisions), ["f2", "f1"]);
+        assert_eq!(decisions[1].reasons, ["within (by the storage's time)"]);
+        assert_eq!(decisions[2].reasons, ["within"]);
+        // The newest by either clock is kept.
+        let last = decide(&all, &received, &Policy { last: 1, ..Policy::default() }, now).unwrap();
+        assert_eq!(kept(&last), ["f2", "f1"]);
+        // A host clock ahead: its backup is kept by its own time, and the real newest by the storage's.
+        let mut ahead = all.clone();
+        ahead[0].1.begin.started = "2027-01-01T00:00:00Z".into();
+        let last = decide(&ahead, &received, &Policy { last: 1, ..Policy::default() }, now).unwrap();
+        assert_eq!(kept(&last), ["f0", "f2"]);
+    }
+
+    #[test]
+    fn a_copied_repository_keeps_what_the_hosts_times_keep() {
+        let all = vec![
+            snap("f1", "2026-11-01T01:00:00Z", "full"),
+            snap("i1", "2026-11-01T05:00:00Z", "incremental"),
+            snap("f2", "2026-11-02T01:00:00Z", "full"),
+            snap("i2", "2026-11-02T05:00:00Z", "incremental"),
+            snap("i3", "2026-11-03T05:00:00Z", "incremental"),
+        ];
+        // Copied in reverse order, all within one minute.
+        let copied = parse_time("2026-12-01T12:00:00Z").unwrap();
+        let received: HashMap<String, DateTime<Utc>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), copied - chrono::Duration::seconds(i as i64)))
+            .collect();
+        let now = parse_time("2026-12-01T12:01:00Z").unwrap();
+        // By the hosts' days: i3 and i2 with their chain; the storage's one
+        // day adds the one it received last (f1), never less.
+        let daily = decide(&all, &received, &Policy { daily: 2, ..Policy::default() }, now).unwrap();
+        assert_eq!(kept(&daily), ["f1", "f2", "i2", "i3"]);
     }
 }

@@ -10,6 +10,7 @@
 //! need no locks.
 
 pub mod address;
+pub mod cache;
 pub mod check;
 pub mod fetch;
 pub mod forget;
@@ -300,17 +301,18 @@ impl Repository {
 
     fn index_excluding(&self, packs: &HashSet<String>) -> Result<HashMap<[u8; 32], Location>> {
         let mut index = HashMap::new();
-        for name in self.storage.list("index")? {
-            let pack = name.rsplit('/').next().unwrap_or_default().to_string();
-            if packs.contains(&pack) {
-                continue;
-            }
+        let pack_of = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
+        let names = self.storage.list("index")?.into_iter().filter(|name| !packs.contains(&pack_of(name)));
+        // Several at a time: a year of backups is thousands of indexes.
+        let read = |name: String| match self.storage.read_if_exists(&name)? {
+            Some(bytes) => pack::decode_index(&bytes, &pack_of(&name)),
             // An index removed by `prune` since it was listed is simply gone.
-            let Some(bytes) = self.storage.read_if_exists(&name)? else { continue };
-            for IndexEntry { id, location } in pack::decode_index(&bytes, &pack)? {
-                index.insert(id, location);
-            }
-        }
+            None => Ok(Vec::new()),
+        };
+        storage::concurrently(&*self.storage, names, read, |entries| {
+            index.extend(entries.into_iter().map(|IndexEntry { id, location }| (id, location)));
+            Ok(())
+        })?;
         Ok(index)
     }
 }

@@ -102,15 +102,19 @@ impl Limits {
     }
 }
 
-/// "8 min 10 s", "45 s", "2 h 3 min": a duration for people.
+/// "45 s", "8 min 14 s", "2 h 3 min", "3 d 1 h": a duration for people, to two units.
 pub fn describe_duration(duration: Duration) -> String {
     let secs = duration.as_secs_f64().round() as u64;
-    match (secs / 3600, secs / 60 % 60, secs % 60) {
-        (0, 0, s) => format!("{s} s"),
-        (0, m, 0) => format!("{m} min"),
-        (0, m, s) => format!("{m} min {s} s"),
-        (h, 0, _) => format!("{h} h"),
-        (h, m, _) => format!("{h} h {m} min"),
+    let units = [(secs / 86_400, "d"), (secs / 3600 % 24, "h"), (secs / 60 % 60, "min"), (secs % 60, "s")];
+    let first = units.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    let shown: Vec<String> = units[first..(first + 2).min(4)]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n} {unit}"))
+        .collect();
+    match shown.is_empty() {
+        true => "0 s".to_string(),
+        false => shown.join(" "),
     }
 }
 
@@ -502,5 +506,26 @@ impl Storage for RemoteStorage {
             return Err(Error::other(format!("{} is not empty; a repository needs a place of its own", self.location)));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_bound_every_attempt_and_pause() {
+        let limits = Limits::default();
+        assert_eq!(limits.bound(), Duration::from_secs(4 * 120 + 2 * (1 + 2 + 4)));
+        assert_eq!(describe_duration(limits.bound()), "8 min 14 s");
+        let none = Limits { step: Duration::from_secs(2), retries: 0, requests: 1 };
+        assert_eq!(none.bound(), Duration::from_secs(2));
+        assert_eq!((none.first_notice(), none.next_notice()), (Duration::from_secs(1), Duration::from_secs(2)));
+        assert_eq!((limits.first_notice(), limits.next_notice()), (Duration::from_secs(30), Duration::from_secs(60)));
+        for (secs, text) in
+            [(0, "0 s"), (45, "45 s"), (3600, "1 h"), (3 * 86_400 + 3700, "3 d 1 h"), (125, "2 min 5 s")]
+        {
+            assert_eq!(describe_duration(Duration::from_secs(secs)), text);
+        }
     }
 }

@@ -214,7 +214,16 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
         }
         for plain in decrypt(&mut decryptor, Item::Frame(frame))? {
             match plain.kind {
-                Kind::Begin => ship.begin = Some(plain.parse_json()?),
+                Kind::Begin => {
+                    // Refused before anything of it is stored: every reader relies on these fields.
+                    let begin: Begin = plain.parse_json()?;
+                    snapshot::check_begin(&begin).map_err(|why| {
+                        Error::integrity(format!(
+                            "the stream's Begin frame is not valid ({why}); no snapshot was stored"
+                        ))
+                    })?;
+                    ship.begin = Some(begin);
+                }
                 Kind::Abort => {
                     return Err(Error::incomplete(format!(
                         "the stream was aborted upstream: {}; no snapshot was stored",

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -87,34 +88,117 @@ pub struct Opened {
     skeleton_hash: [u8; 32],
 }
 
-/// Reads and authenticates snapshot `id`'s header with the repository's secret.
-pub fn open(storage: &dyn Storage, id: &str, secret: &StaticSecret, repo_id: &str) -> Result<Opened> {
+/// How much of a snapshot is read at first to find its header: the whole
+/// header of any ordinary snapshot, so one request reads it.
+const FIRST_READ: u64 = 4096;
+
+/// The error for a snapshot that cannot be read or understood.
+fn damaged(id: &str, why: &str) -> Error {
+    Error::integrity(format!("snapshot {id} is damaged ({why})"))
+}
+
+/// Reads snapshot `id`'s header (everything before the skeleton) from the
+/// storage and checks it is whole and is the one the name stands for; the
+/// object's `size`, when a listing gave it, saves a request. Summaries up
+/// to about 4 KiB take one request.
+pub fn read_header(storage: &dyn Storage, id: &str, size: Option<u64>) -> Result<Vec<u8>> {
     let name = format!("snapshots/{id}");
-    let damaged = |why: &str| Error::integrity(format!("snapshot {id} is damaged ({why})"));
-    let size = storage.size(&name)?;
+    let size = match size {
+        Some(size) => size,
+        None => storage.size(&name)?,
+    };
     if size < 12 {
-        return Err(damaged("truncated"));
+        return Err(damaged(id, "truncated"));
     }
-    let head = storage.read_range(&name, 0, 12)?;
-    if head[..8] != MAGIC {
-        return Err(damaged("bad magic"));
+    let mut header = storage.read_range(&name, 0, size.min(FIRST_READ) as usize)?;
+    if header[..8] != MAGIC {
+        return Err(damaged(id, "bad magic"));
     }
-    let sealed_len = u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize;
+    let sealed_len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
     if !(envelope::OVERHEAD..=MAX_SEALED).contains(&sealed_len) || size < 12 + sealed_len as u64 {
-        return Err(damaged("truncated"));
+        return Err(damaged(id, "truncated"));
     }
-    let sealed = storage.read_range(&name, 12, sealed_len)?;
-    if id_of(&[&head[..], &sealed].concat()) != id {
-        return Err(damaged("its content does not match its name"));
+    let len = 12 + sealed_len;
+    if header.len() < len {
+        let rest = storage.read_range(&name, header.len() as u64, len - header.len())?;
+        header.extend_from_slice(&rest);
     }
-    let json =
-        envelope::open(secret, &sealed, &aad(repo_id)).ok_or_else(|| damaged("its summary fails authentication"))?;
-    let summary: Summary = serde_json::from_slice(&json).map_err(|_| damaged("its summary is not valid"))?;
+    header.truncate(len);
+    if id_of(&header) != id {
+        return Err(damaged(id, "its content does not match its name"));
+    }
+    Ok(header)
+}
+
+/// Authenticates a snapshot header (from [`read_header`], or a copy whose
+/// ID was checked against it) with the repository's secret and checks its
+/// summary makes sense ([`Summary::check`]).
+pub fn open_header(header: &[u8], id: &str, secret: &StaticSecret, repo_id: &str) -> Result<Opened> {
+    if header.len() < 12 || header[..8] != MAGIC || id_of(header) != id {
+        return Err(damaged(id, "its content does not match its name"));
+    }
+    let json = envelope::open(secret, &header[12..], &aad(repo_id))
+        .ok_or_else(|| damaged(id, "its summary fails authentication"))?;
+    let summary: Summary = serde_json::from_slice(&json).map_err(|_| damaged(id, "its summary is not valid"))?;
     let skeleton_hash = hex::decode(&summary.skeleton_blake3)
         .ok()
         .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| damaged("its summary has no valid skeleton hash"))?;
-    Ok(Opened { summary, skeleton_at: 12 + sealed_len as u64, skeleton_hash })
+        .ok_or_else(|| damaged(id, "its summary has no valid skeleton hash"))?;
+    summary.check().map_err(|why| damaged(id, &format!("its summary does not make sense: {why}")))?;
+    Ok(Opened { summary, skeleton_at: header.len() as u64, skeleton_hash })
+}
+
+/// Reads and authenticates snapshot `id`'s header with the repository's secret.
+pub fn open(storage: &dyn Storage, id: &str, secret: &StaticSecret, repo_id: &str) -> Result<Opened> {
+    open_header(&read_header(storage, id, None)?, id, secret, repo_id)
+}
+
+/// The longest value of a summary quoted in a message.
+const QUOTED: usize = 40;
+
+/// A value from a summary or Begin frame for a message: quoted and escaped
+/// (it may come from a forged stream), and shortened.
+fn quote(value: &str) -> String {
+    let short: String = value.chars().take(QUOTED).collect();
+    let more = if short.len() < value.len() { "..." } else { "" };
+    format!("{short:?}{more}")
+}
+
+/// Parses an RFC 3339 time of a summary in the years 0000 to 9999.
+pub fn summary_time(value: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc)).filter(|t| (0..=9999).contains(&t.year()))
+}
+
+/// Checks what every reader relies on in a stream's Begin frame: `started`
+/// is an RFC 3339 time, and host, engine and kind are names (not empty, no
+/// control characters, at most 255 bytes). `ship` refuses a stream whose
+/// Begin fails this, and readers treat a snapshot whose summary does like a
+/// damaged one, so a forged stream cannot break listing or retention.
+pub fn check_begin(begin: &Begin) -> std::result::Result<(), String> {
+    if summary_time(&begin.started).is_none() {
+        return Err(format!("started {} is not an RFC 3339 time", quote(&begin.started)));
+    }
+    for (field, value) in [("host", &begin.host), ("engine", &begin.engine), ("kind", &begin.kind)] {
+        if value.is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
+            return Err(format!("{field} {} is not a name", quote(value)));
+        }
+    }
+    Ok(())
+}
+
+impl Summary {
+    /// Checks the summary makes sense to every reader: its Begin frame's
+    /// fields ([`check_begin`]), its `stored` time and its stream ID.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        check_begin(&self.begin)?;
+        if summary_time(&self.stored).is_none() {
+            return Err(format!("stored {} is not an RFC 3339 time", quote(&self.stored)));
+        }
+        if self.stream_id.len() != 32 || !self.stream_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("stream_id {} is not a stream ID", quote(&self.stream_id)));
+        }
+        Ok(())
+    }
 }
 
 impl Opened {
