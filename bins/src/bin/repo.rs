@@ -129,16 +129,21 @@ enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// Reclaim space: mark packs no snapshot needs, and delete packs marked
-    /// longer ago than the grace period. Safe while backups run, as long as no
-    /// backup runs longer than the grace period.
+    /// Reclaim space: mark packs no snapshot needs (and packs holding only
+    /// copies of chunks other packs keep), and delete packs marked longer ago
+    /// than the grace period. Ages are judged by the storage's own clock, never
+    /// by this host's. Safe while backups run: a backup that takes longer than
+    /// the grace period and needs a deleted pack fails and stores nothing.
     Prune {
         /// The repository.
         repo: String,
-        /// How long a pack stays marked before it is deleted (90m, 24h, 7d).
+        /// How long a pack stays marked before it is deleted (90m, 24h, 7d),
+        /// by the storage's clock. Longer than any backup runs, and than any
+        /// prune takes to delete.
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         grace: String,
-        /// Show what would be done, change nothing.
+        /// Show what would be done, change nothing (but a small probe object
+        /// written and removed to read the storage's clock).
         #[arg(long)]
         dry_run: bool,
         /// The report as one JSON object on stdout.
@@ -154,6 +159,8 @@ enum Command {
     },
     /// Verify the repository: indexes, packs and snapshots; with --read-data,
     /// every stored chunk is read back, decrypted and checked against its ID.
+    /// Safe beside backups and `repo prune`: packs prune deletes meanwhile are
+    /// not reported as missing.
     Check {
         /// The repository.
         repo: String,
@@ -359,12 +366,40 @@ fn main() {
         }
         Command::Prune { repo, grace, dry_run, json, keys } => {
             let repo = cli::open_repo(&repo, &keys)?;
-            let report = prune(&repo, parse_duration(&grace)?, chrono::Utc::now(), dry_run)?;
+            let report = prune(&repo, parse_duration(&grace)?, dry_run)?;
             if json {
                 print_json(&report)?;
             }
+            if report.clock_offset_seconds.abs() > 300 {
+                let off = report.clock_offset_seconds.unsigned_abs();
+                cli::say(&format!(
+                    "repo prune: this host's clock is {} {} the storage's; ages are judged by the storage's clock alone",
+                    if off >= 5400 { format!("{} h", (off + 1800) / 3600) } else { format!("{} min", (off + 30) / 60) },
+                    if report.clock_offset_seconds > 0 { "ahead of" } else { "behind" }
+                ));
+            }
+            if report.future_marks > 0 {
+                cli::say(&format!(
+                    "repo prune: {} marks were dated after the storage's present time (its clock went back, or they \
+                     were changed); they are dated anew, so their grace period starts now",
+                    report.future_marks
+                ));
+            }
+            let mut extra = String::new();
+            for (count, what) in [
+                (
+                    report.duplicates,
+                    "of the packs marked, waiting or deleted hold only copies of chunks other packs keep",
+                ),
+                (report.stale_marks, "marks of packs that no longer exist removed (left by an interrupted prune)"),
+                (report.stale_records, "deletion records of interrupted prunes removed"),
+            ] {
+                if count > 0 {
+                    extra.push_str(&format!("; {count} {what}"));
+                }
+            }
             cli::say(&format!(
-                "repo prune: {}{} packs marked, {} deleted ({} bytes), {} waiting out the grace period, {} back in use",
+                "repo prune: {}{} packs marked, {} deleted ({} bytes), {} waiting out the grace period, {} back in use{extra}",
                 if dry_run { "(dry run) " } else { "" },
                 report.marked,
                 report.deleted,
@@ -404,14 +439,24 @@ fn main() {
                 cli::say(&format!("repo check: {problem}"));
             }
             cli::say(&format!(
-                "repo check: {} snapshots, {} packs, {} chunks{}; {}",
+                "repo check: {} snapshots, {} packs, {} chunks{}{}; {}",
                 report.snapshots,
                 report.packs,
                 report.chunks,
                 if report.unindexed_packs + report.unneeded_packs > 0 {
                     format!(
-                        ", {} packs no snapshot needs and {} left unindexed by interrupted ships (harmless; `repo prune` reclaims them)",
+                        ", {} packs no snapshot needs (or holding only copies) and {} left unindexed by interrupted \
+                         ships or prunes (harmless; `repo prune` reclaims them)",
                         report.unneeded_packs, report.unindexed_packs
+                    )
+                } else {
+                    String::new()
+                },
+                if report.stale_marks > 0 {
+                    format!(
+                        ", {} marks of packs that no longer exist (left by an interrupted prune; harmless, the next \
+                         `repo prune` removes them)",
+                        report.stale_marks
                     )
                 } else {
                     String::new()

@@ -33,6 +33,9 @@ use keyslot::{KeySlot, Unlocked};
 use pack::{IndexEntry, Location};
 use storage::{LocalStorage, Storage};
 
+/// Where each stored chunk is, by chunk ID.
+pub type ChunkIndex = HashMap<[u8; 32], Location>;
+
 /// The repository's `config` object (JSON, not encrypted).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -290,7 +293,23 @@ impl Repository {
 
     /// Where every stored chunk is, from all index files.
     pub fn chunk_index(&self) -> Result<HashMap<[u8; 32], Location>> {
-        self.index_excluding(&HashSet::new())
+        Ok(self.chunk_index_and_marks()?.0)
+    }
+
+    /// Where every stored chunk is, and the packs `prune` had marked when the
+    /// indexes were read. A chunk stored in several packs resolves to one
+    /// that is not marked where there is one: marked packs are on their way out.
+    pub fn chunk_index_and_marks(&self) -> Result<(ChunkIndex, HashSet<String>)> {
+        let marked = prune::marked(self.storage())?;
+        let mut index = self.index_excluding(&marked)?;
+        for pack in &marked {
+            // A marked pack's index that `prune` deleted since the marks were listed is simply gone.
+            let Some(bytes) = self.storage.read_if_exists(&format!("index/{pack}"))? else { continue };
+            for IndexEntry { id, location } in pack::decode_index(&bytes, pack)? {
+                index.entry(id).or_insert(location);
+            }
+        }
+        Ok((index, marked))
     }
 
     /// The chunks a new backup may refer to instead of storing them again:

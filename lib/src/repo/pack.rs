@@ -117,20 +117,23 @@ impl<'a> PackWriter<'a> {
         buffer
     }
 
-    /// Adds a chunk's stored payload; stores the pack when it is full.
-    pub fn add(&mut self, id: [u8; 32], encodings: Encodings, payload: &[u8]) -> Result<()> {
+    /// Adds a chunk's stored payload; stores the pack when it is full and
+    /// then returns its index entries (else none).
+    pub fn add(&mut self, id: [u8; 32], encodings: Encodings, payload: &[u8]) -> Result<Vec<IndexEntry>> {
         self.entries.push((id, self.buffer.len() as u64, payload.len() as u32, encodings));
         self.buffer.extend_from_slice(payload);
         if self.buffer.len() >= PACK_TARGET {
-            self.flush()?;
+            return self.flush();
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
-    /// Stores the pack being filled, if any, then its index. Both are durable when this returns.
-    pub fn flush(&mut self) -> Result<()> {
+    /// Stores the pack being filled, if any, then its index, and returns the
+    /// index entries (none when there was nothing to store). Both are durable
+    /// when this returns.
+    pub fn flush(&mut self) -> Result<Vec<IndexEntry>> {
         if self.entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let pack: Arc<str> = Arc::from(blake3::hash(&self.buffer).to_hex().as_str());
         self.storage.create(&pack_name(&pack), &self.buffer)?;
@@ -144,7 +147,7 @@ impl<'a> PackWriter<'a> {
             .collect();
         self.storage.create(&format!("index/{pack}"), &encode_index(&entries))?;
         self.buffer = Self::fresh();
-        Ok(())
+        Ok(entries)
     }
 }
 

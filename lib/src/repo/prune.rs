@@ -1,50 +1,153 @@
-//! `repo prune`: reclaims packs no snapshot refers to, safely beside running
-//! backups.
+//! `repo prune`: reclaims packs no snapshot needs, safely beside running
+//! backups, without trusting any host's clock.
 //!
-//! Deletion takes two runs. The first marks each unreferenced pack
-//! (`pending/<pack>`, holding the time); from then on new backups no longer
-//! deduplicate against its chunks. A later run deletes a pack that is still
-//! unreferenced once its mark is older than the grace period, which must be
-//! longer than any backup runs: only a backup that loaded the index before the
-//! mark could still refer to the pack, and such a backup has finished by then
-//! (if it did refer to the pack, the pack is referenced and its mark is
-//! dropped instead). Packs without an index (a ship still running, or one
+//! Deletion takes two runs. The first marks each pack no snapshot needs
+//! (`pending/<pack>`); from then on new backups no longer deduplicate against
+//! its chunks. A later run deletes a pack that is still not needed once its
+//! mark is older than the grace period. Ages are judged by the storage's own
+//! clock: the modification time the storage gives the mark, against that of
+//! a probe object the run writes (after listing the marks) and removes. A mark
+//! dated after the probe (the storage's clock went back, or someone changed
+//! it) is dated anew. Packs without an index (a ship still running, or one
 //! that was interrupted) go through the same two steps.
+//!
+//! A snapshot needs chunks, not packs: of several packs holding a needed
+//! chunk, one is kept ([`kept_packs`]), and the others are reclaimed like
+//! unneeded packs, so a chunk stored again while its first pack was marked
+//! ends with one copy.
+//!
+//! Before deleting, a run writes a deletion record (`pending/deleting-<id>`)
+//! naming the packs it is about to delete, then reads the snapshots again and
+//! keeps any pack a snapshot stored meanwhile needs. `ship` checks the records
+//! and the packs its snapshot needs both before and after storing the
+//! snapshot (see [`super::ship`]), so a ship and a prune never both succeed
+//! with a pack the snapshot needs deleted. docs/REPOSITORY.md gives the
+//! argument.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
 use super::pack::{decode_index, is_pack_name, pack_name};
 use super::snapshot;
-use super::storage::Storage;
+use super::storage::{Listed, Storage};
 use super::Repository;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::Kind;
+
+/// The folder of marks, deletion records and clock probes.
+const PENDING: &str = "pending";
+/// How a deletion record's name starts (then 32 random hex digits).
+const RECORD: &str = "deleting-";
+/// How a clock probe's name starts (then 32 random hex digits).
+const PROBE: &str = "probe-";
 
 /// What a prune run did.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
-    /// Packs found unreferenced and marked in this run.
+    /// Packs found not needed and marked in this run.
     pub marked: usize,
+    /// Of the packs marked or deleted in this run, those that hold chunks
+    /// snapshots need, every one of them also held by a pack that is kept.
+    pub duplicates: usize,
     /// Packs deleted in this run.
     pub deleted: usize,
     /// Bytes those packs held.
     pub freed_bytes: u64,
-    /// Marked packs that became referenced again and were unmarked.
+    /// Marked packs that became needed again and were unmarked.
     pub unmarked: usize,
-    /// Marked packs still within their grace period.
+    /// Marked packs still within their grace period (by the storage's clock).
     pub waiting: usize,
+    /// Marks dated after the storage's present time, dated anew (their grace
+    /// period starts now): the storage's clock went back, or they were changed.
+    pub future_marks: usize,
+    /// Marks of packs that no longer exist (left by an interrupted prune), removed.
+    pub stale_marks: usize,
+    /// Deletion records older than the grace period (left by an interrupted prune), removed.
+    pub stale_records: usize,
+    /// This host's clock minus the storage's, in seconds (informational: ages
+    /// are judged by the storage's clock alone).
+    pub clock_offset_seconds: i64,
 }
 
 /// The last part of an object name: a pack's or a snapshot's ID.
-fn object_id(name: &str) -> String {
-    name.rsplit('/').next().unwrap_or_default().to_string()
+fn object_id(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or_default()
+}
+
+/// The name of a pack's mark.
+fn mark_name(pack: &str) -> String {
+    format!("{PENDING}/{pack}")
+}
+
+/// 16 random bytes in hex, for the names of records and probes.
+fn random_name() -> String {
+    let mut id = [0u8; 16];
+    crate::random::fill(&mut id);
+    hex::encode(id)
+}
+
+/// What `pending/` holds.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Marked packs, with when the storage wrote each mark.
+    pub marks: HashMap<String, Option<DateTime<Utc>>>,
+    /// Deletion records of prune runs deleting now (or interrupted), as listed.
+    pub records: Vec<Listed>,
+    /// Clock probes of prune runs, as listed (a killed run can leave one).
+    probes: Vec<Listed>,
+}
+
+/// Lists `pending/`: marks, deletion records and clock probes.
+pub fn pending(storage: &dyn Storage) -> Result<Pending> {
+    let mut found = Pending::default();
+    for object in storage.list_detailed(PENDING)? {
+        let id = object_id(&object.name);
+        if is_pack_name(id) {
+            found.marks.insert(id.to_string(), object.modified);
+        } else if id.starts_with(RECORD) {
+            found.records.push(object);
+        } else if id.starts_with(PROBE) {
+            found.probes.push(object);
+        }
+    }
+    Ok(found)
 }
 
 /// Packs currently marked for deletion.
 pub fn marked(storage: &dyn Storage) -> Result<HashSet<String>> {
-    Ok(storage.list("pending")?.iter().map(|n| object_id(n)).collect())
+    Ok(pending(storage)?.marks.into_keys().collect())
+}
+
+/// The packs that the deletion records name: being deleted by a prune running
+/// now, or left by one that was interrupted.
+pub fn being_deleted(storage: &dyn Storage, records: &[Listed]) -> Result<HashSet<String>> {
+    let mut packs = HashSet::new();
+    for record in records {
+        // A record removed since it was listed: that run is done.
+        let Some(bytes) = storage.read_if_exists(&record.name)? else { continue };
+        packs.extend(String::from_utf8_lossy(&bytes).lines().filter(|l| is_pack_name(l)).map(str::to_string));
+    }
+    Ok(packs)
+}
+
+/// Which packs to keep: for every chunk some snapshot needs, one pack that
+/// holds it. `needed` maps each indexed pack to the needed chunks it holds.
+/// Unmarked packs go first, then those holding more needed chunks, then by
+/// name: of two copies the one on its way out goes, and runs choose alike.
+pub fn kept_packs<'a>(needed: &'a HashMap<String, Vec<[u8; 32]>>, marked: &HashSet<&str>) -> HashSet<&'a str> {
+    let mut order: Vec<(&String, &Vec<[u8; 32]>)> = needed.iter().filter(|(_, ids)| !ids.is_empty()).collect();
+    order.sort_by_key(|(pack, ids)| (marked.contains(pack.as_str()), Reverse(ids.len()), *pack));
+    let mut covered = HashSet::new();
+    let mut kept = HashSet::new();
+    for (pack, ids) in order {
+        if ids.iter().any(|id| !covered.contains(id)) {
+            kept.insert(pack.as_str());
+            covered.extend(ids.iter().copied());
+        }
+    }
+    kept
 }
 
 /// Every chunk ID some snapshot refers to.
@@ -53,8 +156,8 @@ fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     for name in repo.storage().list("snapshots")? {
         let id = object_id(&name);
         // A snapshot removed by `forget` since it was listed is simply gone.
-        let Some(opened) = repo.open_snapshot(&id)? else { continue };
-        let walked = opened.skeleton(repo.storage(), &id).and_then(|skeleton| {
+        let Some(opened) = repo.open_snapshot(id)? else { continue };
+        let walked = opened.skeleton(repo.storage(), id).and_then(|skeleton| {
             snapshot::walk(skeleton, |frame| {
                 if frame.kind == Kind::ChunkRef {
                     ids.insert(frame.chunk_ref_id()?);
@@ -70,77 +173,228 @@ fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     Ok(ids)
 }
 
-/// Marks unreferenced packs, deletes those marked longer than `grace` ago, and
-/// unmarks packs in use again. With `dry_run`, reports without changing anything.
-pub fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc>, dry_run: bool) -> Result<Report> {
+/// For every indexed pack, the chunks in `in_use` it holds.
+pub fn needed_by_pack(storage: &dyn Storage, in_use: &HashSet<[u8; 32]>) -> Result<HashMap<String, Vec<[u8; 32]>>> {
+    let mut needed = HashMap::new();
+    for name in storage.list("index")? {
+        let pack = object_id(&name);
+        // An index another prune deleted since it was listed is simply gone.
+        let Some(bytes) = storage.read_if_exists(&name)? else { continue };
+        let ids = decode_index(&bytes, pack)?.into_iter().map(|e| e.id).filter(|id| in_use.contains(id)).collect();
+        needed.insert(pack.to_string(), ids);
+    }
+    Ok(needed)
+}
+
+/// The storage's present time: when it wrote a probe object that this run
+/// writes, finds in a listing, and removes.
+fn storage_now(storage: &dyn Storage) -> Result<DateTime<Utc>> {
+    let name = format!("{PENDING}/{PROBE}{}", random_name());
+    storage.create(&name, b"repo prune reads the storage's clock\n")?;
+    let listed = storage.list_detailed(PENDING).map(|all| all.into_iter().find(|o| o.name == name));
+    storage.remove(&name)?;
+    match listed? {
+        Some(Listed { modified: Some(time), .. }) => Ok(time),
+        Some(_) => Err(Error::other(
+            "the storage gives no modification times, and repo prune judges ages by the storage's clock alone",
+        )),
+        None => Err(Error::other(format!("the clock probe '{name}' was not listed after it was written"))),
+    }
+}
+
+/// How old an object is by the storage's clock at `now`.
+enum Age {
+    /// Dated after `now`.
+    Future,
+    /// This old.
+    Old(chrono::Duration),
+}
+
+fn age(written: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<Age> {
+    let written = written.ok_or_else(|| {
+        Error::other("the storage gives no modification times, and repo prune judges ages by the storage's clock alone")
+    })?;
+    Ok(if written > now { Age::Future } else { Age::Old(now - written) })
+}
+
+/// Marks packs no snapshot needs, deletes those marked longer than `grace`
+/// ago by the storage's clock, and unmarks packs needed again. With
+/// `dry_run`, reports without changing anything but a clock probe it writes
+/// and removes.
+pub fn prune(repo: &Repository, grace: chrono::Duration, dry_run: bool) -> Result<Report> {
     repo.master()?;
     let storage = repo.storage();
     let mut report = Report::default();
-    let marks = marked(storage)?;
-    // Snapshots are read before the packs are listed, so a pack a new snapshot needs is either listed as referenced or is younger than this run.
+    let pending = pending(storage)?;
+    let marks: HashSet<&str> = pending.marks.keys().map(String::as_str).collect();
+    // Snapshots are read before the packs are listed, so a pack a new snapshot
+    // needs is either seen as needed or younger than this run.
     let in_use = referenced(repo)?;
-    let mut unreferenced = Vec::new();
-    let mut expired = Vec::new();
-    let mut indexed = HashSet::new();
-    for name in storage.list("index")? {
-        let pack = object_id(&name);
-        let entries = decode_index(&storage.read(&name)?, &pack)?;
-        indexed.insert(pack.clone());
-        if entries.iter().all(|e| !in_use.contains(&e.id)) {
-            unreferenced.push(pack);
-        } else if marks.contains(&pack) {
+    let needed = needed_by_pack(storage, &in_use)?;
+    let kept = kept_packs(&needed, &marks);
+    let stored: HashSet<String> =
+        storage.list("data")?.iter().map(|n| object_id(n).to_string()).filter(|p| is_pack_name(p)).collect();
+    let mut candidates = Vec::new();
+    for (pack, ids) in &needed {
+        if !kept.contains(pack.as_str()) {
+            report.duplicates += usize::from(!ids.is_empty());
+            candidates.push(pack.as_str());
+        } else if marks.contains(pack.as_str()) {
             report.unmarked += 1;
             if !dry_run {
-                storage.remove(&format!("pending/{pack}"))?;
+                storage.remove(&mark_name(pack))?;
             }
         }
     }
-    for name in storage.list("data")? {
-        let pack = object_id(&name);
-        if is_pack_name(&pack) && !indexed.contains(&pack) {
-            unreferenced.push(pack);
+    candidates.extend(stored.iter().map(String::as_str).filter(|pack| !needed.contains_key(*pack)));
+    candidates.sort_unstable();
+    // A mark whose pack has neither index nor data: a prune was stopped between deleting them.
+    for pack in marks.iter().filter(|pack| !needed.contains_key(**pack) && !stored.contains(**pack)) {
+        report.stale_marks += 1;
+        if !dry_run {
+            storage.remove(&mark_name(pack))?;
         }
     }
-    for pack in unreferenced {
-        let mark = format!("pending/{pack}");
-        if !marks.contains(&pack) {
-            report.marked += 1;
+    let mut judged = Vec::new();
+    for pack in candidates {
+        match pending.marks.get(pack) {
+            Some(written) => judged.push((pack, *written)),
+            None => {
+                report.marked += 1;
+                if !dry_run {
+                    // The time inside is the marking host's, for people; ages come from the storage.
+                    storage.create(&mark_name(pack), Utc::now().to_rfc3339().as_bytes())?;
+                }
+            }
+        }
+    }
+    // Written after the marks were listed: no mark judged here is newer, unless the storage's clock went back.
+    let now = storage_now(storage)?;
+    report.clock_offset_seconds = (Utc::now() - now).num_seconds();
+    for leftover in pending.records.iter().chain(&pending.probes) {
+        if matches!(age(leftover.modified, now)?, Age::Old(old) if old >= grace) {
+            report.stale_records += usize::from(object_id(&leftover.name).starts_with(RECORD));
             if !dry_run {
-                storage.create(&mark, Utc::now().to_rfc3339().as_bytes())?;
+                storage.remove(&leftover.name)?;
             }
-            continue;
         }
-        let since = storage
-            .read_if_exists(&mark)?
-            .and_then(|t| String::from_utf8(t).ok())
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok());
-        // A mark that is gone (a backup took the pack back) or unreadable never counts as expired.
-        if since.is_none_or(|t| now - t.with_timezone(&Utc) < grace) {
-            report.waiting += 1;
-            continue;
-        }
-        expired.push(pack);
     }
-    // Snapshots stored while this run read the others may need an expired pack: look again.
-    let in_use = if expired.is_empty() { in_use } else { referenced(repo)? };
-    for pack in expired {
-        let mark = format!("pending/{pack}");
-        let entries = match storage.read_if_exists(&format!("index/{pack}"))? {
-            Some(bytes) => decode_index(&bytes, &pack)?,
+    let mut expired = Vec::new();
+    for (pack, written) in judged {
+        match age(written, now)? {
+            Age::Future => {
+                report.future_marks += 1;
+                report.waiting += 1;
+                if !dry_run {
+                    // Dated anew, so its grace period starts now.
+                    storage.remove(&mark_name(pack))?;
+                    storage.create(&mark_name(pack), Utc::now().to_rfc3339().as_bytes())?;
+                }
+            }
+            Age::Old(old) if old < grace => report.waiting += 1,
+            Age::Old(_) => expired.push((pack, written)),
+        }
+    }
+    if dry_run {
+        for (pack, _) in &expired {
+            report.deleted += 1;
+            report.freed_bytes += storage.size(&pack_name(pack)).unwrap_or(0);
+        }
+        return Ok(report);
+    }
+    if !expired.is_empty() {
+        // Every needed chunk an index lists is held by a kept pack, which this run does not delete.
+        let covered: HashSet<[u8; 32]> = needed.values().flatten().copied().collect();
+        delete(repo, &expired, &covered, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// Deletes expired packs (each with when the storage wrote its mark) unless
+/// a snapshot needs a chunk only they hold; `covered` are the needed chunks
+/// kept packs hold. Writes the deletion record first and removes it last,
+/// whatever happens between.
+fn delete(
+    repo: &Repository,
+    expired: &[(&str, Option<DateTime<Utc>>)],
+    covered: &HashSet<[u8; 32]>,
+    report: &mut Report,
+) -> Result<()> {
+    let storage = repo.storage();
+    let record = format!("{PENDING}/{RECORD}{}", random_name());
+    let names: String = expired.iter().map(|(pack, _)| format!("{pack}\n")).collect();
+    storage.create(&record, names.as_bytes())?;
+    let deleted = delete_recorded(repo, &record, expired, covered, report);
+    // Once this run deletes no more, its record protects nothing: what it deleted is gone.
+    let removed = storage.remove(&record);
+    deleted.and(removed)
+}
+
+fn delete_recorded(
+    repo: &Repository,
+    record: &str,
+    expired: &[(&str, Option<DateTime<Utc>>)],
+    covered: &HashSet<[u8; 32]>,
+    report: &mut Report,
+) -> Result<()> {
+    let storage = repo.storage();
+    // Read again after the record exists: a snapshot stored before the record
+    // is seen here; a ship that stores one later finds the record when it checks.
+    let in_use = referenced(repo)?;
+    let now = pending(storage)?;
+    // Two runs each deleting a copy the other keeps could leave none: a copy is
+    // deleted only while no other run is deleting (each run writes its record
+    // before it looks for others', so of two at once at least one sees the other).
+    let alone = now.records.iter().all(|r| r.name == record);
+    for &(pack, written) in expired {
+        let index = format!("index/{pack}");
+        let entries = match storage.read_if_exists(&index)? {
+            Some(bytes) => decode_index(&bytes, pack)?,
             None => Vec::new(),
         };
-        if entries.iter().any(|e| in_use.contains(&e.id)) || !storage.exists(&mark)? {
+        let needed = entries.iter().any(|e| in_use.contains(&e.id));
+        let only_copy = entries.iter().any(|e| in_use.contains(&e.id) && !covered.contains(&e.id));
+        // The mark must be the one judged: gone means a backup took the pack back, newer means marked anew.
+        let same_mark = now.marks.get(pack).is_some_and(|m| *m == written);
+        if only_copy || (needed && !alone) || !same_mark {
             report.waiting += 1;
             continue;
         }
         report.deleted += 1;
-        report.freed_bytes += storage.size(&pack_name(&pack)).unwrap_or(0);
-        if !dry_run {
-            // Index first, so no reader learns of chunks whose pack is going.
-            storage.remove(&format!("index/{pack}"))?;
-            storage.remove(&pack_name(&pack))?;
-            storage.remove(&mark)?;
-        }
+        report.freed_bytes += storage.size(&pack_name(pack)).unwrap_or(0);
+        // Index first, so no reader learns of chunks whose pack is going.
+        storage.remove(&index)?;
+        storage.remove(&pack_name(pack))?;
+        storage.remove(&mark_name(pack))?;
     }
-    Ok(report)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_copy_of_each_needed_chunk_is_kept_preferring_unmarked_and_fuller_packs() {
+        let pack = |c: char| c.to_string().repeat(64);
+        let needed: HashMap<String, Vec<[u8; 32]>> = [
+            (pack('a'), vec![[1; 32], [2; 32]]),
+            (pack('b'), vec![[1; 32], [2; 32]]),
+            (pack('c'), vec![[2; 32], [3; 32]]),
+            (pack('d'), vec![[3; 32]]),
+            (pack('e'), vec![]),
+        ]
+        .into_iter()
+        .collect();
+        let (a, b, c) = (pack('a'), pack('b'), pack('c'));
+        // Equal copies: by name; c still holds chunk 3 alone among the fuller packs.
+        let kept = kept_packs(&needed, &HashSet::new());
+        assert_eq!(kept, HashSet::from([a.as_str(), c.as_str()]));
+        // A marked copy gives way to an unmarked one.
+        let kept = kept_packs(&needed, &HashSet::from([a.as_str()]));
+        assert_eq!(kept, HashSet::from([b.as_str(), c.as_str()]));
+        // A pack that is the only holder of a needed chunk is kept even when marked.
+        let kept = kept_packs(&needed, &HashSet::from([a.as_str(), b.as_str(), c.as_str()]));
+        assert!(kept.contains(pack('d').as_str()) && kept.len() == 2, "{kept:?}");
+    }
 }

@@ -1,12 +1,21 @@
 //! `ship`: stores a stream (or concatenated streams) in the repository, one
 //! snapshot per stream, and returns a receipt for each.
+//!
+//! Before a snapshot is stored, every pack it needs (written by this ship or
+//! deduplicated against) is proven to be stored and not being deleted by
+//! `repo prune`, and proven again once the snapshot is stored; when the second
+//! proof fails the snapshot is removed. With `prune`'s deletion record written
+//! before it reads the snapshots again, a ship and a prune never both succeed
+//! with a pack the snapshot needs deleted (docs/REPOSITORY.md).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, Write};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::pack::PackWriter;
+use super::pack::{pack_name, IndexEntry, PackWriter};
+use super::prune;
 use super::snapshot::{self, Summary};
 use super::Repository;
 use crate::codec::crypt::{CipherParams, Decryptor};
@@ -37,9 +46,14 @@ const NOT_ENCRYPTED: &str =
 struct Known {
     /// Its stored size.
     stored: u64,
-    /// The pack holding it, when `prune` has marked that pack for deletion.
-    marked_pack: Option<String>,
+    /// The pack holding it; `None` while it is in the pack being filled.
+    pack: Option<Arc<str>>,
+    /// Whether `prune` had marked that pack for deletion when ship started.
+    marked: bool,
 }
+
+/// At most this many packs are looked up one by one; more are found by listing.
+const LOOKUPS: usize = 32;
 
 /// A skeleton on its way to the repository, spooled to an unnamed temporary
 /// file (it grows with the backup) and hashed as it is written.
@@ -83,8 +97,8 @@ impl Write for Spool {
 
 /// One stream being shipped.
 struct Shipment {
-    /// Marked packs this stream refers to: unmarked before its snapshot is stored.
-    revived: HashSet<String>,
+    /// Every pack the stream's snapshot needs: proven present before and after it is stored.
+    needed: BTreeSet<Arc<str>>,
     /// Whether the stream's first frame has been seen (it must be Cipher).
     opened: bool,
     skeleton: StreamWriter<Spool>,
@@ -112,21 +126,36 @@ fn chunk_ref(id: &[u8]) -> Frame {
     Frame::plain(Kind::ChunkRef, id.to_vec())
 }
 
+/// Takes note of a pack the writer just stored (`entries` is its index, empty
+/// when none was): its chunks now have a home, and the stream needs it.
+fn note_stored(
+    known: &mut HashMap<[u8; CHUNK_ID_LEN], Known>,
+    needed: &mut BTreeSet<Arc<str>>,
+    entries: Vec<IndexEntry>,
+) {
+    for entry in entries {
+        if let Some(held) = known.get_mut(&entry.id) {
+            held.pack = Some(entry.location.pack.clone());
+        }
+        needed.insert(entry.location.pack);
+    }
+}
+
 /// Reads streams from `input` and stores each as a snapshot. A stream is
 /// stored only when it is complete (End frame) and authenticates under the
 /// repository's key; otherwise nothing of it becomes visible.
 pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receipt) -> Result<()>) -> Result<()> {
     let progress = Progress::for_stage("ship");
-    // Every chunk the repository holds: its stored size, and whether new data
-    // may be deduplicated against it (not when `prune` has marked its pack).
-    // References made before the mark are still honoured: the grace period covers them.
-    let marked = super::prune::marked(repo.storage())?;
-    let mut known: HashMap<[u8; CHUNK_ID_LEN], Known> = repo
-        .chunk_index()?
+    // Every chunk the repository holds: its stored size, its pack, and whether
+    // new data may be deduplicated against it (not when `prune` has marked its
+    // pack). References made before the mark are still honoured: the pack's
+    // mark is taken back before the snapshot is stored, if the pack is still there.
+    let (index, marked) = repo.chunk_index_and_marks()?;
+    let mut known: HashMap<[u8; CHUNK_ID_LEN], Known> = index
         .into_iter()
         .map(|(id, at)| {
-            let marked_pack = marked.contains(&*at.pack).then(|| at.pack.to_string());
-            (id, Known { stored: at.length as u64, marked_pack })
+            let marked = marked.contains(&*at.pack);
+            (id, Known { stored: at.length as u64, pack: Some(at.pack), marked })
         })
         .collect();
     let mut packs = PackWriter::new(repo.storage());
@@ -141,7 +170,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 skeleton.start(id)?;
                 decrypt(&mut decryptor, Item::Start(id))?;
                 current = Some(Shipment {
-                    revived: HashSet::new(),
+                    needed: BTreeSet::new(),
                     opened: false,
                     skeleton,
                     stream_id: id,
@@ -178,11 +207,10 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
             };
             ship.chunks += 1;
             match known.get(&id) {
-                Some(held) if held.marked_pack.is_none() || !is_chunk => {
+                Some(held) if !held.marked || !is_chunk => {
                     ship.deduplicated_bytes += held.stored;
-                    if let Some(pack) = &held.marked_pack {
-                        ship.revived.insert(pack.clone());
-                    }
+                    // A chunk in the pack being filled: that pack is noted when it is stored.
+                    ship.needed.extend(held.pack.clone());
                 }
                 _ if !is_chunk => {
                     return Err(Error::integrity(format!(
@@ -194,8 +222,8 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                     // The chunk must open with this stream's keys and be bound to its ID
                     // before it is stored and later backups deduplicate against it.
                     opener.check(&frame).map_err(|e| e.context("ship"))?;
-                    packs.add(id, frame.encodings, &frame.payload)?;
-                    known.insert(id, Known { stored: frame.payload.len() as u64, marked_pack: None });
+                    known.insert(id, Known { stored: frame.payload.len() as u64, pack: None, marked: false });
+                    note_stored(&mut known, &mut ship.needed, packs.add(id, frame.encodings, &frame.payload)?);
                     ship.new_chunks += 1;
                     ship.new_bytes += frame.payload.len() as u64;
                 }
@@ -232,9 +260,10 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                 }
                 Kind::End => {
                     let end: End = plain.parse_json()?;
-                    let done = current.take().expect("a stream is open");
+                    let mut done = current.take().expect("a stream is open");
                     let stream_bytes = reader.offset() - done.started_at;
-                    let stored = finish(repo, &mut packs, done, end, stream_bytes)?;
+                    note_stored(&mut known, &mut done.needed, packs.flush()?);
+                    let stored = finish(repo, done, end, stream_bytes)?;
                     receipt(&stored)?;
                     break;
                 }
@@ -246,9 +275,9 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
     Ok(())
 }
 
-/// Makes a complete stream's packs durable, then stores its snapshot.
-fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, stream_bytes: u64) -> Result<Receipt> {
-    packs.flush()?;
+/// Stores a complete stream's snapshot once its packs are durable, if every
+/// pack it needs is still there.
+fn finish(repo: &Repository, done: Shipment, end: End, stream_bytes: u64) -> Result<Receipt> {
     let begin = done.begin.ok_or_else(|| Error::integrity("the stream has no Begin frame"))?;
     let (skeleton_hash, mut skeleton) = done.skeleton.into_inner().finish()?;
     let summary = Summary {
@@ -266,11 +295,67 @@ fn finish(repo: &Repository, packs: &mut PackWriter, done: Shipment, end: End, s
         skeleton_blake3: hex::encode(skeleton_hash),
     };
     // A marked pack this snapshot needs is in use again: unmark it before the snapshot appears.
-    for pack in &done.revived {
-        repo.storage().remove(&format!("pending/{pack}"))?;
-    }
+    secure(repo, &done.needed, true)?;
     let header = snapshot::header(&summary, &repo.write_key().recipient, &repo.config.id);
     let id = snapshot::id_of(&header);
-    repo.storage().create_from(&format!("snapshots/{id}"), &mut (&header[..]).chain(&mut skeleton))?;
+    let name = format!("snapshots/{id}");
+    repo.storage().create_from(&name, &mut (&header[..]).chain(&mut skeleton))?;
+    // A prune that did not see the snapshot, and deletes a pack it needs, has its record up (or the pack gone) by now.
+    if let Err(err) = secure(repo, &done.needed, false) {
+        return Err(match repo.storage().remove(&name) {
+            Ok(()) => err,
+            Err(also) => Error::new(
+                err.kind(),
+                format!("{}; but snapshot {id}, stored meanwhile, could not be removed ({also}): remove it with `repo forget`", err.message()),
+            ),
+        });
+    }
     Ok(Receipt { snapshot: id, deduplicated_bytes: done.deduplicated_bytes, summary })
+}
+
+/// Proves that every pack in `packs` is stored with its index and that no
+/// `repo prune` is deleting it; with `revive`, first takes back the marks
+/// `prune` put on any of them (the snapshot about to be stored needs them).
+fn secure(repo: &Repository, packs: &BTreeSet<Arc<str>>, revive: bool) -> Result<()> {
+    let storage = repo.storage();
+    let pending = prune::pending(storage)?;
+    if revive {
+        for pack in packs.iter().filter(|pack| pending.marks.contains_key(&***pack)) {
+            storage.remove(&format!("pending/{pack}"))?;
+        }
+    }
+    // The records before the packs: a prune whose record is gone has deleted what it deleted.
+    let deleting = prune::being_deleted(storage, &pending.records)?;
+    let present = present(storage, packs)?;
+    for pack in packs {
+        let why = if deleting.contains(&**pack) {
+            "is being deleted by `repo prune`"
+        } else if !present.contains(&**pack) {
+            "has been deleted"
+        } else {
+            continue;
+        };
+        return Err(Error::other(format!(
+            "pack {pack}, which this backup needs, {why} (the backup took longer than the grace period of \
+             `repo prune`, or the pack was lost); nothing was stored: run the backup again"
+        )));
+    }
+    Ok(())
+}
+
+/// Which of `packs` are stored with their index: looked up one by one when
+/// they are few, else found by listing.
+fn present(storage: &dyn super::storage::Storage, packs: &BTreeSet<Arc<str>>) -> Result<HashSet<String>> {
+    let id = |name: &String| name.rsplit('/').next().unwrap_or_default().to_string();
+    if packs.len() > LOOKUPS {
+        let indexed: HashSet<String> = storage.list("index")?.iter().map(id).collect();
+        return Ok(storage.list("data")?.iter().map(id).filter(|pack| indexed.contains(pack)).collect());
+    }
+    let mut found = HashSet::new();
+    for pack in packs {
+        if storage.exists(&format!("index/{pack}"))? && storage.exists(&pack_name(pack))? {
+            found.insert(pack.to_string());
+        }
+    }
+    Ok(found)
 }
