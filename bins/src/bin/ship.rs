@@ -13,7 +13,10 @@ use clap::Parser;
 /// of the stream is kept as the snapshot, written last, so a snapshot exists
 /// only once everything it needs is durable. A stream without its End frame,
 /// aborted upstream, or failing authentication is not stored. Safe to run
-/// again after any failure, and beside other `ship` processes.
+/// again after any failure, and beside other `ship` processes and `repo
+/// prune`: if a pack the stream needs was deleted by a prune meanwhile (the
+/// backup took longer than the grace period), nothing is stored and `ship`
+/// fails naming the pack (exit 1); run the backup again.
 ///
 /// For each stored stream one line of JSON goes to stdout: the snapshot ID,
 /// engine, kind, start time, the engine's positions, entries and bytes, and

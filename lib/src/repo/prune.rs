@@ -48,8 +48,9 @@ const PROBE: &str = "probe-";
 pub struct Report {
     /// Packs found not needed and marked in this run.
     pub marked: usize,
-    /// Of the packs marked or deleted in this run, those that hold chunks
-    /// snapshots need, every one of them also held by a pack that is kept.
+    /// Packs found not needed only because every chunk in them that a
+    /// snapshot needs is also held by a pack that is kept (copies); they are
+    /// also counted as marked, waiting or deleted.
     pub duplicates: usize,
     /// Packs deleted in this run.
     pub deleted: usize,
