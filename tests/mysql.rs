@@ -752,3 +752,40 @@ fn a_bulk_statement_larger_than_the_default_packet_replays() {
     assert_eq!(target.checksums(), source.checksums());
     assert_eq!(target.sql("SELECT @@GLOBAL.max_allowed_packet"), limit, "the limit is set back after the replay");
 }
+
+#[test]
+fn an_incremental_taken_while_a_full_runs_keeps_the_chain_restorable() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    source.sql(
+        "CREATE DATABASE aaa; CREATE TABLE aaa.big (id INT PRIMARY KEY, pad TEXT) ENGINE=InnoDB; \
+         SET SESSION max_recursive_iterations = 100000; INSERT INTO aaa.big WITH RECURSIVE s (n) AS \
+         (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 16000) SELECT n, REPEAT('x', 1000) FROM s;",
+    );
+    case.backup(&source, "--full");
+    while_writing(&source, 2, || case.backup(&source, "--incremental --since-receipt receipts"));
+    // The nightly full runs long (its reader is slow); the hourly incremental
+    // runs meanwhile and is stored first, so its receipt comes before the full's.
+    source.sql("INSERT INTO shop.orders (total, note) VALUES (7, 'before the full')");
+    let login = source.backup_login();
+    case.ok(&format!(
+        "(dump-mysql --full {login} | (sleep 4; cat) | {BACKUP} > full-receipt) &
+         sleep 2
+         mariadb {} -e \"INSERT INTO shop.orders (total, note) VALUES (8, 'during the full')\"
+         dump-mysql --incremental --since-receipt receipts {login} | {BACKUP} >> receipts
+         wait $!
+         cat full-receipt >> receipts",
+        source.root_login()
+    ));
+    while_writing(&source, 2, || case.backup(&source, "--incremental --since-receipt receipts"));
+    source.sql("INSERT INTO shop.orders (total, note) VALUES (9, 'after')");
+    case.backup(&source, "--incremental --since-receipt receipts");
+    let expected = source.checksums();
+    let target = case.server("target");
+    case.ok(&format!(
+        "fetch \"$R\" --until 9999-01-01 --key-file k | {RESTORE} | restore-mysql {}",
+        target.root_login()
+    ));
+    assert_eq!(target.checksums(), expected);
+}

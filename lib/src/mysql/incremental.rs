@@ -59,6 +59,10 @@ pub struct ReceiptLine {
     pub snapshot: String,
     /// The engine ("mysql").
     pub engine: String,
+    /// When the backup started (RFC 3339): receipts are appended as ships
+    /// finish, so a long full may follow an incremental that started after it.
+    #[serde(default)]
+    pub started: String,
     /// Begin's positions.
     #[serde(default)]
     pub positions: Map<String, Value>,
@@ -90,12 +94,15 @@ pub fn read_receipts(path: &Path) -> Result<Vec<ReceiptLine>> {
     Ok(lines)
 }
 
-/// What to continue from, according to the receipts in `path`.
+/// What to continue from, according to the receipts in `path`, taken in
+/// the order the backups started (as the repository orders them): an
+/// incremental that ran while a full was still being taken continues the
+/// archive past the full's position, and the next one continues from it.
 pub fn previous_from_receipt(path: &Path, server: &ServerInfo) -> Result<Previous> {
-    let backups = read_receipts(path)?
-        .into_iter()
-        .map(|line| Ok((line.snapshot.clone(), line.positions()?)))
-        .collect::<Result<Vec<_>>>()?;
+    let mut lines = read_receipts(path)?;
+    lines.sort_by_key(|line| chrono::DateTime::parse_from_rfc3339(&line.started).ok());
+    let backups =
+        lines.into_iter().map(|line| Ok((line.snapshot.clone(), line.positions()?))).collect::<Result<Vec<_>>>()?;
     Previous::choose(backups, server).ok_or_else(|| {
         Error::usage(format!(
             "receipt '{}' holds no backup of this server (binary logs {}, server_id {})",
