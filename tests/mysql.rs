@@ -127,6 +127,17 @@ impl Server {
         );
     }
 
+    /// A database `aaa` (dumped before the others) with a table of about
+    /// `mib` MiB, so a dump whose reader is slow stays busy for a while.
+    fn large_table(&self, mib: u32) {
+        self.sql(&format!(
+            "CREATE DATABASE aaa; CREATE TABLE aaa.big (id INT PRIMARY KEY, pad TEXT) ENGINE=InnoDB; \
+             SET SESSION max_recursive_iterations = 100000; INSERT INTO aaa.big WITH RECURSIVE s (n) AS \
+             (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {}) SELECT n, REPEAT('x', 1000) FROM s;",
+            mib * 1000
+        ));
+    }
+
     /// The definitions that must survive a restore.
     fn objects(&self) -> String {
         self.sql(
@@ -601,11 +612,9 @@ fn non_transactional_tables_written_during_a_slow_full_are_restored_once() {
     let source = case.server("source");
     // A large InnoDB database dumped first keeps mariadb-dump busy (its reader is
     // slow) while rows go on arriving in MyISAM and Aria tables dumped after it.
+    source.large_table(24);
     source.sql(
-        "CREATE DATABASE aaa; CREATE TABLE aaa.big (id INT PRIMARY KEY, pad TEXT) ENGINE=InnoDB; \
-         SET SESSION max_recursive_iterations = 100000; INSERT INTO aaa.big WITH RECURSIVE s (n) AS \
-         (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 24000) SELECT n, REPEAT('x', 1000) FROM s; \
-         CREATE DATABASE nt; \
+        "CREATE DATABASE nt; \
          CREATE TABLE nt.keyed (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=MyISAM; \
          CREATE TABLE nt.keyless (v INT) ENGINE=MyISAM; \
          CREATE TABLE nt.aria (v INT) ENGINE=Aria; \
@@ -652,11 +661,7 @@ fn non_transactional_tables_written_during_a_slow_full_are_restored_once() {
 fn a_signalled_agent_leaves_no_password_file() {
     let case = Case::new();
     let source = case.server("source");
-    source.sql(
-        "CREATE DATABASE aaa; CREATE TABLE aaa.big (id INT PRIMARY KEY, pad TEXT) ENGINE=InnoDB; \
-         SET SESSION max_recursive_iterations = 100000; INSERT INTO aaa.big WITH RECURSIVE s (n) AS \
-         (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 8000) SELECT n, REPEAT('x', 1000) FROM s;",
-    );
+    source.large_table(8);
     std::fs::create_dir(case.path().join("tmp")).unwrap();
     for signal in ["TERM", "INT", "HUP"] {
         // The dump blocks on a reader that sleeps, and is signalled while it holds a login.
@@ -758,11 +763,7 @@ fn an_incremental_taken_while_a_full_runs_keeps_the_chain_restorable() {
     let case = Case::new();
     let source = case.server("source");
     source.load_sample();
-    source.sql(
-        "CREATE DATABASE aaa; CREATE TABLE aaa.big (id INT PRIMARY KEY, pad TEXT) ENGINE=InnoDB; \
-         SET SESSION max_recursive_iterations = 100000; INSERT INTO aaa.big WITH RECURSIVE s (n) AS \
-         (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 16000) SELECT n, REPEAT('x', 1000) FROM s;",
-    );
+    source.large_table(16);
     case.backup(&source, "--full");
     while_writing(&source, 2, || case.backup(&source, "--incremental --since-receipt receipts"));
     // The nightly full runs long (its reader is slow); the hourly incremental

@@ -972,30 +972,6 @@ mod failures {
         lines[0]
     }
 
-    /// A mount made for one test (the tests run as root), undone when dropped.
-    struct Mount(std::path::PathBuf);
-
-    impl Mount {
-        fn tmpfs(dir: &Path, size: &str) -> Mount {
-            Mount::run(dir, &format!("mkdir -p '{0}' && mount -t tmpfs -o size={size} tmpfs '{0}'", dir.display()))
-        }
-
-        fn read_only(dir: &Path) -> Mount {
-            Mount::run(dir, &format!("mount --bind '{0}' '{0}' && mount -o remount,ro,bind '{0}'", dir.display()))
-        }
-
-        fn run(dir: &Path, script: &str) -> Mount {
-            let out = sh(Path::new("/"), script);
-            assert!(out.status.success(), "mounting needs root: {}", String::from_utf8_lossy(&out.stderr));
-            Mount(dir.to_path_buf())
-        }
-    }
-
-    impl Drop for Mount {
-        fn drop(&mut self) {
-            let _ = sh(Path::new("/"), &format!("umount '{}'", self.0.display()));
-        }
-    }
 }
 
 /// Keys that cannot all vanish, and readers that verify before they act.
