@@ -417,7 +417,10 @@ fn a_key_file_other_users_can_read_or_change_is_refused() {
     }
     // Readable by its owner only (0600, 0400), it is used; keygen makes it so.
     for mode in ["600", "400"] {
-        sh_ok(d, &format!("chmod {mode} k && encrypt --key-file k < plain.bp > out.bp && repo snapshots R --key-file k"));
+        sh_ok(
+            d,
+            &format!("chmod {mode} k && encrypt --key-file k < plain.bp > out.bp && repo snapshots R --key-file k"),
+        );
     }
     sh_ok(d, "keygen k3 && test \"$(stat -c %a k3)\" = 600 && encrypt --key-file k3 < plain.bp > /dev/null");
     // Through a pipe (mode 0600) it is read as before.

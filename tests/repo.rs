@@ -980,7 +980,10 @@ mod keys_and_verification {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
-    on_every_backend!(concurrent_key_removals_always_leave_a_full_key);
+    on_every_backend!(
+        concurrent_key_removals_always_leave_a_full_key,
+        a_chunk_forged_by_a_write_only_key_never_reaches_a_restore,
+    );
 
     /// Rounds of two removals at once (on SFTP, where each tool first starts
     /// its own `ssh`, the two overlap in about one round in twenty).
@@ -1007,7 +1010,8 @@ mod keys_and_verification {
         case.ok("keygen a && keygen b");
         let mut slots = [add_key(&case, "k", "a"), add_key(&case, "k", "b")];
         let first = String::from_utf8(case.ok(r#"repo key list "$R""#)).unwrap();
-        let k_slot = first.lines().map(|l| l.split_whitespace().next().unwrap()).find(|s| !slots.contains(&s.to_string()));
+        let k_slot =
+            first.lines().map(|l| l.split_whitespace().next().unwrap()).find(|s| !slots.contains(&s.to_string()));
         case.ok(&format!(r#"repo key remove "$R" {} --key-file a 2>/dev/null"#, k_slot.unwrap()));
         let opens = |key: &str| case.run(&format!(r#"repo snapshots "$R" --key-file {key}"#)).status.success();
         let mut put_back = 0;
@@ -1073,6 +1077,120 @@ mod keys_and_verification {
         case.ok(&format!(r#"fetch "$R" latest --key-file a | {} | unpack out"#, RESTORE.replace("-file k", "-file a")));
         assert_eq!(std::fs::read(dir.join("out/db/data")).unwrap(), b"content");
         eprintln!("{backend:?}: {put_back} of {ROUNDS} rounds put a removed slot back");
+    }
+
+    /// What the forger puts in place of every chunk it stores.
+    const FORGED: &[u8] = b"FORGED-BY-A-WRITE-ONLY-KEY ";
+
+    /// The chunked stream in `plain` with every chunk's content replaced by
+    /// other bytes of the same length, each under its original (keyed) ID.
+    fn forge_chunks(plain: &[u8]) -> Vec<u8> {
+        use backpipe::format::{Encodings, Kind};
+        forge(plain, |frames| {
+            for frame in frames.iter_mut().filter(|f| f.kind == Kind::Data && f.encodings.has(Encodings::CHUNKED)) {
+                let body = &mut frame.payload[32..];
+                for (i, byte) in body.iter_mut().enumerate() {
+                    *byte = FORGED[i % FORGED.len()];
+                }
+            }
+        })
+    }
+
+    fn holds_forged(bytes: &[u8]) -> bool {
+        bytes.windows(FORGED.len()).any(|w| w == FORGED)
+    }
+
+    /// Dedup poisoning: a write-only key ships a stream whose chunks carry the
+    /// IDs of content it predicts and other bytes; an honest backup of that
+    /// content then deduplicates against them entirely. `fetch` (and `chunk
+    /// -d` with the key) verify every chunk against its ID and refuse (exit 4)
+    /// before a byte of it reaches the next stage; `repo check --read-data`
+    /// quarantines the forged copies; the next honest backup stores good
+    /// copies, from which every snapshot of that content restores, and a bad
+    /// copy outside the quarantine is passed over for a good one.
+    fn a_chunk_forged_by_a_write_only_key_never_reaches_a_restore(backend: Backend) {
+        let case = Case::new(backend);
+        let dir = case.path();
+        let content = data(3, 77);
+        put(&dir.join("db/table.sql"), &content, 0o644, 1_700_000_000);
+        case.ok(r#"keygen w && repo key add "$R" --key-file k --write-only --new-key-file w 2>/dev/null"#);
+        // The forger: chunks what it predicts with its key, and ships other bytes under those IDs.
+        case.ok(r#"dump-files db | chunk --repo "$R" --key-file w > predicted.bp"#);
+        let forged = forge_chunks(&std::fs::read(dir.join("predicted.bp")).unwrap());
+        let chunks = frames_of(&forged).iter().filter(|f| f.kind == backpipe::format::Kind::Data).count();
+        assert!(chunks >= 3, "{chunks} chunks");
+        std::fs::write(dir.join("forged.bp"), &forged).unwrap();
+        case.ok(r#"squeeze < forged.bp | encrypt --repo "$R" --key-file w | ship "$R" --key-file w > /dev/null"#);
+        // The honest backup refers to every forged chunk.
+        let honest = case.ship("db");
+        assert_eq!(honest["new_chunks"], 0, "{honest}");
+
+        // fetch refuses before the forged chunk reaches anything downstream.
+        let out = case.run(&format!(
+            r#"fetch "$R" {} --key-file k | {RESTORE} > restored.bp || echo "${{PIPESTATUS[@]}}" > status"#,
+            id_of(&honest)
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        assert!(status.starts_with("4 "), "fetch must fail with exit 4: {status}{err}");
+        assert!(
+            err.contains("fetch: ") && err.contains("does not match its ID") && err.contains("has no good copy"),
+            "{err}"
+        );
+        assert!(!holds_forged(&std::fs::read(dir.join("restored.bp")).unwrap()), "forged bytes went downstream");
+        case.fails(&format!(r#"fetch "$R" latest --key-file k | {RESTORE} | unpack out"#), 3);
+        assert!(!dir.join("out/db").exists());
+        // chunk -d with the key the IDs were made with refuses the forged chunks too.
+        for key in ["w", "k"] {
+            let err = case.fails(&format!(r#"chunk -d --repo "$R" --key-file {key} < forged.bp > joined.bp"#), 4);
+            assert!(err.starts_with("chunk -d: chunk ") && err.contains("does not match its ID"), "{err}");
+            assert!(!holds_forged(&std::fs::read(dir.join("joined.bp")).unwrap()), "{key}");
+        }
+        // The same chunks, honest, pass.
+        case.ok(r#"chunk -d --repo "$R" --key-file w < predicted.bp | unpack joined"#);
+        assert_eq!(std::fs::read(dir.join("joined/db/table.sql")).unwrap(), content);
+
+        // repo check --read-data finds and quarantines every forged copy.
+        let err = case.fails(r#"repo check --read-data "$R" --key-file k"#, 4);
+        assert_eq!(err.matches("does not match its ID").count(), chunks, "{err}");
+        assert!(err.contains("quarantined") && err.contains("no good copy is stored"), "{err}");
+        assert_eq!(case.objects("quarantine").len(), chunks);
+        // The next honest backup stores good copies; every snapshot of the content restores from them.
+        let again = case.ship("db");
+        assert_eq!(again["new_chunks"].as_u64().unwrap(), chunks as u64, "{again}");
+        for snapshot in [id_of(&again), id_of(&honest), "latest"] {
+            case.restore(snapshot, "out");
+            assert_eq!(std::fs::read(dir.join("out/db/table.sql")).unwrap(), content, "{snapshot}");
+        }
+        let out = case.run(r#"repo check --read-data "$R" --key-file k"#);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "with a good copy of each, the repository checks clean: {err}");
+        assert!(err.contains(&format!("{chunks} chunk copies quarantined")), "{err}");
+        let more = case.ship("db");
+        assert_eq!(more["new_chunks"], 0, "good copies are deduplicated against: {more}");
+
+        // A bad copy out of quarantine (its objects deleted): fetch passes it over for a good one, and says so.
+        for name in case.objects("quarantine") {
+            case.storage().remove(&name).unwrap();
+        }
+        let out = case.run(&format!(r#"fetch "$R" {} --key-file k | {RESTORE} | unpack out2"#, id_of(&honest)));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(std::fs::read(dir.join("out2/db/table.sql")).unwrap(), content);
+        assert!(err.lines().all(|l| l.starts_with("fetch: chunk ") && l.contains("read the copy in pack")), "{err}");
+        case.fails(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#, 4);
+        assert_eq!(case.objects("quarantine").len(), chunks, "quarantined again");
+
+        // A quarantined copy holds nothing for prune: the forged pack goes, the good copies stay.
+        let forged_pack = case.objects("quarantine")[0].rsplit('-').next().unwrap().to_string();
+        case.ok(r#"for i in 1 2; do repo prune "$R" --grace 0m --key-file k 2>/dev/null; done"#);
+        assert!(!case.storage().exists(&format!("index/{forged_pack}")).unwrap(), "the forged pack is reclaimed");
+        for snapshot in [id_of(&again), id_of(&honest)] {
+            case.restore(snapshot, "out");
+            assert_eq!(std::fs::read(dir.join("out/db/table.sql")).unwrap(), content, "{snapshot}");
+        }
+        case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
+        assert!(case.objects("quarantine").is_empty(), "its quarantine went with it");
     }
 }
 

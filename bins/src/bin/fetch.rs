@@ -13,7 +13,12 @@ use clap::Parser;
 /// the incremental, differential and log backups after it up to TIME, and
 /// the first non-full one after TIME, whose logs reach it;
 /// `restore-mysql --until TIME` stops its replay at TIME. Every
-/// chunk is read back from its pack; `encrypt -d` then authenticates everything.
+/// chunk is read back from its pack and verified before it is written:
+/// decrypted, decompressed and hashed again to its ID, so a forged or damaged
+/// chunk never reaches the next stage; a bad copy is passed over for a good
+/// copy of the same chunk (said on stderr), and a chunk with no good copy
+/// fails the fetch (exit 4) naming it. `encrypt -d` then authenticates
+/// everything.
 ///
 /// --host and --engine apply to every selector. `latest` and --until choose
 /// among the backups of one host and engine only: when the repository holds
@@ -69,6 +74,9 @@ fn main() {
             Some(until) => chain_until(&repo, until, &filter)?,
             None => resolve(&repo, &args.snapshots, &filter)?,
         };
-        fetch(&repo, &ids, cli::stream_stdout()?)
+        for passed_over in fetch(&repo, &ids, cli::stream_stdout()?)? {
+            cli::say(&format!("fetch: {passed_over}"));
+        }
+        Ok(())
     })
 }

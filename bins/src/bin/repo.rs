@@ -159,6 +159,12 @@ enum Command {
     },
     /// Verify the repository: indexes, packs and snapshots; with --read-data,
     /// every stored chunk is read back, decrypted and checked against its ID.
+    ///
+    /// A chunk copy that fails (forged by a write-only key, or damaged) is
+    /// quarantined (`quarantine/` in the repository): new backups store that
+    /// chunk again instead of referring to it, and `fetch` reads another copy.
+    /// It is a problem when found, and later while a snapshot needs the chunk
+    /// and no good copy is stored.
     /// Safe beside backups and `repo prune`: packs prune deletes meanwhile are
     /// not reported as missing.
     Check {
@@ -439,7 +445,7 @@ fn main() {
                 cli::say(&format!("repo check: {problem}"));
             }
             cli::say(&format!(
-                "repo check: {} snapshots, {} packs, {} chunks{}{}; {}",
+                "repo check: {} snapshots, {} packs, {} chunks{}{}{}; {}",
                 report.snapshots,
                 report.packs,
                 report.chunks,
@@ -460,6 +466,13 @@ fn main() {
                     )
                 } else {
                     String::new()
+                },
+                match report.quarantined {
+                    0 => String::new(),
+                    n => format!(
+                        ", {n} chunk copies quarantined as forged or damaged (never deduplicated against; fetch \
+                         reads another copy)"
+                    ),
                 },
                 if report.problems.is_empty() {
                     "no problems found".to_string()

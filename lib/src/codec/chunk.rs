@@ -130,15 +130,41 @@ impl Planner for Chunker {
     }
 }
 
-/// The sequential half of `chunk -d`: strips chunk IDs, leaving plain Data.
-pub struct Joiner;
+/// The sequential half of `chunk -d`: strips chunk IDs, leaving plain Data;
+/// with the key the IDs were made with, first checks each chunk against its ID.
+pub struct Joiner {
+    check: Option<ChunkIdKey>,
+}
 
-/// Removes the ID from one chunked Data frame.
-pub struct StripId(Frame);
+impl Joiner {
+    /// A joiner that takes chunk IDs on trust (without the key they cannot be checked).
+    pub fn unchecked() -> Joiner {
+        Joiner { check: None }
+    }
+
+    /// A joiner that refuses (integrity error) a chunk whose content does not
+    /// hash to its ID under `key`, before any byte of it is passed on.
+    pub fn checking(key: ChunkIdKey) -> Joiner {
+        Joiner { check: Some(key) }
+    }
+}
+
+/// Removes the ID from one chunked Data frame, checking it first when given the key.
+pub struct StripId(Frame, Option<ChunkIdKey>);
 
 impl Job for StripId {
     fn run(self) -> Result<Frame> {
-        let mut frame = self.0;
+        let StripId(mut frame, check) = self;
+        if let Some(key) = check {
+            let (id, body) = frame.chunk_parts()?;
+            if key.id(body) != *id {
+                return Err(Error::integrity(format!(
+                    "chunk {} does not match its ID: its content is not what the ID names (forged, or damaged \
+                     before it was encrypted)",
+                    hex::encode(&id[..8])
+                )));
+            }
+        }
         frame.payload.drain(..CHUNK_ID_LEN);
         frame.encodings = frame.encodings.without(Encodings::CHUNKED);
         Ok(frame)
@@ -168,7 +194,7 @@ impl Planner for Joiner {
         if frame.payload.len() < CHUNK_ID_LEN {
             return Err(Error::integrity("chunked Data frame is shorter than its chunk ID"));
         }
-        out.push(Step::Work(StripId(frame)));
+        out.push(Step::Work(StripId(frame, self.check.clone())));
         Ok(())
     }
 }

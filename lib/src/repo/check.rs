@@ -10,14 +10,15 @@ use std::collections::{HashMap, HashSet};
 
 use super::pack::{decode_index, is_pack_name, pack_name, IndexEntry, Location};
 use super::prune;
+use super::quarantine::{self, Quarantine};
+use super::storage::Storage;
+use super::verify::ChunkVerifier;
 use super::Repository;
-use crate::codec::chunk::ChunkIdKey;
-use crate::codec::crypt::{ChunkOpener, Decryptor};
-use crate::codec::squeeze::Recode;
+use crate::codec::crypt::Decryptor;
 use crate::error::Result;
-use crate::filter::{run_inline, Job};
-use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
-use crate::keys::Secret;
+use crate::filter::run_inline;
+use crate::format::Kind;
+use crate::keys::{MasterKey, Secret};
 use crate::reader::Item;
 
 /// What a check found.
@@ -39,6 +40,10 @@ pub struct Report {
     pub unneeded_packs: usize,
     /// Marks of packs that no longer exist (left by an interrupted prune; the next prune removes them).
     pub stale_marks: usize,
+    /// Stored chunk copies in quarantine: found forged or damaged by `--read-data`
+    /// (now or before), never deduplicated against, read by `fetch` only when no
+    /// other copy verifies.
+    pub quarantined: usize,
 }
 
 /// Checks the repository; problems are collected, not returned as errors.
@@ -105,30 +110,118 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<Report> {
     }
     report.packs = by_pack.len();
     report.chunks = chunks.len();
+    let master = repo.master()?;
+    let (mut quarantine, planted) = quarantine::load_genuine(storage, master)?;
     if !unreadable {
+        // As `prune` counts them: a quarantined copy holds nothing.
         let needed_by_pack: HashMap<String, Vec<[u8; 32]>> = by_pack
             .iter()
             .map(|(pack, entries)| {
-                (pack.clone(), entries.iter().map(|e| e.id).filter(|id| needed.contains(id)).collect())
+                let held = entries.iter().map(|e| e.id).filter(|id| needed.contains(id) && !quarantine.holds(id, pack));
+                (pack.clone(), held.collect())
             })
             .collect();
         let marks: HashSet<&str> = pending.marks.keys().map(String::as_str).collect();
         report.unneeded_packs = by_pack.len() - prune::kept_packs(&needed_by_pack, &marks).len();
     }
+    let mut found_bad = HashMap::new();
     if read_data {
-        let master = repo.master()?;
-        let opener = ChunkOpener::new(master);
-        let ids = ChunkIdKey::for_key(&master.write_key());
+        let verifier = ChunkVerifier::new(master);
         for (pack, entries) in &by_pack {
-            if let Err(problem) = read_pack(repo, pack, entries, &opener, &ids) {
-                // Deleted by `prune` since the indexes were read (index first): not a problem.
-                if storage.exists(&format!("index/{pack}"))? {
-                    report.problems.push(problem);
+            match read_pack(repo, pack, entries, &verifier) {
+                Ok((damage, chunks)) => {
+                    report.problems.extend(damage);
+                    for (entry, flaw) in entries.iter().zip(chunks) {
+                        match flaw {
+                            Some(flaw) => {
+                                found_bad.insert((entry.id, pack.clone()), flaw);
+                            }
+                            // A copy quarantined before that verifies now is taken out.
+                            None if quarantine.holds(&entry.id, pack) => quarantine.lift(storage, &entry.id, pack)?,
+                            None => {}
+                        }
+                    }
                 }
+                // Deleted by `prune` since the indexes were read (index first): not a problem.
+                Err(problem) if storage.exists(&format!("index/{pack}"))? => report.problems.push(problem),
+                Err(_) => {}
+            }
+        }
+        // The quarantine of packs that are gone goes with them.
+        for (id, pack) in quarantine.copies() {
+            if !by_pack.contains_key(&pack) && !stored.contains(&pack) {
+                quarantine.lift(storage, &id, &pack)?;
             }
         }
     }
+    for name in &planted {
+        // Every copy was just verified: what a full key did not write goes.
+        if read_data {
+            storage.remove(name)?;
+        }
+        report.problems.push(format!(
+            "{name} was not written by `repo check` with a full key (someone with access to the storage planted \
+             it){}",
+            if read_data { "; removed" } else { "; `repo check --read-data` removes it" }
+        ));
+    }
+    report.problems.extend(quarantine_problems(storage, master, &by_pack, &needed, &mut quarantine, found_bad)?);
+    report.quarantined = quarantine.copies().len();
     Ok(report)
+}
+
+/// Quarantines the copies `found_bad` names (chunk ID and pack, with what is
+/// wrong); each one not quarantined before is a problem, saying whether a
+/// good copy of the chunk is stored. Of the copies quarantined before, those
+/// of a chunk some snapshot needs and no copy outside the quarantine holds
+/// are problems too.
+fn quarantine_problems(
+    storage: &dyn Storage,
+    master: &MasterKey,
+    by_pack: &HashMap<String, Vec<IndexEntry>>,
+    needed: &HashSet<[u8; 32]>,
+    quarantine: &mut Quarantine,
+    found_bad: HashMap<([u8; 32], String), String>,
+) -> Result<Vec<String>> {
+    let mut new = HashSet::new();
+    for ((id, pack), flaw) in &found_bad {
+        if !quarantine.holds(id, pack) {
+            quarantine.add(storage, master, id, pack, flaw)?;
+            new.insert((*id, pack.clone()));
+        }
+    }
+    let copies = quarantine.copies();
+    let ids: HashSet<[u8; 32]> = copies.iter().map(|(id, _)| *id).collect();
+    // Where each quarantined chunk has a copy outside the quarantine.
+    let mut good: HashMap<[u8; 32], &str> = HashMap::new();
+    for (pack, entries) in by_pack {
+        for entry in entries.iter().filter(|e| ids.contains(&e.id) && !quarantine.holds(&e.id, pack)) {
+            good.insert(entry.id, pack);
+        }
+    }
+    let mut problems = Vec::new();
+    for (id, pack) in copies {
+        let short = hex::encode(&id[..8]);
+        let elsewhere = match good.get(&id) {
+            Some(other) => format!("a good copy is in pack {other}"),
+            None if needed.contains(&id) => {
+                "no good copy is stored: snapshots that need it cannot be restored until a backup stores it again"
+                    .to_string()
+            }
+            None => "no snapshot needs it".to_string(),
+        };
+        if new.contains(&(id, pack.clone())) {
+            let flaw = &found_bad[&(id, pack.clone())];
+            problems.push(format!(
+                "chunk {short} in pack {pack} {flaw}; quarantined, so new backups store it again; {elsewhere}"
+            ));
+        } else if !good.contains_key(&id) && needed.contains(&id) {
+            problems.push(format!(
+                "chunk {short}: its copy in pack {pack} is quarantined as forged or damaged; {elsewhere}"
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 /// The last part of an object name: a pack's or a snapshot's ID.
@@ -199,34 +292,29 @@ fn check_snapshot(
     Ok(missing)
 }
 
-/// Reads a pack back: its hash, then every chunk decrypted, decompressed and re-hashed to its ID.
+/// Reads a pack back: its hash (a mismatch is the first list's problem),
+/// then every chunk, verified against its ID: in the second list, what is
+/// wrong with each entry's copy, in order. Fails when the pack cannot be read.
 fn read_pack(
     repo: &Repository,
     pack: &str,
     entries: &[IndexEntry],
-    opener: &ChunkOpener,
-    ids: &ChunkIdKey,
-) -> std::result::Result<(), String> {
+    verifier: &ChunkVerifier,
+) -> std::result::Result<(Vec<String>, Vec<Option<String>>), String> {
     let bytes = repo.storage().read(&pack_name(pack)).map_err(|e| e.to_string())?;
+    let mut damage = Vec::new();
     if blake3::hash(&bytes).to_hex().as_str() != pack {
-        return Err(format!("pack {pack} is damaged (its content does not match its name)"));
+        damage.push(format!("pack {pack} is damaged (its content does not match its name)"));
     }
-    for entry in entries {
-        let short = hex::encode(&entry.id[..8]);
-        let start = entry.location.offset as usize;
-        let payload = bytes
-            .get(start..start + entry.location.length as usize)
-            .ok_or_else(|| format!("pack {pack} is shorter than its index says"))?;
-        let frame = Frame { kind: Kind::Data, encodings: entry.location.encodings, payload: payload.to_vec() };
-        let opened = opener.open(frame).map_err(|_| format!("chunk {short} in pack {pack} fails authentication"))?;
-        let plain = if opened.encodings.has(Encodings::ZSTD) {
-            Recode::Decompress(opened).run().map_err(|e| format!("chunk {short} in pack {pack}: {e}"))?
-        } else {
-            opened
-        };
-        if ids.id(&plain.payload[CHUNK_ID_LEN..]) != entry.id {
-            return Err(format!("chunk {short} in pack {pack} does not match its ID"));
-        }
-    }
-    Ok(())
+    let chunks = entries
+        .iter()
+        .map(|entry| {
+            let start = entry.location.offset as usize;
+            let Some(payload) = bytes.get(start..start + entry.location.length as usize) else {
+                return Some("is beyond the end of its pack".to_string());
+            };
+            verifier.verify(&entry.id, entry.location.encodings, payload).err().map(|e| e.message().to_string())
+        })
+        .collect();
+    Ok((damage, chunks))
 }

@@ -3,16 +3,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Datelike, FixedOffset, Local, TimeZone, Utc};
 
 use super::cache::HeaderCache;
-use super::pack::{pack_name, Location};
+use super::pack::pack_name;
 use super::snapshot::{self, Summary};
 use super::storage::{concurrently, Listed};
-use super::Repository;
+use super::verify::ChunkVerifier;
+use super::{ChunkCopies, Repository};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::{Frame, Kind, CHUNK_ID_LEN};
+use crate::format::{Frame, Kind, StreamId};
 use crate::progress::Progress;
 use crate::reader::Item;
 use crate::writer::StreamWriter;
@@ -453,64 +455,114 @@ enum Piece {
 }
 
 /// Writes the stored stream of each snapshot in `ids`, in order, to `output`.
-pub fn fetch(repo: &Repository, ids: &[String], output: impl Write) -> Result<()> {
-    repo.master()?;
+///
+/// Every chunk is verified before it is written: decrypted with the master
+/// key, decompressed and hashed again to its ID, so a forged or damaged
+/// chunk never reaches the consumer. A copy that fails is passed over for
+/// another copy of the same chunk (quarantined copies are tried last); a
+/// chunk with no good copy fails the fetch (integrity error) naming it.
+/// Chunks are read and verified several at a time and written in order.
+/// Returns one line for each bad copy passed over while a good one was used.
+pub fn fetch(repo: &Repository, ids: &[String], output: impl Write + Send) -> Result<Vec<String>> {
+    let verifier = ChunkVerifier::new(repo.master()?);
+    let copies = repo.chunk_copies()?;
     let progress = Progress::for_stage("fetch");
-    let index = repo.chunk_index()?;
     let mut writer = StreamWriter::new(std::io::BufWriter::with_capacity(crate::filter::IO_BUFFER, output));
-    for id in ids {
-        let opened = repo.open_snapshot(id)?.ok_or_else(|| Error::other(format!("snapshot {id} no longer exists")))?;
-        progress.set_total(opened.summary.stream_bytes);
-        progress.set(0);
-        let mut reader = opened.skeleton(repo.storage(), id)?;
-        let in_snapshot = |e: Error| e.context(format!("snapshot {id}"));
-        while let Some(item) = reader.next_item().map_err(in_snapshot)? {
-            match item {
-                Item::Start(stream) => {
-                    reader.get_ref().check_stream(&stream)?;
-                    writer.start(stream)?
-                }
-                Item::Frame(frame) if frame.kind == Kind::ChunkRef => {
-                    let chunk = read_chunk(repo, &index, &frame.payload)?;
-                    progress.add(chunk.payload.len() as u64);
-                    writer.write(&chunk)?;
-                }
-                Item::Frame(frame) if frame.kind == Kind::End => {
-                    // The End frame commits the stream downstream: first read the
-                    // skeleton to its end, which checks it against the summary.
-                    if reader.next_item().map_err(in_snapshot)?.is_some() {
-                        return Err(Error::integrity(format!("snapshot {id} is damaged (data after its End frame)")));
+    let passed_over = Mutex::new(Vec::new());
+    let produce = |send: &mut dyn FnMut(Job) -> bool| -> Result<()> {
+        for id in ids {
+            let opened =
+                repo.open_snapshot(id)?.ok_or_else(|| Error::other(format!("snapshot {id} no longer exists")))?;
+            let mut reader = opened.skeleton(repo.storage(), id)?;
+            let in_snapshot = |e: Error| e.context(format!("snapshot {id}"));
+            while let Some(item) = reader.next_item().map_err(in_snapshot)? {
+                let job = match item {
+                    Item::Start(stream) => {
+                        reader.get_ref().check_stream(&stream)?;
+                        Job::Pass(Piece::Start(stream, opened.summary.stream_bytes))
                     }
-                    writer.write(&frame)?;
+                    Item::Frame(frame) if frame.kind == Kind::ChunkRef => Job::Chunk(frame.chunk_ref_id()?),
+                    Item::Frame(frame) if frame.kind == Kind::End => {
+                        // The End frame commits the stream downstream: first read the
+                        // skeleton to its end, which checks it against the summary.
+                        if reader.next_item().map_err(in_snapshot)?.is_some() {
+                            return Err(Error::integrity(format!(
+                                "snapshot {id} is damaged (data after its End frame)"
+                            )));
+                        }
+                        Job::Pass(Piece::Frame(frame))
+                    }
+                    Item::Frame(frame) => Job::Pass(Piece::Frame(frame)),
+                };
+                if !send(job) {
+                    return Ok(());
                 }
-                Item::Frame(frame) => writer.write(&frame)?,
             }
         }
-    }
+        Ok(())
+    };
+    let work = |job: Job| match job {
+        Job::Pass(piece) => Ok(piece),
+        Job::Chunk(id) => read_chunk(repo, &copies, &verifier, &id, &passed_over).map(Piece::Frame),
+    };
+    let write = |piece: Piece| match piece {
+        Piece::Start(stream, total) => {
+            progress.set_total(total);
+            progress.set(0);
+            writer.start(stream)
+        }
+        Piece::Frame(frame) => {
+            progress.add(frame.payload.len() as u64);
+            writer.write(&frame)
+        }
+    };
+    crate::parallel::run_ordered(repo.storage().concurrency(), produce, work, write)?;
     writer.flush()?;
     progress.finish();
-    Ok(())
+    Ok(passed_over.into_inner().expect("no panics while locked"))
 }
 
-/// The stored Data frame of chunk `id`.
-fn read_chunk(repo: &Repository, index: &HashMap<[u8; 32], Location>, id: &[u8]) -> Result<Frame> {
+/// The stored Data frame of chunk `id`, from the first of its copies that
+/// verifies; `passed_over` gets a line for each bad copy skipped on the way.
+fn read_chunk(
+    repo: &Repository,
+    copies: &ChunkCopies,
+    verifier: &ChunkVerifier,
+    id: &[u8; 32],
+    passed_over: &Mutex<Vec<String>>,
+) -> Result<Frame> {
     // Named only when something is wrong, not for every chunk.
-    let short = || hex::encode(&id[..8.min(id.len())]);
-    let location = id.try_into().ok().and_then(|id: [u8; 32]| index.get(&id)).ok_or_else(|| {
-        Error::integrity(format!("chunk {} is missing from the repository (run `repo check`)", short()))
-    })?;
-    if location.length as usize > crate::format::MAX_PAYLOAD {
-        return Err(Error::integrity(format!(
-            "the index entry of chunk {} is damaged (length {})",
-            short(),
-            location.length
-        )));
+    let short = hex::encode(&id[..8]);
+    let mut bad = Vec::new();
+    for copy in copies.of(id) {
+        let flaw = match copy.length as usize {
+            length if length > crate::format::MAX_PAYLOAD => format!("its index entry is damaged (length {length})"),
+            length => {
+                let payload = repo.storage().read_range(&pack_name(&copy.pack), copy.offset, length)?;
+                match verifier.verify(id, copy.encodings, &payload) {
+                    Ok(()) => {
+                        let mut lines = passed_over.lock().expect("no panics while locked");
+                        lines.extend(bad.iter().map(|flaw| {
+                            format!(
+                                "chunk {short} {flaw}; read the copy in pack {} instead (run `repo check --read-data`)",
+                                copy.pack
+                            )
+                        }));
+                        return Ok(Frame { kind: Kind::Data, encodings: copy.encodings, payload });
+                    }
+                    Err(e) => e.message().to_string(),
+                }
+            }
+        };
+        bad.push(format!("in pack {} {flaw}", copy.pack));
     }
-    let payload = repo.storage().read_range(&pack_name(&location.pack), location.offset, location.length as usize)?;
-    if payload.len() < CHUNK_ID_LEN || payload[..CHUNK_ID_LEN] != *id {
-        return Err(Error::integrity(format!("pack {} is damaged at chunk {}", location.pack, short())));
-    }
-    Ok(Frame { kind: Kind::Data, encodings: location.encodings, payload })
+    Err(Error::integrity(match bad.len() {
+        0 => format!("chunk {short} is missing from the repository (run `repo check`)"),
+        _ => format!(
+            "chunk {short} has no good copy: {}; nothing of it was written (run `repo check --read-data`)",
+            bad.join("; ")
+        ),
+    }))
 }
 
 #[cfg(test)]

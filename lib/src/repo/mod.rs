@@ -17,10 +17,12 @@ pub mod forget;
 pub mod keyslot;
 pub mod pack;
 pub mod prune;
+pub mod quarantine;
 pub mod remote;
 pub mod ship;
 pub mod snapshot;
 pub mod storage;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -31,6 +33,7 @@ use crate::keys::{MasterKey, Secret, WriteKey};
 use address::Address;
 use keyslot::{KeySlot, Unlocked};
 use pack::{IndexEntry, Location};
+use quarantine::Quarantine;
 use storage::{LocalStorage, Storage};
 
 /// Where each stored chunk is, by chunk ID.
@@ -299,27 +302,55 @@ impl Repository {
     /// Where every stored chunk is, and the packs `prune` had marked when the
     /// indexes were read. A chunk stored in several packs resolves to one
     /// that is not marked where there is one: marked packs are on their way out.
+    /// Quarantined copies are left out: a chunk held only by those is not held.
     pub fn chunk_index_and_marks(&self) -> Result<(ChunkIndex, HashSet<String>)> {
         let marked = prune::marked(self.storage())?;
-        let mut index = self.index_excluding(&marked)?;
+        let quarantine = quarantine::load(self.storage())?;
+        let mut index = self.index_excluding(&marked, &quarantine)?;
         for pack in &marked {
             // A marked pack's index that `prune` deleted since the marks were listed is simply gone.
             let Some(bytes) = self.storage.read_if_exists(&format!("index/{pack}"))? else { continue };
             for IndexEntry { id, location } in pack::decode_index(&bytes, pack)? {
-                index.entry(id).or_insert(location);
+                if !quarantine.holds(&id, pack) {
+                    index.entry(id).or_insert(location);
+                }
             }
         }
         Ok((index, marked))
     }
 
     /// The chunks a new backup may refer to instead of storing them again:
-    /// all but those in packs `prune` has marked for deletion.
+    /// all but those in packs `prune` has marked for deletion, and but copies
+    /// `repo check --read-data` quarantined (found forged or damaged).
     pub fn dedup_index(&self) -> Result<HashMap<[u8; 32], Location>> {
-        self.index_excluding(&prune::marked(self.storage())?)
+        self.index_excluding(&prune::marked(self.storage())?, &quarantine::load(self.storage())?)
     }
 
-    fn index_excluding(&self, packs: &HashSet<String>) -> Result<HashMap<[u8; 32], Location>> {
+    /// Every stored copy of every chunk, quarantined ones included, for a
+    /// reader that verifies each chunk and can fall back to another copy.
+    pub fn chunk_copies(&self) -> Result<ChunkCopies> {
+        let mut copies = ChunkCopies { quarantine: quarantine::load(self.storage())?, ..ChunkCopies::default() };
+        self.each_index_entry(&HashSet::new(), |IndexEntry { id, location }| match copies.first.entry(id) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(location);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => copies.more.entry(id).or_default().push(location),
+        })?;
+        Ok(copies)
+    }
+
+    fn index_excluding(&self, packs: &HashSet<String>, quarantine: &Quarantine) -> Result<HashMap<[u8; 32], Location>> {
         let mut index = HashMap::new();
+        self.each_index_entry(packs, |IndexEntry { id, location }| {
+            if !quarantine.holds(&id, &location.pack) {
+                index.insert(id, location);
+            }
+        })?;
+        Ok(index)
+    }
+
+    /// Hands every entry of every index, but those of `packs`, to `each`.
+    fn each_index_entry(&self, packs: &HashSet<String>, mut each: impl FnMut(IndexEntry) + Send) -> Result<()> {
         let pack_of = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
         let names = self.storage.list("index")?.into_iter().filter(|name| !packs.contains(&pack_of(name)));
         // Several at a time: a year of backups is thousands of indexes.
@@ -329,10 +360,30 @@ impl Repository {
             None => Ok(Vec::new()),
         };
         storage::concurrently(&*self.storage, names, read, |entries| {
-            index.extend(entries.into_iter().map(|IndexEntry { id, location }| (id, location)));
+            entries.into_iter().for_each(&mut each);
             Ok(())
-        })?;
-        Ok(index)
+        })
+    }
+}
+
+/// Every stored copy of every chunk (a chunk is stored again when its copies
+/// are quarantined, and interrupted backups can leave duplicates).
+#[derive(Default)]
+pub struct ChunkCopies {
+    /// One copy of each chunk.
+    first: HashMap<[u8; 32], Location>,
+    /// The other copies of the few chunks stored more than once.
+    more: HashMap<[u8; 32], Vec<Location>>,
+    quarantine: Quarantine,
+}
+
+impl ChunkCopies {
+    /// The copies of chunk `id`, those not quarantined first; empty when none is stored.
+    pub fn of(&self, id: &[u8; 32]) -> Vec<Location> {
+        let mut copies: Vec<Location> =
+            self.first.get(id).into_iter().chain(self.more.get(id).into_iter().flatten()).cloned().collect();
+        copies.sort_by_key(|copy| self.quarantine.holds(id, &copy.pack));
+        copies
     }
 }
 

@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::pack::{decode_index, is_pack_name, pack_name};
+use super::quarantine::{self, Quarantine};
 use super::snapshot;
 use super::storage::{Listed, Storage};
 use super::Repository;
@@ -174,14 +175,21 @@ fn referenced(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
     Ok(ids)
 }
 
-/// For every indexed pack, the chunks in `in_use` it holds.
-pub fn needed_by_pack(storage: &dyn Storage, in_use: &HashSet<[u8; 32]>) -> Result<HashMap<String, Vec<[u8; 32]>>> {
+/// For every indexed pack, the chunks in `in_use` it holds. A copy in
+/// `quarantine` (found forged or damaged) holds nothing: it is never the
+/// copy kept, and a pack of such copies goes once good copies are kept.
+pub fn needed_by_pack(
+    storage: &dyn Storage,
+    in_use: &HashSet<[u8; 32]>,
+    quarantine: &Quarantine,
+) -> Result<HashMap<String, Vec<[u8; 32]>>> {
     let mut needed = HashMap::new();
     for name in storage.list("index")? {
         let pack = object_id(&name);
         // An index another prune deleted since it was listed is simply gone.
         let Some(bytes) = storage.read_if_exists(&name)? else { continue };
-        let ids = decode_index(&bytes, pack)?.into_iter().map(|e| e.id).filter(|id| in_use.contains(id)).collect();
+        let entries = decode_index(&bytes, pack)?.into_iter();
+        let ids = entries.map(|e| e.id).filter(|id| in_use.contains(id) && !quarantine.holds(id, pack)).collect();
         needed.insert(pack.to_string(), ids);
     }
     Ok(needed)
@@ -223,7 +231,7 @@ fn age(written: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<Age> {
 /// `dry_run`, reports without changing anything but a clock probe it writes
 /// and removes.
 pub fn prune(repo: &Repository, grace: chrono::Duration, dry_run: bool) -> Result<Report> {
-    repo.master()?;
+    let master = repo.master()?;
     let storage = repo.storage();
     let mut report = Report::default();
     let pending = pending(storage)?;
@@ -231,7 +239,7 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, dry_run: bool) -> Resul
     // Snapshots are read before the packs are listed, so a pack a new snapshot
     // needs is either seen as needed or younger than this run.
     let in_use = referenced(repo)?;
-    let needed = needed_by_pack(storage, &in_use)?;
+    let needed = needed_by_pack(storage, &in_use, &quarantine::load_genuine(storage, master)?.0)?;
     let kept = kept_packs(&needed, &marks);
     let stored: HashSet<String> =
         storage.list("data")?.iter().map(|n| object_id(n).to_string()).filter(|p| is_pack_name(p)).collect();
