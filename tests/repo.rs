@@ -1531,3 +1531,398 @@ mod garbage_collection {
         assert_same_tree(&dir.join("keep"), &dir.join("out/keep"));
     }
 }
+
+/// What a write-only key can ship, and backup hosts whose clocks are wrong:
+/// listing, selection and retention keep working for everyone.
+mod summaries_and_clocks {
+    use super::*;
+    use backpipe::format::{Frame, Kind};
+    use backpipe::repo::snapshot::{self, Summary};
+
+    on_every_backend!(
+        a_malformed_snapshot_from_a_write_only_key_breaks_nothing_for_others,
+        retention_goes_by_the_storage_clock_too,
+    );
+
+    /// A stream whose Begin frame `edit` changed, as a forged source would write it (plain, to be chunked).
+    fn with_begin(case: &Case, what: &str, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+        let plain = case.ok(&format!("dump-files {what}"));
+        forge(&plain, |frames| {
+            let begin = frames.iter_mut().find(|f| f.kind == Kind::Begin).unwrap();
+            let mut value: serde_json::Value = begin.parse_json().unwrap();
+            edit(&mut value);
+            *begin = Frame::json(Kind::Begin, &value);
+        })
+    }
+
+    /// Stores a snapshot whose summary holds `begin`, sealed with the
+    /// write-only key `w` as a modified `ship` would, over the skeleton of
+    /// stored snapshot `like`; returns its ID.
+    fn store_forged(case: &Case, like: &str, begin: backpipe::meta::Begin) -> String {
+        let secret = backpipe::keys::SecretSource::KeyFile(case.path().join("w")).load().unwrap();
+        let repo = backpipe::repo::Repository::open(&case.repo, &secret).unwrap();
+        assert!(repo.master().is_err(), "w is write-only");
+        let object = case.storage().read(&format!("snapshots/{like}")).unwrap();
+        let skeleton = &object[12 + u32::from_le_bytes(object[8..12].try_into().unwrap()) as usize..];
+        let stream = match backpipe::reader::StreamReader::new(skeleton).next_item().unwrap() {
+            Some(backpipe::reader::Item::Start(stream)) => stream,
+            _ => panic!("a skeleton starts with its preamble"),
+        };
+        let summary = Summary {
+            stream_id: stream.iter().map(|b| format!("{b:02x}")).collect(),
+            begin,
+            end_positions: Default::default(),
+            entries: 1,
+            bytes: 1,
+            changed: 0,
+            stream_bytes: skeleton.len() as u64,
+            chunks: 1,
+            new_chunks: 0,
+            new_bytes: 0,
+            stored: "2026-11-22T03:13:33Z".into(),
+            skeleton_blake3: blake3::hash(skeleton).to_hex().to_string(),
+        };
+        let header = snapshot::header(&summary, &repo.write_key().recipient, &repo.config.id);
+        let id = snapshot::id_of(&header);
+        case.storage().create(&format!("snapshots/{id}"), &[&header[..], skeleton].concat()).unwrap();
+        id
+    }
+
+    /// A write-only key ships a stream whose `started` is not a time: `ship`
+    /// refuses it. Stored anyway (by a modified `ship`, with a host name
+    /// that would forge a line of the listing too), such snapshots are listed
+    /// as damaged, `check` reports them, rules leave them and act on the
+    /// others, and `repo forget ID` removes them.
+    fn a_malformed_snapshot_from_a_write_only_key_breaks_nothing_for_others(backend: Backend) {
+        let case = Case::new(backend);
+        let dir = case.path();
+        put(&dir.join("db/v"), b"version one", 0o644, 1_700_000_000);
+        let one = case.ship("db");
+        put(&dir.join("db/v"), b"version two", 0o644, 1_700_000_100);
+        let two = case.ship("db");
+        case.ok(r#"keygen w && repo key add "$R" --key-file k --write-only --new-key-file w 2>/dev/null"#);
+        let pipeline = BACKUP.replace("--key-file k", "--key-file w");
+        let forged = with_begin(&case, "db", |begin| begin["started"] = "yesterday".into());
+        std::fs::write(dir.join("forged.bp"), forged).unwrap();
+        let err = case.fails(&format!("cat forged.bp | {pipeline}"), 4);
+        assert!(err.contains("Begin frame is not valid") && err.contains(r#"started "yesterday""#), "{err}");
+        let control = with_begin(&case, "db", |begin| begin["host"] = "db1\nfake".into());
+        std::fs::write(dir.join("control.bp"), control).unwrap();
+        let err = case.fails(&format!("cat control.bp | {pipeline}"), 4);
+        assert!(err.contains("host") && err.contains("is not a name"), "{err}");
+        assert_eq!(case.objects("snapshots").len(), 2, "nothing was stored");
+
+        let begin = backpipe::meta::Begin::now("forger", "files", "full");
+        let bad_time =
+            store_forged(&case, id_of(&two), backpipe::meta::Begin { started: "yesterday".into(), ..begin.clone() });
+        let bad_host = store_forged(&case, id_of(&two), backpipe::meta::Begin { host: "db1\nfake".into(), ..begin });
+        // Listed for everyone, as damaged, naming why; the others as always.
+        let out = case.run(r#"repo snapshots "$R" --key-file k"#);
+        let (listed, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert_eq!(listed.lines().count(), 4, "{listed}");
+        assert!(
+            listed.lines().any(|l| l.starts_with(id_of(&one))) && listed.lines().any(|l| l.starts_with(id_of(&two)))
+        );
+        let damaged = |id: &str, why: &str| {
+            listed.lines().any(|l| l.starts_with(&format!("{id}  damaged: its summary does not make sense: {why}")))
+        };
+        assert!(damaged(&bad_time, r#"started "yesterday" is not an RFC 3339 time"#), "{listed}");
+        assert!(damaged(&bad_host, r#"host "db1\nfake" is not a name"#), "{listed}");
+        assert!(err.contains("2 snapshots cannot be read"), "{err}");
+        let err = case.fails(r#"repo check "$R" --key-file k"#, 4);
+        assert!(err.contains(&bad_time) && err.contains(&bad_host) && err.contains("does not make sense"), "{err}");
+        // Rules act on the others and leave these (named, exit 4); an ID still fetches.
+        let out = case.run(r#"repo forget "$R" --keep-last 1 --key-file k"#);
+        let (decided, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(decided.contains(&format!("remove {}", id_of(&one))), "{decided}");
+        assert!(decided.contains(&format!("keep   {bad_time}  (damaged: ")), "{decided}");
+        all_prefixed(&err, "repo");
+        case.restore(id_of(&two), "out");
+        assert_eq!(std::fs::read(dir.join("out/db/v")).unwrap(), b"version two");
+        // Named, they go; then everything is as before.
+        case.ok(&format!(r#"repo forget "$R" {bad_time} {} --key-file k 2>/dev/null"#, &bad_host[..10]));
+        let listed = String::from_utf8(case.ok(r#"repo snapshots "$R" --key-file k"#)).unwrap();
+        assert_eq!(listed.lines().count(), 1, "{listed}");
+        case.ok(r#"repo check "$R" --key-file k 2>/dev/null"#);
+        case.restore("latest", "out");
+        assert_eq!(std::fs::read(dir.join("out/db/v")).unwrap(), b"version two");
+    }
+
+    /// A backup made just now on a host whose clock is three days behind
+    /// (libfaketime; on S3 only the source's clock, since S3 refuses requests
+    /// signed three days off) is kept by `--keep-within 2d` and `--keep-last
+    /// 1`, by the storage's time; one from a host three days ahead too; and
+    /// both are warned about.
+    fn retention_goes_by_the_storage_clock_too(backend: Backend) {
+        let case = Case::new(backend);
+        let dir = case.path();
+        put(&dir.join("db/v"), b"made on time", 0o644, 1_700_000_000);
+        let on_time = case.ship("db");
+        let skewed = |offset: &str| -> serde_json::Value {
+            let clock = format!("FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f {offset}");
+            let script = match backend {
+                Backend::S3 => format!("{clock} dump-files db | {BACKUP}"),
+                _ => format!("{clock} bash -c 'set -euo pipefail; dump-files db | {BACKUP}'"),
+            };
+            serde_json::from_slice(&case.ok(&script)).unwrap()
+        };
+        put(&dir.join("db/v"), b"made behind", 0o644, 1_700_000_000);
+        let behind = skewed("-3d");
+        let started =
+            |r: &serde_json::Value| backpipe::repo::fetch::parse_time(r["started"].as_str().unwrap()).unwrap();
+        assert!(started(&on_time) - started(&behind) > chrono::Duration::days(2), "{behind}");
+        let decide = |rules: &str| -> (String, String) {
+            let out = case.run(&format!(r#"repo forget "$R" {rules} --dry-run --key-file k"#));
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{err}");
+            (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+        };
+        for rules in ["--keep-within 2d", "--keep-last 1", "--keep-daily 1"] {
+            let (decided, err) = decide(rules);
+            assert!(decided.contains(&format!("keep   {}  (", id_of(&behind))), "{rules}: {decided}");
+            assert!(decided.contains("(by the storage's time)"), "{rules}: {decided}");
+            assert!(decided.contains(&format!("keep   {}  (", id_of(&on_time))), "{rules}: {decided}");
+            all_prefixed(&err, "repo");
+            // Where ship ran with the wrong clock too, its `stored` time shows it.
+            if !matches!(backend, Backend::S3) {
+                assert!(
+                    err.contains("warning") && err.contains("its clock was behind") && err.contains(id_of(&behind))
+                );
+            }
+        }
+        put(&dir.join("db/v"), b"made ahead", 0o644, 1_700_000_000);
+        let ahead = skewed("+3d");
+        // The newest two by the hosts' clocks (ahead, on time) and by the storage's (ahead, behind).
+        let (decided, err) = decide("--keep-last 2");
+        for receipt in [&on_time, &behind, &ahead] {
+            assert!(decided.contains(&format!("keep   {}  (", id_of(receipt))), "{decided}");
+        }
+        assert!(err.contains("its clock was ahead") && err.contains(id_of(&ahead)), "{err}");
+        let out = case.run(r#"repo snapshots "$R" --key-file k"#);
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("its clock was ahead"));
+    }
+}
+
+/// The S3 server reached through a proxy in the test process that counts
+/// requests and can stop answering: how many requests listings and fetches
+/// make, and what a server that hangs mid-upload does to `ship`.
+mod s3_through_a_proxy {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A TCP proxy to the private S3 server.
+    struct Proxy {
+        port: u16,
+        state: Arc<State>,
+    }
+
+    struct State {
+        upstream: String,
+        /// HTTP requests forwarded (request lines seen from clients).
+        requests: AtomicU64,
+        /// Bytes from clients forwarded since the last [`Proxy::stall_after`].
+        sent: AtomicU64,
+        /// Forward no more once `sent` would pass this; until closed, hold
+        /// every connection open and answer nothing (a stopped server).
+        stall_at: AtomicU64,
+        stalled: AtomicBool,
+        closed: AtomicBool,
+    }
+
+    impl Proxy {
+        fn start() -> Proxy {
+            let endpoint = server_setting("BACKPIPE_TEST_S3_ENDPOINT");
+            let upstream = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let state = Arc::new(State {
+                upstream,
+                requests: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
+                stall_at: AtomicU64::new(u64::MAX),
+                stalled: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            });
+            let shared = state.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if shared.closed.load(SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let shared = shared.clone();
+                    std::thread::spawn(move || shared.serve(client));
+                }
+            });
+            Proxy { port, state }
+        }
+
+        /// The test repository's location, through the proxy.
+        fn location(&self, case: &Case) -> String {
+            case.repo.replace(&server_setting("BACKPIPE_TEST_S3_ENDPOINT"), &format!("http://127.0.0.1:{}", self.port))
+        }
+
+        fn requests(&self) -> u64 {
+            self.state.requests.load(SeqCst)
+        }
+
+        /// Stops answering once `bytes` more bytes have come from clients.
+        fn stall_after(&self, bytes: u64) {
+            self.state.sent.store(0, SeqCst);
+            self.state.stall_at.store(bytes, SeqCst);
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.state.closed.store(true, SeqCst);
+            let _ = TcpStream::connect(("127.0.0.1", self.port));
+        }
+    }
+
+    impl State {
+        fn serve(self: Arc<Self>, client: TcpStream) {
+            let Ok(server) = TcpStream::connect(&self.upstream) else { return };
+            let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let up = self.clone();
+            std::thread::spawn(move || up.pump(client2, server2, true));
+            self.pump(server, client, false);
+        }
+
+        /// Copies `from` to `to` until either closes, the proxy closes, or it stalls.
+        fn pump(&self, mut from: TcpStream, mut to: TcpStream, from_client: bool) {
+            from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut buffer = vec![0u8; 64 << 10];
+            // The end of the previous read, so a request line split across reads is counted.
+            let mut tail: Vec<u8> = Vec::new();
+            while !self.closed.load(SeqCst) {
+                if self.stalled.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                let n = match from.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        continue
+                    }
+                    Err(_) => break,
+                };
+                if from_client {
+                    if self.sent.fetch_add(n as u64, SeqCst) + n as u64 > self.stall_at.load(SeqCst) {
+                        self.stalled.store(true, SeqCst);
+                        continue;
+                    }
+                    let seen = [&tail[..], &buffer[..n]].concat();
+                    let lines = seen.windows(10).filter(|w| *w == b" HTTP/1.1\r").count();
+                    self.requests.fetch_add(lines as u64, SeqCst);
+                    tail = seen[seen.len().saturating_sub(9)..].to_vec();
+                }
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Listing 60 snapshots reads each header once, and from the local cache
+    /// after that; `fetch ID` reads only that snapshot; the cache verifies
+    /// itself. Counted in requests, not time.
+    #[test]
+    fn listings_read_each_header_once_and_fetch_by_id_reads_only_its_snapshot() {
+        const SNAPSHOTS: u64 = 60;
+        let case = Case::new(Backend::S3);
+        put(&case.path().join("db/v"), b"one small file", 0o644, 1_700_000_000);
+        let receipts = case.ok(&format!("for i in $(seq {SNAPSHOTS}); do dump-files db; done | {BACKUP}"));
+        let ids: Vec<String> = String::from_utf8(receipts)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["snapshot"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len() as u64, SNAPSHOTS);
+        let proxy = Proxy::start();
+        let through = proxy.location(&case);
+        let counted = |script: &str| -> (u64, String) {
+            let before = proxy.requests();
+            let out = case.ok(&format!("export P='{through}' XDG_CACHE_HOME=\"$PWD/cache\"\n{script}"));
+            (proxy.requests() - before, String::from_utf8(out).unwrap())
+        };
+        let (cold, listed) = counted(r#"repo snapshots "$P" --key-file k"#);
+        assert_eq!(listed.lines().count() as u64, SNAPSHOTS);
+        assert!(cold <= SNAPSHOTS + 10, "{cold} requests to list {SNAPSHOTS} snapshots the first time");
+        let (warm, again) = counted(r#"repo snapshots "$P" --key-file k"#);
+        assert_eq!(again, listed);
+        assert!(warm <= 10, "{warm} requests to list {SNAPSHOTS} cached snapshots");
+        let (by_id, _) = counted(&format!(r#"fetch "$P" {} --key-file k | {RESTORE} | unpack out1"#, &ids[7][..12]));
+        assert!(by_id <= 20, "{by_id} requests to fetch one snapshot of {SNAPSHOTS}");
+        let (latest, _) = counted(&format!(r#"fetch "$P" latest --key-file k | {RESTORE} | unpack out2"#));
+        assert!(latest <= 20, "{latest} requests to fetch the latest of {SNAPSHOTS} cached snapshots");
+        assert_same_tree(&case.path().join("db"), &case.path().join("out1/db"));
+        // A cached header that is not its snapshot's (damaged, or another's) is read again.
+        let cache = std::fs::read_dir(case.path().join("cache/backpipe")).unwrap().next().unwrap().unwrap().path();
+        let cached = |id: &str| cache.join("snapshots").join(id);
+        std::fs::copy(cached(&ids[1]), cached(&ids[2])).unwrap();
+        let mut flipped = std::fs::read(cached(&ids[3])).unwrap();
+        flipped[40] ^= 1;
+        std::fs::write(cached(&ids[3]), flipped).unwrap();
+        let (_, relisted) = counted(r#"repo snapshots "$P" --key-file k"#);
+        assert_eq!(relisted, listed);
+        // A snapshot forgotten leaves the cache at the next listing.
+        case.ok(&format!(r#"repo forget "$R" {} --key-file k 2>/dev/null"#, ids[0]));
+        let (_, shorter) = counted(r#"repo snapshots "$P" --key-file k"#);
+        assert_eq!(shorter.lines().count() as u64, SNAPSHOTS - 1);
+        assert!(!cached(&ids[0]).exists() && cached(&ids[1]).exists());
+    }
+
+    /// The S3 server stops answering in the middle of an upload: `ship` says
+    /// so while it waits, gives up within the limits set (one attempt of 2 s
+    /// and one retry here), with one line naming the cause, and stores no
+    /// snapshot.
+    #[test]
+    fn a_server_that_stops_answering_is_named_and_waited_for_within_the_limit() {
+        let case = Case::new(Backend::S3);
+        let dir = case.path();
+        put(&dir.join("db/small"), b"stored before", 0o644, 1_700_000_000);
+        case.ship("db");
+        put(&dir.join("db/big"), &noise(20 << 20, 70), 0o644, 1_700_000_000);
+        case.ok(
+            r#"dump-files db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > s.bp"#,
+        );
+        let before = case.all_objects();
+        let proxy = Proxy::start();
+        proxy.stall_after(6 << 20);
+        // `timeout` only guards against hanging for good (today's default would be 20 minutes).
+        let out = case.run(&format!(
+            "export BACKPIPE_STORAGE_TIMEOUT=2 BACKPIPE_STORAGE_RETRIES=1
+             timeout 120 ship '{}' --key-file k < s.bp",
+            proxy.location(&case)
+        ));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.lines().all(|l| l.starts_with("ship: ")), "{err}");
+        let (waiting, last): (Vec<&str>, &str) = match err.lines().collect::<Vec<_>>().as_slice() {
+            [waiting @ .., last] => (waiting.to_vec(), last),
+            [] => panic!("ship said nothing"),
+        };
+        assert!(!waiting.is_empty(), "no notice while waiting: {err}");
+        for line in &waiting {
+            assert!(line.contains("is not answering: no reply for") && line.contains("giving up after 6 s"), "{err}");
+        }
+        assert!(last.contains("cannot write 'data/") && last.contains("no answer: 2 attempts of 2 s"), "{err}");
+        drop(proxy);
+        // Nothing was committed: the same objects but packs, no new snapshot, and a clean check.
+        assert_eq!(
+            case.objects("snapshots"),
+            before.iter().filter(|n| n.starts_with("snapshots/")).cloned().collect::<Vec<_>>()
+        );
+        case.ok(r#"repo check "$R" --key-file k 2>/dev/null"#);
+        assert_eq!(case.snapshot_count(), 1);
+    }
+}

@@ -6,9 +6,9 @@ use backpipe::cdc::ChunkSizes;
 use backpipe::cli::{self, KeyArgs, NewKeyArgs};
 use backpipe::repo::check::check;
 use backpipe::repo::fetch::{list, parse_time, Filter};
-use backpipe::repo::snapshot::summary_time;
 use backpipe::repo::forget::{decide, named, parse_duration, Decision, Policy};
 use backpipe::repo::prune::prune;
+use backpipe::repo::snapshot::summary_time;
 use backpipe::repo::Repository;
 use clap::{Parser, Subcommand};
 

@@ -196,17 +196,21 @@ impl Listing {
         let mut lines: Vec<String> = found
             .into_iter()
             .map(|((host, ahead), (n, by, id))| {
-                let (count, were) = if n == 1 { ("1 snapshot".to_string(), "was") } else { (format!("{n} snapshots"), "were") };
+                let (count, were, it) = match n {
+                    1 => ("1 snapshot".to_string(), "was", "it"),
+                    n => (format!("{n} snapshots"), "were", "them"),
+                };
                 match ahead {
                     true => format!(
-                        "host '{host}': {count} say they were made up to {} after the storage received them (e.g. {id}): \
-                         its clock was ahead; retention also goes by the storage's time, `latest` and --until by the host's",
+                        "host '{host}': {count} {were} made, by the host's clock, up to {} after the storage \
+                         received {it} (e.g. {id}): its clock was ahead; retention also goes by the storage's time, \
+                         `latest` and --until by the host's",
                         long(by)
                     ),
                     false => format!(
-                        "host '{host}': {count} {were} stored up to {} before the storage received them, by the host's clock \
-                         (e.g. {id}): its clock was behind, or the repository was copied since; retention also goes by the \
-                         storage's time, `latest` and --until by the host's",
+                        "host '{host}': {count} {were} stored, by the host's clock, up to {} before the storage \
+                         received {it} (e.g. {id}): its clock was behind, or the repository was copied since; \
+                         retention also goes by the storage's time, `latest` and --until by the host's",
                         long(by)
                     ),
                 }

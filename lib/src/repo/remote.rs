@@ -200,7 +200,7 @@ impl RemoteStorage {
     /// temporary object) once, for at most one attempt's time: a service
     /// that stopped answering must not hold the tool for another full bound.
     fn clean_up<T>(&self, work: impl IntoFuture<Output = opendal::Result<T>>) {
-        let _ = self.runtime.block_on(tokio::time::timeout(self.limits.step, work.into_future()));
+        let _ = self.runtime.block_on(async { tokio::time::timeout(self.limits.step, work.into_future()).await });
     }
 
     fn notice_waiting(&self, what: &str, name: &str, waited: Duration) {
@@ -225,7 +225,8 @@ impl RemoteStorage {
 
     fn fail(&self, name: &str, what: &str, err: opendal::Error) -> Error {
         let mut cause = redact(&one_line(&err));
-        if cause.contains("timeout reached") {
+        // OpenDAL's own words: "operation timeout reached", "write part timeout", ...
+        if cause.contains("timeout") {
             cause = format!(
                 "no answer: {} attempts of {} each went unanswered (see BACKPIPE_STORAGE_TIMEOUT and BACKPIPE_STORAGE_RETRIES)",
                 self.limits.retries + 1,
