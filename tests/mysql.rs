@@ -790,3 +790,88 @@ fn an_incremental_taken_while_a_full_runs_keeps_the_chain_restorable() {
     ));
     assert_eq!(target.checksums(), expected);
 }
+
+/// What a forger puts in place of dump text: an account for itself, then
+/// comment padding to `len` bytes.
+fn forged_sql(len: usize) -> Vec<u8> {
+    let mut sql = b"CREATE USER IF NOT EXISTS evil@'%' IDENTIFIED BY 'evil';\n\
+GRANT ALL PRIVILEGES ON *.* TO evil@'%' WITH GRANT OPTION;\n-- "
+        .to_vec();
+    assert!(len > sql.len() + 1, "a chunk of {len} bytes");
+    sql.resize(len - 1, b'x');
+    sql.push(b'\n');
+    sql
+}
+
+/// True when the server has the forger's account.
+fn has_evil(server: &Server) -> bool {
+    server.sql("SELECT COUNT(*) FROM mysql.user WHERE user = 'evil'").trim() != "0"
+}
+
+/// Dedup poisoning against a logical restore: the backup host's write-only
+/// key ships a stream whose first dump chunk carries the ID of what the next
+/// full dump will hold and a GRANT instead; the honest full deduplicates
+/// against it. The restore fails with exit 4 before any SQL reaches the
+/// target (fetch verifies every chunk), and restore-mysql itself loads
+/// nothing it has not verified (a forged dump fed to it directly). After
+/// `repo check --read-data` quarantines the chunk, the next full stores it
+/// again and restores exactly.
+#[test]
+fn a_forged_chunk_never_reaches_the_server() {
+    use backpipe::format::{Encodings, Kind};
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    case.ok("keygen w && repo key add \"$R\" --key-file k --write-only --new-key-file w 2>/dev/null");
+    // The forger dumps what the next backup will hold, and ships a GRANT under its first chunk's ID.
+    case.ok(&format!("dump-mysql --full {} | chunk --repo \"$R\" --key-file w > predicted.bp", source.backup_login()));
+    let forged = forge(&std::fs::read(case.path().join("predicted.bp")).unwrap(), |frames| {
+        let chunk = frames.iter_mut().find(|f| f.kind == Kind::Data && f.encodings.has(Encodings::CHUNKED)).unwrap();
+        let len = chunk.payload.len() - 32;
+        chunk.payload.truncate(32);
+        chunk.payload.extend_from_slice(&forged_sql(len));
+    });
+    std::fs::write(case.path().join("forged.bp"), forged).unwrap();
+    case.ok("squeeze < forged.bp | encrypt --repo \"$R\" --key-file w | ship \"$R\" --key-file w > /dev/null");
+    let honest = case.backup(&source, "--full");
+    let receipt: serde_json::Value =
+        serde_json::from_str(case.ok("tail -n 1 receipts").trim()).expect("the honest full's receipt");
+    assert!(receipt["deduplicated_bytes"].as_u64().unwrap() > 0, "the honest full refers to the forger's chunks");
+
+    // fetch refuses the chunk: nothing reaches restore-mysql, nothing the server.
+    let target = case.server("target");
+    let err = case.fails(
+        &format!(
+            "fetch \"$R\" {honest} --key-file k | {RESTORE} | restore-mysql {} || exit ${{PIPESTATUS[0]}}",
+            target.root_login()
+        ),
+        4,
+    );
+    assert!(err.contains("fetch: chunk ") && err.contains("does not match its ID"), "{err}");
+    assert!(!has_evil(&target), "the forged GRANT reached the server:\n{err}");
+    assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "");
+
+    // restore-mysql verifies an entry before loading it: a dump whose text is
+    // not what its digest says never reaches the server.
+    case.ok(&format!("dump-mysql --full {} > plain.bp", source.backup_login()));
+    let tampered = forge(&std::fs::read(case.path().join("plain.bp")).unwrap(), |frames| {
+        let data = frames.iter_mut().find(|f| f.kind == Kind::Data).unwrap();
+        let len = data.payload.len();
+        data.payload = forged_sql(len);
+    });
+    std::fs::write(case.path().join("tampered.bp"), tampered).unwrap();
+    let err = case.fails(&format!("restore-mysql {} < tampered.bp", target.root_login()), 4);
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(!has_evil(&target), "restore-mysql loaded SQL before verifying it:\n{err}");
+    assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "");
+
+    // Quarantined, the chunk is stored again by the next full, which restores exactly.
+    let err = case.fails("repo check --read-data \"$R\" --key-file k", 4);
+    assert!(err.contains("quarantined"), "{err}");
+    let sums = source.checksums();
+    let again = case.backup(&source, "--full");
+    case.ok(&format!("fetch \"$R\" {again} --key-file k | {RESTORE} | restore-mysql {}", target.root_login()));
+    assert_eq!(target.checksums(), sums);
+    assert_eq!(target.objects(), source.objects());
+    assert!(!has_evil(&target));
+}

@@ -16,7 +16,10 @@ use clap::Parser;
 /// A logical full is loaded into the running server the connection options
 /// name, which must hold no databases (besides mysql, sys and the schemas
 /// of information) unless --replace drops them first. Accounts the dump
-/// holds are created unless they exist.
+/// holds are created unless they exist. The dump is first written to a
+/// private file under $TMPDIR (which needs room for it) and loaded only
+/// once its digest matched: no statement of a damaged or forged dump
+/// reaches the server.
 ///
 /// A physical full is prepared in a staging directory beside --datadir; if
 /// incrementals follow, their binary logs are replayed there through a
@@ -30,7 +33,8 @@ use clap::Parser;
 /// stopping point: the end (default), --until TIME, --until-position or
 /// --until-gtid. --dry-run prints the plan (backups, binary logs,
 /// positions, stopping point) and touches nothing. Every entry's digest and
-/// every binary log event's checksum are verified.
+/// every binary log event's checksum are verified before any of it reaches
+/// a server.
 #[derive(Parser)]
 #[command(name = "restore-mysql", version, after_help = AFTER_HELP)]
 struct Args {

@@ -2,13 +2,18 @@
 //! `fetch --until` writes) and rebuilds the server: loads the logical dump
 //! into a running server, or prepares the physical copy and moves it into a
 //! data directory; then replays the binary logs from the full's coordinates
-//! up to the stopping point. A logical dump is loaded as it arrives (its
-//! digest is checked at its end), so a failure part-way leaves the target
-//! partly loaded; a physical restore is prepared and replayed in a staging
-//! directory and takes the data directory's place only when all succeeded.
+//! up to the stopping point. Nothing reaches the server before it is
+//! verified: a logical dump is spooled to a private file (mode 0600, in a
+//! working directory of mode 0700) and loaded only once its digest matched,
+//! and binary logs are replayed only once every entry of the input checked;
+//! a load that fails part-way (a statement the server refuses) still leaves
+//! the target partly loaded. A physical restore is prepared and replayed in a
+//! staging directory and takes the data directory's place only when all
+//! succeeded.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 
@@ -62,9 +67,12 @@ struct ReceivedLog {
 
 /// Where the content of the entry being read goes.
 enum Sink {
-    /// Into a tool's stdin: `mariadb` on the target (a logical dump) or
-    /// `mbstream -x` (a physical backup).
+    /// Into a tool's stdin: `mbstream -x` (a physical backup, extracted into
+    /// the private staging directory).
     Pipe(Running, ChildStdin),
+    /// A logical dump, spooled to a private file: loaded into the server only
+    /// once the entry's digest matched.
+    Spool(PathBuf, BufWriter<File>),
     /// A binary log: checked, and kept in a file unless dry-running.
     Binlog { name: String, file: Option<(PathBuf, BufWriter<File>)>, check: BackgroundCheck },
     /// Only verified (dry run).
@@ -106,7 +114,9 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
         }
         _ => None,
     };
-    let builder = tempfile::Builder::new().prefix(".backpipe-restore-").clone();
+    // Private: it holds the backup's data (the spooled dump, binary logs, the staged copy).
+    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
+    let builder = tempfile::Builder::new().prefix(".backpipe-restore-").permissions(private).clone();
     let work = match work_parent {
         Some(parent) => builder.tempdir_in(parent),
         None => builder.tempdir(),
@@ -244,11 +254,9 @@ impl Restore<'_> {
         let dry = self.options.dry_run;
         let sink = match entry.role.as_str() {
             LOGICAL_ROLE if !dry => {
-                let mut loader = self.client.spawn("mariadb", &["--binary-mode"], |c| {
-                    c.stdin(Stdio::piped());
-                })?;
-                let stdin = loader.child.stdin.take().expect("stdin is piped");
-                Sink::Pipe(loader, stdin)
+                let path = self.work.path().join("dump.sql");
+                let file = private_file(&path)?;
+                Sink::Spool(path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file))
             }
             PHYSICAL_ROLE if !dry => {
                 let target = self.work.path().join("full");
@@ -299,6 +307,9 @@ impl Restore<'_> {
                     return Err(finish_sink(sink).err().unwrap_or_else(|| Error::io("cannot pass on the backup", e)));
                 }
             }
+            Sink::Spool(path, out) => {
+                out.write_all(&bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
+            }
             Sink::Binlog { file, check, .. } => {
                 if let Some((path, out)) = file {
                     out.write_all(&bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
@@ -322,7 +333,9 @@ impl Restore<'_> {
                 open.size, end.size
             )));
         }
-        if let Some(log) = finish_sink(open.sink)? {
+        if let Sink::Spool(path, out) = open.sink {
+            load_dump(self.client, &path, out)?;
+        } else if let Some(log) = finish_sink(open.sink)? {
             self.logs.push(log);
         }
         self.totals.0 += 1;
@@ -413,9 +426,32 @@ impl Restore<'_> {
     }
 }
 
-/// Closes an entry's sink; a binary log's becomes a received log.
+/// Creates a new file that only its owner may read or write, for backup data.
+fn private_file(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    options.open(path).map_err(|e| Error::io(format!("cannot create '{}'", path.display()), e))
+}
+
+/// Loads a verified logical dump, spooled at `path` through `out`, into the
+/// server, then removes the file.
+fn load_dump(client: &Client, path: &Path, out: BufWriter<File>) -> Result<()> {
+    let failed = |e: std::io::Error| Error::io(format!("cannot write '{}'", path.display()), e);
+    out.into_inner().map_err(|e| failed(e.into_error()))?;
+    let dump = File::open(path).map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
+    client
+        .spawn("mariadb", &["--binary-mode"], |c| {
+            c.stdin(dump);
+        })?
+        .finish()?;
+    std::fs::remove_file(path).map_err(|e| Error::io(format!("cannot remove '{}'", path.display()), e))
+}
+
+/// Closes an entry's sink; a binary log's becomes a received log. (A spooled
+/// dump not yet verified is dropped with the working directory.)
 fn finish_sink(sink: Sink) -> Result<Option<ReceivedLog>> {
     match sink {
+        Sink::Spool(..) => Ok(None),
         Sink::Pipe(running, stdin) => {
             drop(stdin);
             running.finish()?;
