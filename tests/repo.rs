@@ -1702,6 +1702,18 @@ mod summaries_and_clocks {
         assert!(err.contains("its clock was ahead") && err.contains(id_of(&ahead)), "{err}");
         let out = case.run(r#"repo snapshots "$R" --key-file k"#);
         assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("its clock was ahead"));
+        // `repo forget` on a host whose own clock is three days ahead counts
+        // --keep-within back from the storage's present time.
+        if !matches!(backend, Backend::S3) {
+            let out = case.run(
+                r#"FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f +3d repo forget "$R" --keep-within 2d --dry-run --key-file k"#,
+            );
+            let (decided, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "{err}");
+            assert_eq!(decided.lines().filter(|l| l.starts_with("keep")).count(), 3, "{decided}");
+            assert!(err.contains("this host's clock is 3 d ahead of the storage's"), "{err}");
+            assert!(case.objects("pending").is_empty(), "the clock probe is removed");
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use backpipe::cli::{self, KeyArgs, NewKeyArgs};
 use backpipe::repo::check::check;
 use backpipe::repo::fetch::{list, parse_time, Filter};
 use backpipe::repo::forget::{decide, named, parse_duration, Decision, Policy};
-use backpipe::repo::prune::prune;
+use backpipe::repo::prune::{prune, storage_now};
+use backpipe::repo::remote::describe_duration;
 use backpipe::repo::snapshot::summary_time;
 use backpipe::repo::Repository;
 use clap::{Parser, Subcommand};
@@ -318,8 +319,22 @@ fn main() {
             let (decisions, left_damaged) = if ids.is_empty() {
                 let filter = Filter { host, engine };
                 let candidates: Vec<_> = listing.readable.iter().filter(|(_, s)| filter.matches(s)).cloned().collect();
-                let now = chrono::Utc::now();
-                for warning in listing.clock_warnings(now) {
+                // --keep-within counts back from the storage's present time, not this host's.
+                let local = chrono::Utc::now();
+                let now = match policy.within {
+                    Some(_) => storage_now(repo.storage())?,
+                    None => local,
+                };
+                let mut warnings = listing.clock_warnings(now);
+                let off = local - now;
+                if off.abs() > chrono::Duration::minutes(5) {
+                    let by = describe_duration(off.abs().to_std().unwrap_or_default());
+                    let way = if off > chrono::Duration::zero() { "ahead of" } else { "behind" };
+                    warnings.push(format!(
+                        "this host's clock is {by} {way} the storage's; --keep-within counts back from the storage's"
+                    ));
+                }
+                for warning in warnings {
                     cli::say(&format!("repo forget: warning: {warning}"));
                 }
                 let mut decisions = decide(&candidates, &listing.storage_times, &policy, now)?;

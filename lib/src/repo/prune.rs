@@ -197,7 +197,7 @@ pub fn needed_by_pack(
 
 /// The storage's present time: when it wrote a probe object that this run
 /// writes, finds in a listing, and removes.
-fn storage_now(storage: &dyn Storage) -> Result<DateTime<Utc>> {
+pub fn storage_now(storage: &dyn Storage) -> Result<DateTime<Utc>> {
     let name = format!("{PENDING}/{PROBE}{}", random_name());
     storage.create(&name, b"repo prune reads the storage's clock\n")?;
     let listed = storage.list_detailed(PENDING).map(|all| all.into_iter().find(|o| o.name == name));
