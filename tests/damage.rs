@@ -426,3 +426,34 @@ fn a_key_file_other_users_can_read_or_change_is_refused() {
     // Through a pipe (mode 0600) it is read as before.
     sh_ok(d, "encrypt --key-file <(cat k) < plain.bp > /dev/null");
 }
+
+#[test]
+fn chunk_d_with_the_key_refuses_a_chunk_whose_content_is_not_its_id() {
+    let dir = scratch();
+    let d = dir.path();
+    put(&d.join("tree/a.txt"), &b"some text ".repeat(50_000), 0o644, 1_700_000_000);
+    sh_ok(d, "keygen k && dump-files tree | chunk --key-file k --min-size 16K --avg-size 64K --max-size 256K > c.bp");
+    // Other bytes under a chunk's keyed ID, as a holder of the key's write half can make them.
+    let forged = forge(&std::fs::read(d.join("c.bp")).unwrap(), |frames| {
+        let chunk = frames.iter_mut().find(|f| f.kind == Kind::Data).unwrap();
+        chunk.payload[32..].fill(b'#');
+    });
+    std::fs::write(d.join("forged.bp"), forged).unwrap();
+    let err = sh_fails(d, "chunk -d --key-file k < forged.bp > out.bp", 4);
+    assert!(err.starts_with("chunk -d: chunk ") && err.contains("does not match its ID"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = std::fs::read(d.join("out.bp")).unwrap();
+    assert!(!out.windows(64).any(|w| w.iter().all(|b| *b == b'#')), "forged bytes went downstream");
+    // Encryption does not tell (the chunk is bound to its ID, not to its content); chunk -d with the key does.
+    let err = sh_fails(
+        d,
+        "encrypt --key-file k < forged.bp | encrypt -d --key-file k | chunk -d --key-file k | unpack out \
+         || exit ${PIPESTATUS[2]}",
+        4,
+    );
+    assert!(err.contains("does not match its ID"), "{err}");
+    assert!(!d.join("out/tree").exists());
+    // Honest chunks pass, with the key and without it.
+    sh_ok(d, "chunk -d --key-file k < c.bp | unpack out && chunk -d < c.bp | unpack out2");
+    assert_eq!(std::fs::read(d.join("out/tree/a.txt")).unwrap(), b"some text ".repeat(50_000));
+}

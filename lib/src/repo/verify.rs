@@ -37,7 +37,9 @@ impl ChunkVerifier {
             return flaw("is not stored as an encrypted chunk");
         }
         let frame = Frame { kind: Kind::Data, encodings, payload: payload.to_vec() };
-        let Ok(opened) = self.opener.open(frame) else { return flaw("fails authentication") };
+        let Ok(opened) = self.opener.open(frame) else {
+            return flaw("does not decrypt: authentication failed (damaged, or not sealed for this repository)");
+        };
         let plain = match opened.encodings.has(Encodings::ZSTD) {
             true => Recode::Decompress(opened)
                 .run()
