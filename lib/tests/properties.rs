@@ -311,7 +311,8 @@ mod option_values {
                 yearly: counts[5],
                 within,
             };
-            if let Ok(decisions) = decide(&snapshots, &policy, now) {
+            let received = std::collections::HashMap::new();
+            if let Ok(decisions) = decide(&snapshots, &received, &policy, now) {
                 prop_assert_eq!(decisions.len(), snapshots.len());
             }
         }
