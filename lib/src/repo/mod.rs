@@ -352,17 +352,29 @@ impl Repository {
     /// Hands every entry of every index, but those of `packs`, to `each`.
     fn each_index_entry(&self, packs: &HashSet<String>, mut each: impl FnMut(IndexEntry) + Send) -> Result<()> {
         let pack_of = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
-        let names = self.storage.list("index")?.into_iter().filter(|name| !packs.contains(&pack_of(name)));
-        // Several at a time: a year of backups is thousands of indexes.
-        let read = |name: String| match self.storage.read_if_exists(&name)? {
-            Some(bytes) => pack::decode_index(&bytes, &pack_of(&name)),
+        let listed = self.storage.list("index")?;
+        let names = listed.iter().filter(|name| !packs.contains(&pack_of(name)));
+        // From the local cache where it has them, the others several at a time:
+        // a year of backups is thousands of indexes.
+        let cache = cache::IndexCache::open(&self.config.id, &self.write.chunk_id);
+        let read = |name: &String| {
+            let pack = pack_of(name);
+            if let Some(cached) = cache.get(&pack) {
+                return pack::decode_index(&cached, &pack);
+            }
             // An index removed by `prune` since it was listed is simply gone.
-            None => Ok(Vec::new()),
+            let Some(bytes) = self.storage.read_if_exists(name)? else { return Ok(Vec::new()) };
+            let entries = pack::decode_index(&bytes, &pack)?;
+            cache.put(&pack, &bytes);
+            Ok(entries)
         };
         storage::concurrently(&*self.storage, names, read, |entries| {
             entries.into_iter().for_each(&mut each);
             Ok(())
-        })
+        })?;
+        let listed: Vec<String> = listed.iter().map(|name| pack_of(name)).collect();
+        cache.retain(&listed.iter().map(String::as_str).collect());
+        Ok(())
     }
 }
 
