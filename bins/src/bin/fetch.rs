@@ -7,7 +7,9 @@ use clap::Parser;
 /// Write stored snapshots back as a stream on stdout, ready for `encrypt -d`.
 ///
 /// SNAPSHOT is `latest`, a snapshot ID, or an unambiguous prefix of one (see
-/// `repo snapshots`). Several snapshots are written one after another as
+/// `repo snapshots`). By ID, only the snapshots named are read; `latest` and
+/// --until read every snapshot's header (from ~/.cache/backpipe where it has
+/// them). Several snapshots are written one after another as
 /// concatenated streams. With --until TIME, the newest chain that covers TIME
 /// is written instead: the last full backup started at or before TIME, then
 /// the incremental, differential and log backups after it up to TIME, and
@@ -52,7 +54,8 @@ struct Args {
     keys: KeyArgs,
 }
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Example:
   fetch R latest --host web1 | encrypt -d --repo R | squeeze -d | chunk -d | unpack /restore
   fetch R --until '2026-11-21 10:00' --host db1 --engine mysql | encrypt -d --repo R | ...
@@ -60,9 +63,14 @@ Example:
 A local TIME that daylight saving time skipped or repeated is refused: give
 it as RFC 3339 with an offset, e.g. 2026-10-25T02:30:00+01:00.
 
+",
+    backpipe::storage_limits_help!(),
+    "
+
 Exit status: 0 success, 1 error, 2 usage or key (also: several hosts or
 engines match, or the ID is of another host or engine), 4 integrity failure
-(a damaged snapshot or repository).";
+(a damaged snapshot or repository)."
+);
 
 fn main() {
     let args = Args::parse();

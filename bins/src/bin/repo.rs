@@ -46,10 +46,14 @@ enum Command {
         keys: KeyArgs,
     },
     /// List snapshots, oldest first. A snapshot whose summary cannot be read
-    /// is listed, whatever the filters, as `ID  damaged: REASON` (with --json
-    /// {"snapshot": ID, "damaged": REASON}), after the others, and the command
-    /// then exits with status 4: run `repo check`, and `repo forget R ID` to
-    /// remove it.
+    /// or does not make sense (a start time that is not a time, a host name
+    /// with control characters) is listed, whatever the filters, as `ID
+    /// damaged: REASON` (with --json {"snapshot": ID, "damaged": REASON}),
+    /// after the others, and the command then exits with status 4: run `repo
+    /// check`, and `repo forget R ID` to remove it. Snapshots whose host's
+    /// clock was ahead of the storage's or behind it are warned about on
+    /// stderr. Headers are read several at a time, and cached in
+    /// ~/.cache/backpipe (each checked against its name when used).
     Snapshots {
         /// The repository.
         repo: String,
@@ -82,6 +86,11 @@ enum Command {
     /// it is named on stderr, the rules apply to the readable ones, and the
     /// command exits with status 4 at the end. To remove a damaged snapshot
     /// after `repo check`, name it: `repo forget R ID`.
+    ///
+    /// Rules go by two clocks and keep what either keeps: each backup's time
+    /// by its host (when it started) and by the storage (when it received
+    /// the snapshot), so a host whose clock is wrong never gets a fresh backup
+    /// removed; snapshots whose clocks disagree are warned about.
     Forget {
         /// The repository.
         repo: String,
@@ -110,8 +119,10 @@ enum Command {
         /// Keep the newest in each of the last N years with backups.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_yearly: usize,
-        /// Keep everything started within this long (90m, 36h, 14d, 8w, 1y; at
-        /// most 1000y): the point-in-time window.
+        /// Keep everything started or received within this long (90m, 36h,
+        /// 14d, 8w, 1y; at most 1000y) before the storage's present time (read
+        /// from a probe object written and removed, also with --dry-run):
+        /// the point-in-time window.
         #[arg(long, value_name = "DURATION")]
         keep_within: Option<String>,
         /// Only consider backups of this host.
@@ -218,15 +229,21 @@ enum KeyAction {
     },
 }
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Example:
   keygen backup.key && repo init /backups --key-file backup.key
   dump-files /srv | chunk --repo /backups --key-file backup.key | squeeze \\
       | encrypt --repo /backups --key-file backup.key | ship /backups --key-file backup.key
   repo snapshots /backups --key-file backup.key
 
+",
+    backpipe::storage_limits_help!(),
+    "
+
 Exit status: 0 success, 1 error, 2 usage or key, 4 check found problems, or
-snapshots or forget met a snapshot that cannot be read (damaged).";
+snapshots or forget met a snapshot that cannot be read (damaged)."
+);
 
 fn main() {
     let args = Args::parse();

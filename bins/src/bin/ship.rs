@@ -32,13 +32,19 @@ struct Args {
     keys: KeyArgs,
 }
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Example:
   export BACKPIPE_PASSPHRASE=...   # or --key-file, --passphrase-file, --passphrase-fd
   dump-files /srv | chunk --repo R | squeeze | encrypt --repo R | ship R > receipt.json
 
+",
+    backpipe::storage_limits_help!(),
+    "
+
 Exit status: 0 stored, 1 error, 2 usage or key, 3 incomplete or aborted stream (nothing stored),
-4 integrity failure (damaged stream, wrong repository key).";
+4 integrity failure (damaged stream, wrong repository key)."
+);
 
 fn main() {
     let args = Args::parse();

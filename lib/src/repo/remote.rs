@@ -102,6 +102,19 @@ impl Limits {
     }
 }
 
+/// The `--help` paragraph on the limits of remote storage, for the tools that
+/// take a repository (a macro, so that `concat!` joins it to their text).
+#[macro_export]
+macro_rules! storage_limits_help {
+    () => {
+        "SFTP and S3: a server that does not answer is named on stderr after 30 s,
+then every minute; the tool gives up after 4 attempts of 120 s at one step
+(8 min 14 s). BACKPIPE_STORAGE_TIMEOUT (seconds per attempt),
+BACKPIPE_STORAGE_RETRIES and BACKPIPE_STORAGE_REQUESTS (requests at once,
+default 16) set the limits; see docs/REPOSITORY.md, Failures."
+    };
+}
+
 /// "45 s", "8 min 14 s", "2 h 3 min", "3 d 1 h": a duration for people, to two units.
 pub fn describe_duration(duration: Duration) -> String {
     let secs = duration.as_secs_f64().round() as u64;
