@@ -840,15 +840,17 @@ fn a_forged_chunk_never_reaches_the_server() {
 
     // fetch refuses the chunk: nothing reaches restore-mysql, nothing the server.
     let target = case.server("target");
-    let err = case.fails(
-        &format!(
+    let out = sh(
+        case.path(),
+        &case.script(&format!(
             "fetch \"$R\" {honest} --key-file k | {RESTORE} | restore-mysql {} || exit ${{PIPESTATUS[0]}}",
             target.root_login()
-        ),
-        4,
+        )),
     );
-    assert!(err.contains("fetch: chunk ") && err.contains("does not match its ID"), "{err}");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(!has_evil(&target), "the forged GRANT reached the server:\n{err}");
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("fetch: chunk ") && err.contains("does not match its ID"), "{err}");
     assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "");
 
     // restore-mysql verifies an entry before loading it: a dump whose text is
@@ -860,9 +862,11 @@ fn a_forged_chunk_never_reaches_the_server() {
         data.payload = forged_sql(len);
     });
     std::fs::write(case.path().join("tampered.bp"), tampered).unwrap();
-    let err = case.fails(&format!("restore-mysql {} < tampered.bp", target.root_login()), 4);
-    assert!(err.contains("does not match its digest"), "{err}");
+    let out = sh(case.path(), &case.script(&format!("restore-mysql {} < tampered.bp", target.root_login())));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(!has_evil(&target), "restore-mysql loaded SQL before verifying it:\n{err}");
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("does not match its digest"), "{err}");
     assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "");
 
     // Quarantined, the chunk is stored again by the next full, which restores exactly.

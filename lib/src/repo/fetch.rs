@@ -528,6 +528,9 @@ pub fn fetch(repo: &Repository, ids: &[String], output: impl Write + Send) -> Re
 
 /// The stored Data frame of chunk `id`, from the first of its copies that
 /// verifies; `passed_over` gets a line for each bad copy skipped on the way.
+/// A copy that cannot be read (its pack deleted meanwhile, a storage error)
+/// is passed over too; when no copy is good, the error is the integrity
+/// failure naming every bad copy, or else the first read error.
 fn read_chunk(
     repo: &Repository,
     copies: &ChunkCopies,
@@ -537,36 +540,40 @@ fn read_chunk(
 ) -> Result<Frame> {
     // Named only when something is wrong, not for every chunk.
     let short = hex::encode(&id[..8]);
-    let mut bad = Vec::new();
+    let (mut bad, mut unreadable) = (Vec::new(), None);
     for copy in copies.of(id) {
-        let flaw = match copy.length as usize {
-            length if length > crate::format::MAX_PAYLOAD => format!("its index entry is damaged (length {length})"),
-            length => {
-                let payload = repo.storage().read_range(&pack_name(&copy.pack), copy.offset, length)?;
-                match verifier.verify(id, copy.encodings, &payload) {
-                    Ok(()) => {
-                        let mut lines = passed_over.lock().expect("no panics while locked");
-                        lines.extend(bad.iter().map(|flaw| {
-                            format!(
-                                "chunk {short} {flaw}; read the copy in pack {} instead (run `repo check --read-data`)",
-                                copy.pack
-                            )
-                        }));
-                        return Ok(Frame { kind: Kind::Data, encodings: copy.encodings, payload });
-                    }
-                    Err(e) => e.message().to_string(),
-                }
+        let length = copy.length as usize;
+        if length > crate::format::MAX_PAYLOAD {
+            bad.push(format!("in pack {} its index entry is damaged (length {length})", copy.pack));
+            continue;
+        }
+        let payload = match repo.storage().read_range(&pack_name(&copy.pack), copy.offset, length) {
+            Ok(payload) => payload,
+            Err(e) => {
+                unreadable.get_or_insert(e);
+                continue;
             }
         };
-        bad.push(format!("in pack {} {flaw}", copy.pack));
+        if let Err(e) = verifier.verify(id, copy.encodings, &payload) {
+            bad.push(format!("in pack {} {}", copy.pack, e.message()));
+            continue;
+        }
+        let mut lines = passed_over.lock().expect("no panics while locked");
+        lines.extend(bad.iter().map(|flaw| {
+            format!("chunk {short} {flaw}; read the copy in pack {} instead (run `repo check --read-data`)", copy.pack)
+        }));
+        return Ok(Frame { kind: Kind::Data, encodings: copy.encodings, payload });
     }
-    Err(Error::integrity(match bad.len() {
-        0 => format!("chunk {short} is missing from the repository (run `repo check`)"),
-        _ => format!(
+    match (bad.is_empty(), unreadable) {
+        (true, Some(e)) => Err(e),
+        (true, None) => {
+            Err(Error::integrity(format!("chunk {short} is missing from the repository (run `repo check`)")))
+        }
+        (false, _) => Err(Error::integrity(format!(
             "chunk {short} has no good copy: {}; nothing of it was written (run `repo check --read-data`)",
             bad.join("; ")
-        ),
-    }))
+        ))),
+    }
 }
 
 #[cfg(test)]
