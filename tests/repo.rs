@@ -1886,6 +1886,16 @@ mod s3_through_a_proxy {
         std::fs::write(cached(&ids[3]), flipped).unwrap();
         let (_, relisted) = counted(r#"repo snapshots "$P" --key-file k"#);
         assert_eq!(relisted, listed);
+        // A cached index whose MAC fails (here: a chunk's offset changed) is read again.
+        let indexes: Vec<_> = std::fs::read_dir(cache.join("index")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(indexes.len(), 1, "one pack holds the one chunk of every snapshot");
+        let good = std::fs::read(&indexes[0]).unwrap();
+        let mut moved = good.clone();
+        moved[32 + 12 + 32] ^= 1;
+        std::fs::write(&indexes[0], moved).unwrap();
+        counted(&format!(r#"fetch "$P" {} --key-file k | {RESTORE} | unpack out3"#, ids[9]));
+        assert_same_tree(&case.path().join("db"), &case.path().join("out3/db"));
+        assert_eq!(std::fs::read(&indexes[0]).unwrap(), good);
         // A snapshot forgotten leaves the cache at the next listing.
         case.ok(&format!(r#"repo forget "$R" {} --key-file k 2>/dev/null"#, ids[0]));
         let (_, shorter) = counted(r#"repo snapshots "$P" --key-file k"#);

@@ -267,3 +267,25 @@ pub fn walk(mut reader: StreamReader<CheckedSkeleton<'_>>, mut frame: impl FnMut
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_frames_readers_cannot_rely_on_are_named() {
+        let good = Begin::now("dump-files", "files", "full");
+        assert_eq!(check_begin(&good), Ok(()));
+        for (begin, why) in [
+            (Begin { started: "yesterday".into(), ..good.clone() }, r#"started "yesterday" is not an RFC 3339 time"#),
+            (Begin { started: "+10000-01-01T00:00:00Z".into(), ..good.clone() }, "is not an RFC 3339 time"),
+            (Begin { host: "db1\nabc  damaged".into(), ..good.clone() }, r#"host "db1\nabc  damaged" is not a name"#),
+            (Begin { engine: String::new(), ..good.clone() }, r#"engine "" is not a name"#),
+            (Begin { kind: "x".repeat(300), ..good.clone() }, r#"kind "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"... is"#),
+        ] {
+            let err = check_begin(&begin).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        assert!(check_begin(&Begin { started: "2026-11-22T03:13:32+01:00".into(), ..good }).is_ok());
+    }
+}
