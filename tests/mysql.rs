@@ -729,7 +729,7 @@ fn replace_never_drops_a_system_schema_whatever_the_database_names() {
         "fetch \"$R\" {full} --key-file k | {RESTORE} | restore-mysql --replace {} 2>&1",
         target.root_login()
     ));
-    assert!(out.contains("dropping database \"mysql\\nx\""), "{out}");
+    assert!(out.contains("dropping database mysql\\nx "), "{out}");
     assert!(
         target.sql("SELECT COUNT(*) FROM mysql.user").trim().parse::<u32>().unwrap() >= users.trim().parse().unwrap()
     );

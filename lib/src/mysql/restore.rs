@@ -636,11 +636,11 @@ fn prepare_target(client: &Client, replace: bool) -> Result<()> {
         return Err(Error::engine(format!(
             "{} already holds databases ({}); restore into an empty server, or pass --replace to drop them first",
             client.target(),
-            databases.iter().map(|db| format!("{db:?}")).collect::<Vec<_>>().join(", ")
+            databases.iter().map(|db| db.escape_debug().to_string()).collect::<Vec<_>>().join(", ")
         )));
     }
     for db in &databases {
-        crate::cli::say(&format!("{TOOL}: dropping database {db:?} (--replace)"));
+        crate::cli::say(&format!("{TOOL}: dropping database {} (--replace)", db.escape_debug()));
         client.query(&format!("DROP DATABASE `{}`", db.replace('`', "``")))?;
     }
     client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
