@@ -278,8 +278,7 @@ impl Restore<'_> {
                     None
                 } else {
                     let path = self.work.path().join(&log);
-                    let file =
-                        File::create(&path).map_err(|e| Error::io(format!("cannot create '{}'", path.display()), e))?;
+                    let file = private_file(&path)?;
                     Some((path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file)))
                 };
                 Sink::Binlog { check: BackgroundCheck::start(&log), name: log, file }
@@ -426,10 +425,11 @@ impl Restore<'_> {
     }
 }
 
-/// Creates a new file that only its owner may read or write, for backup data.
+/// Creates (or empties) a file in the private working directory that only
+/// its owner may read or write, for backup data (a spooled dump, a binary log).
 fn private_file(path: &Path) -> Result<File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
+    options.write(true).create(true).truncate(true).mode(0o600);
     options.open(path).map_err(|e| Error::io(format!("cannot create '{}'", path.display()), e))
 }
 
