@@ -971,7 +971,6 @@ mod failures {
         assert_eq!(lines.len(), 1, "expected one line:\n{stderr}");
         lines[0]
     }
-
 }
 
 /// Keys that cannot all vanish, and readers that verify before they act.
@@ -1347,7 +1346,8 @@ mod garbage_collection {
         }
         assert_eq!(case.objects("data"), packs, "the pack is still there");
         // The backup that refers to it is stored, taking the mark back, and restores.
-        let again: serde_json::Value = serde_json::from_slice(&case.ok(r#"ship "$R" --key-file k < again.bp"#)).unwrap();
+        let again: serde_json::Value =
+            serde_json::from_slice(&case.ok(r#"ship "$R" --key-file k < again.bp"#)).unwrap();
         assert_eq!(again["new_chunks"], 0, "{again}");
         assert!(case.objects("pending").is_empty());
         case.restore(id_of(&again), "out");

@@ -25,7 +25,7 @@ pub mod reader;
 pub mod repo;
 pub mod source;
 pub mod unpack;
-pub mod xattr;
 pub mod writer;
+pub mod xattr;
 
 pub use error::{Error, ErrorKind, Result};

@@ -47,8 +47,7 @@ fn plain_stream(files: &[Vec<u8>]) -> Vec<u8> {
         w.write(&Frame::json(Kind::EntryEnd, &end)).unwrap();
         total += content.len() as u64;
     }
-    w.write(&Frame::json(Kind::End, &End { entries: files.len() as u64, bytes: total, ..End::default() }))
-        .unwrap();
+    w.write(&Frame::json(Kind::End, &End { entries: files.len() as u64, bytes: total, ..End::default() })).unwrap();
     w.flush().unwrap();
     out
 }

@@ -281,7 +281,10 @@ mod tests {
             (Begin { started: "+10000-01-01T00:00:00Z".into(), ..good.clone() }, "is not an RFC 3339 time"),
             (Begin { host: "db1\nabc  damaged".into(), ..good.clone() }, r#"host "db1\nabc  damaged" is not a name"#),
             (Begin { engine: String::new(), ..good.clone() }, r#"engine "" is not a name"#),
-            (Begin { kind: "x".repeat(300), ..good.clone() }, r#"kind "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"... is"#),
+            (
+                Begin { kind: "x".repeat(300), ..good.clone() },
+                r#"kind "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"... is"#,
+            ),
         ] {
             let err = check_begin(&begin).unwrap_err();
             assert!(err.contains(why), "{err}");
