@@ -352,14 +352,18 @@ impl Repository {
     /// Hands every entry of every index, but those of `packs`, to `each`.
     fn each_index_entry(&self, packs: &HashSet<String>, mut each: impl FnMut(IndexEntry) + Send) -> Result<()> {
         let pack_of = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
-        let listed = self.storage.list("index")?;
+        let detailed = self.storage.list_detailed("index")?;
+        let sizes: HashMap<&str, u64> = detailed.iter().map(|o| (o.name.as_str(), o.size)).collect();
+        let listed: Vec<String> = detailed.iter().map(|o| o.name.clone()).collect();
         let names = listed.iter().filter(|name| !packs.contains(&pack_of(name)));
         // From the local cache where it has them, the others several at a time:
         // a year of backups is thousands of indexes.
         let cache = cache::IndexCache::open(&self.config.id, &self.write.chunk_id);
         let read = |name: &String| {
             let pack = pack_of(name);
-            if let Some(cached) = cache.get(&pack) {
+            // Only while the stored index still has the cached one's size: one
+            // that changed in the storage is damaged, and is read to say so.
+            if let Some(cached) = cache.get(&pack).filter(|c| sizes.get(name.as_str()) == Some(&(c.len() as u64))) {
                 return pack::decode_index(&cached, &pack);
             }
             // An index removed by `prune` since it was listed is simply gone.
