@@ -1901,6 +1901,24 @@ mod s3_through_a_proxy {
         let (_, shorter) = counted(r#"repo snapshots "$P" --key-file k"#);
         assert_eq!(shorter.lines().count() as u64, SNAPSHOTS - 1);
         assert!(!cached(&ids[0]).exists() && cached(&ids[1]).exists());
+        // `repo forget` left a catalogue: a machine with an empty cache lists
+        // and fetches in a few requests too.
+        let catalogues = case.objects("catalog");
+        assert_eq!(catalogues.len(), 1, "{catalogues:?}");
+        let fresh = |script: &str| counted(&format!("rm -rf fresh; export XDG_CACHE_HOME=\"$PWD/fresh\"\n{script}"));
+        let (cold, listed) = fresh(r#"repo snapshots "$P" --key-file k"#);
+        assert_eq!(listed, shorter);
+        assert!(cold <= 12, "{cold} requests to list {} snapshots with a catalogue", SNAPSHOTS - 1);
+        let (by_id, _) = fresh(&format!(r#"fetch "$P" {} --key-file k | {RESTORE} | unpack out4"#, ids[11]));
+        assert!(by_id <= 20, "{by_id} requests to fetch one snapshot with a catalogue");
+        assert_same_tree(&case.path().join("db"), &case.path().join("out4/db"));
+        // A catalogue that is not what its name says is not used: every header is read instead.
+        let mut bytes = case.storage().read(&catalogues[0]).unwrap();
+        bytes[100] ^= 1;
+        case.overwrite(&catalogues[0], &bytes);
+        let (cold, listed) = fresh(r#"repo snapshots "$P" --key-file k"#);
+        assert_eq!(listed, shorter);
+        assert!(cold >= SNAPSHOTS - 1, "{cold} requests: the damaged catalogue was not used");
     }
 
     /// The S3 server stops answering in the middle of an upload: `ship` says

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use backpipe::cdc::ChunkSizes;
 use backpipe::cli::{self, KeyArgs, NewKeyArgs};
+use backpipe::repo::catalog;
 use backpipe::repo::check::check;
 use backpipe::repo::fetch::{list, parse_time, Filter};
 use backpipe::repo::forget::{decide, named, parse_duration, Decision, Policy};
@@ -393,6 +394,12 @@ fn main() {
             }
             let verb = if dry_run { "would remove" } else { "removed" };
             cli::say(&format!("repo forget: {verb} {removed} snapshots; run `repo prune` to free their space"));
+            if !dry_run {
+                // Only a faster way for new machines to read what the storage holds: a failure changes nothing else.
+                if let Err(e) = catalog::refresh(&repo) {
+                    cli::say(&format!("repo forget: warning: no new catalogue was written: {e}"));
+                }
+            }
             match left_damaged {
                 0 => Ok(()),
                 n => Err(backpipe::Error::integrity(format!(

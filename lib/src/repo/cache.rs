@@ -34,22 +34,20 @@ fn folder(repo_id: &str, kind: &str) -> Option<PathBuf> {
     plain.then(|| base.join("backpipe").join(repo_id).join(kind))
 }
 
-/// Writes `bytes` as `dir/name`, whole or not at all; failures are ignored.
+/// Writes `bytes` as `dir/name`; failures are ignored. Not atomic, and need
+/// not be: a reader checks what it reads (a file cut short, or written by
+/// two processes at once, fails its check and is read again from the
+/// storage), and two writers of one name write the same bytes.
 fn keep(dir: &Path, name: &str, bytes: &[u8]) {
-    let write = || -> std::io::Result<()> {
-        if !dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        }
-        let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-        std::io::Write::write_all(&mut temp, bytes)?;
-        temp.persist(dir.join(name)).map_err(|e| e.error)?;
-        Ok(())
-    };
-    let _ = write();
+    let path = dir.join(name);
+    if std::fs::write(&path, bytes).is_err()
+        && std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).is_ok()
+    {
+        let _ = std::fs::write(&path, bytes);
+    }
 }
 
-/// Removes every file of `dir` not named in `names` (objects gone from the
-/// storage), and temporary files of interrupted writes.
+/// Removes every file of `dir` not named in `names` (objects gone from the storage).
 fn retain(dir: &Path, names: &HashSet<&str>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
@@ -68,6 +66,11 @@ impl HeaderCache {
     /// The cache of the repository with ID `repo_id` (hex, from its config).
     pub fn open(repo_id: &str) -> HeaderCache {
         HeaderCache { dir: folder(repo_id, "snapshots") }
+    }
+
+    /// True when the cache has a file for snapshot `id` (not checked).
+    pub fn has(&self, id: &str) -> bool {
+        self.dir.as_ref().is_some_and(|dir| dir.join(id).exists())
     }
 
     /// The cached header of snapshot `id`, if there is one and it is that snapshot's.
@@ -108,6 +111,11 @@ impl IndexCache {
         let mut hasher = blake3::Hasher::new_keyed(&self.key);
         hasher.update(pack.as_bytes()).update(&[0]).update(index);
         *hasher.finalize().as_bytes()
+    }
+
+    /// True when the cache has a file for the index of `pack` (not checked).
+    pub fn has(&self, pack: &str) -> bool {
+        is_pack_name(pack) && self.dir.as_ref().is_some_and(|dir| dir.join(pack).exists())
     }
 
     /// The cached index of `pack`, if there is one whose MAC verifies.

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Datelike, FixedOffset, Local, TimeZone, Utc};
 
 use super::cache::HeaderCache;
+use super::catalog;
 use super::pack::pack_name;
 use super::snapshot::{self, Summary};
 use super::storage::{concurrently, Listed};
@@ -95,11 +96,19 @@ fn open_listed(repo: &Repository, objects: Vec<Listed>) -> Result<Listing> {
     let secret = repo.master()?.recipient_secret();
     let cache = HeaderCache::open(&repo.config.id);
     let storage = repo.storage();
+    // Many headers missing here (a new machine): the catalogue has most of them in one object.
+    let missing: HashSet<&str> = objects.iter().map(|o| object_id(&o.name)).filter(|id| !cache.has(id)).collect();
+    let catalogued = match missing.len() >= catalog::WORTH_IT {
+        true => catalog::entries(storage, catalog::Kind::Header, &missing)?,
+        false => HashMap::new(),
+    };
     let open = |object: Listed| -> Result<(Opening, Option<DateTime<Utc>>)> {
         let id = object_id(&object.name).to_string();
-        let header = match cache.get(&id) {
-            Some(header) => Ok(header),
-            None => snapshot::read_header(storage, &id, Some(object.size)).inspect(|header| cache.put(&id, header)),
+        // What the catalogue holds is not copied to the cache (thousands of small files are slow to write).
+        let header = match (cache.get(&id), catalogued.get(&id)) {
+            (Some(header), _) => Ok(header),
+            (None, Some(header)) => Ok(header.clone()),
+            (None, None) => snapshot::read_header(storage, &id, Some(object.size)).inspect(|h| cache.put(&id, h)),
         };
         let opening = match header.and_then(|header| snapshot::open_header(&header, &id, &secret, &repo.config.id)) {
             Ok(opened) => Opening::Readable(id, opened.summary),

@@ -11,6 +11,7 @@
 
 pub mod address;
 pub mod cache;
+pub mod catalog;
 pub mod check;
 pub mod fetch;
 pub mod forget;
@@ -351,32 +352,39 @@ impl Repository {
 
     /// Hands every entry of every index, but those of `packs`, to `each`.
     fn each_index_entry(&self, packs: &HashSet<String>, mut each: impl FnMut(IndexEntry) + Send) -> Result<()> {
-        let pack_of = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
         let detailed = self.storage.list_detailed("index")?;
-        let sizes: HashMap<&str, u64> = detailed.iter().map(|o| (o.name.as_str(), o.size)).collect();
-        let listed: Vec<String> = detailed.iter().map(|o| o.name.clone()).collect();
-        let names = listed.iter().filter(|name| !packs.contains(&pack_of(name)));
-        // From the local cache where it has them, the others several at a time:
-        // a year of backups is thousands of indexes.
+        let pack_of = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
+        // A stored index whose size is not the cached one's changed (damage): it is read, to say so.
+        let sizes: HashMap<String, u64> = detailed.iter().map(|o| (pack_of(&o.name), o.size)).collect();
+        let listed: Vec<String> = detailed.iter().map(|o| pack_of(&o.name)).collect();
+        let wanted = listed.iter().filter(|pack| !packs.contains(*pack));
+        // From the local cache where it has them; when many are missing (a new
+        // machine), from the catalogue; the others several at a time: a year
+        // of backups is thousands of indexes.
         let cache = cache::IndexCache::open(&self.config.id, &self.write.chunk_id);
-        let read = |name: &String| {
-            let pack = pack_of(name);
-            // Only while the stored index still has the cached one's size: one
-            // that changed in the storage is damaged, and is read to say so.
-            if let Some(cached) = cache.get(&pack).filter(|c| sizes.get(name.as_str()) == Some(&(c.len() as u64))) {
-                return pack::decode_index(&cached, &pack);
+        let missing: HashSet<&str> = wanted.clone().map(String::as_str).filter(|pack| !cache.has(pack)).collect();
+        let catalogued = match missing.len() >= catalog::WORTH_IT {
+            true => catalog::entries(self.storage(), catalog::Kind::Index, &missing)?,
+            false => HashMap::new(),
+        };
+        let read = |pack: &String| {
+            if let Some(cached) = cache.get(pack).filter(|c| sizes.get(pack) == Some(&(c.len() as u64))) {
+                return pack::decode_index(&cached, pack);
+            }
+            // What the catalogue holds is not copied to the cache (thousands of small files are slow to write).
+            if let Some(entries) = catalogued.get(pack).and_then(|bytes| pack::decode_index(bytes, pack).ok()) {
+                return Ok(entries);
             }
             // An index removed by `prune` since it was listed is simply gone.
-            let Some(bytes) = self.storage.read_if_exists(name)? else { return Ok(Vec::new()) };
-            let entries = pack::decode_index(&bytes, &pack)?;
-            cache.put(&pack, &bytes);
+            let Some(bytes) = self.storage.read_if_exists(&format!("index/{pack}"))? else { return Ok(Vec::new()) };
+            let entries = pack::decode_index(&bytes, pack)?;
+            cache.put(pack, &bytes);
             Ok(entries)
         };
-        storage::concurrently(&*self.storage, names, read, |entries| {
+        storage::concurrently(&*self.storage, wanted, read, |entries| {
             entries.into_iter().for_each(&mut each);
             Ok(())
         })?;
-        let listed: Vec<String> = listed.iter().map(|name| pack_of(name)).collect();
         cache.retain(&listed.iter().map(String::as_str).collect());
         Ok(())
     }
