@@ -92,6 +92,10 @@ enum Command {
     /// by its host (when it started) and by the storage (when it received
     /// the snapshot), so a host whose clock is wrong never gets a fresh backup
     /// removed; snapshots whose clocks disagree are warned about.
+    ///
+    /// Unless --dry-run, it then writes a catalogue of every snapshot header
+    /// and index (catalog/), from which a machine with an empty cache lists
+    /// and restores in a few requests.
     Forget {
         /// The repository.
         repo: String,
