@@ -1936,6 +1936,10 @@ mod s3_through_a_proxy {
             r#"dump-files db | chunk --repo "$R" --key-file k | squeeze | encrypt --repo "$R" --key-file k > s.bp"#,
         );
         let before = case.all_objects();
+        for (variable, value) in [("BACKPIPE_STORAGE_TIMEOUT", "0"), ("BACKPIPE_STORAGE_RETRIES", "-1")] {
+            let err = case.fails(&format!(r#"{variable}={value} ship "$R" --key-file k < s.bp"#), 2);
+            assert!(err.contains(variable) && err.contains("is not a whole number"), "{err}");
+        }
         let proxy = Proxy::start();
         proxy.stall_after(6 << 20);
         // `timeout` only guards against hanging for good (today's default would be 20 minutes).
