@@ -20,7 +20,7 @@ use super::storage::{concurrently, ObjectReader, Storage};
 use crate::error::{Error, Result};
 
 /// The folder of catalogues.
-pub const FOLDER: &str = "catalog";
+const FOLDER: &str = "catalog";
 /// First eight bytes of a catalogue.
 const MAGIC: [u8; 8] = *b"BPCATLG1";
 /// An entry holding a snapshot header, named by the snapshot's ID.
@@ -127,7 +127,7 @@ impl<R: Read> Read for Hashing<R> {
 /// that were there before. Returns the new catalogue's name. An object
 /// removed since it was listed is left out. Memory holds a few entries at a
 /// time: the catalogue is spooled to a temporary file.
-pub fn write(
+fn write(
     storage: &dyn Storage,
     ids: &[String],
     packs: &[String],

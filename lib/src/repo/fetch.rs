@@ -34,7 +34,7 @@ pub struct Listing {
     pub storage_times: HashMap<String, DateTime<Utc>>,
 }
 
-/// A snapshot whose summary cannot be read.
+/// A snapshot whose summary cannot be read, or does not make sense.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damaged {
     /// The snapshot's ID (its object name).
@@ -67,7 +67,8 @@ impl Found<'_> {
 /// or a summary that does not make sense) by ID. Other failures (I/O,
 /// network) are errors; a snapshot removed (by `forget`) since it was listed
 /// is simply gone. Headers come from the local cache where it has them
-/// ([`HeaderCache`]), the others from the storage, several at a time.
+/// ([`HeaderCache`]), from the catalogue when the cache lacks many
+/// ([`catalog`]), the others from the storage, several at a time.
 pub fn list(repo: &Repository) -> Result<Listing> {
     repo.master()?;
     let objects = repo.storage().list_detailed("snapshots")?;
