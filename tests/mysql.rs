@@ -726,7 +726,7 @@ fn replace_never_drops_a_system_schema_whatever_the_database_names() {
     target.sql("CREATE DATABASE `mysql\nx`; CREATE DATABASE `mysql\tx`");
     let users = target.sql("SELECT COUNT(*) FROM mysql.user");
     let out = case.ok(&format!(
-        "fetch \"$R\" {full} --key-file k | {RESTORE} | restore-mysql --replace {} 2>&1",
+        "fetch \"$R\" {full} --key-file k | {RESTORE} | restore-mysql --replace --drop-other-databases {} 2>&1",
         target.root_login()
     ));
     assert!(out.contains("dropping database mysql\\nx "), "{out}");
@@ -878,4 +878,207 @@ fn a_forged_chunk_never_reaches_the_server() {
     assert_eq!(target.checksums(), sums);
     assert_eq!(target.objects(), source.objects());
     assert!(!has_evil(&target));
+}
+
+#[test]
+fn a_binary_log_in_two_incrementals_is_replayed_once() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    case.backup(&source, "--full");
+    case.ok("cp receipts after-full");
+    // Two incrementals that each continue from the full (as overlapping runs
+    // did): the second holds the binary logs the first holds, and more.
+    let login = source.backup_login();
+    for note in ["first", "second"] {
+        source.sql(&format!("INSERT INTO shop.orders (total, note) VALUES (1, '{note}')"));
+        case.ok(&format!("dump-mysql --incremental --since-receipt after-full {login} | {BACKUP} >> receipts"));
+    }
+    let expected = source.checksums();
+    let chain = format!("fetch \"$R\" --until 9999-01-01 --key-file k | {RESTORE}");
+    let plan = case.ok(&format!("{chain} | restore-mysql --dry-run"));
+    assert_eq!(plan.matches("incremental ").count(), 2, "{plan}");
+    let target = case.server("target");
+    case.ok(&format!("{chain} | restore-mysql {}", target.root_login()));
+    assert_eq!(target.checksums(), expected);
+    assert_eq!(target.sql("SELECT COUNT(*) FROM shop.orders WHERE note IN ('first', 'second')").trim(), "2");
+}
+
+#[test]
+fn replace_proves_the_stopping_point_first_and_drops_only_what_the_backup_recreates() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    let full = case.backup(&source, "--full");
+    source.sql("INSERT INTO shop.orders (total, note) VALUES (5, 'after the full')");
+    let inc = case.backup(&source, "--incremental --since-receipt receipts");
+    let target = case.server("target");
+    target.sql(
+        "CREATE DATABASE keepme; CREATE TABLE keepme.t (v INT); INSERT INTO keepme.t VALUES (42); \
+         CREATE DATABASE shop; CREATE TABLE shop.stale (v INT)",
+    );
+    let before = target.checksums();
+    let chain = format!("fetch \"$R\" {full} {inc} --key-file k | {RESTORE}");
+    let login = target.root_login();
+    // Stopping points the chain cannot reach: refused, the target untouched.
+    for (until, code) in [
+        ("--until-gtid 0-1-99999999", 2),
+        ("--until-position mysql-bin.000999:4", 2),
+        ("--until 2999-01-01T00:00:00Z", 3),
+    ] {
+        let err = case.fails(&format!("{chain} | restore-mysql --replace {until} {login}"), code);
+        assert_eq!(err.trim_end().lines().count(), 1, "{until}: {err}");
+        assert_eq!(target.checksums(), before, "{until} changed the target");
+    }
+    // --replace drops the databases the backup holds, and keeps the others.
+    let out = case.ok(&format!("{chain} | restore-mysql --replace {login} 2>&1"));
+    assert!(out.contains("keeping database keepme") && out.contains("dropping database shop "), "{out}");
+    assert_eq!(target.sql("SELECT v FROM keepme.t").trim(), "42");
+    let mut restored = target.checksums();
+    restored.retain(|table, _| !table.starts_with("keepme."));
+    assert_eq!(restored, source.checksums());
+
+    // A replay that fails part-way (the kept database is created by the
+    // source later): the last line says what the target holds and how to finish.
+    source.sql("CREATE DATABASE keepme");
+    let inc2 = case.backup(&source, "--incremental --since-receipt receipts");
+    let chain = format!("fetch \"$R\" {full} {inc} {inc2} --key-file k | {RESTORE}");
+    let err = case.fails(&format!("{chain} | restore-mysql --replace {login}"), 5);
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.contains("database exists")
+            && last.contains("holds the full backup of")
+            && last.contains("part of the binary logs after it: restore again with --replace"),
+        "{err}"
+    );
+    case.ok(&format!("{chain} | restore-mysql --replace --drop-other-databases {login}"));
+    assert_eq!(target.checksums(), source.checksums());
+    assert_eq!(target.sql("SHOW DATABASES LIKE 'keepme'").trim(), "keepme");
+}
+
+#[test]
+fn a_restore_that_reaches_less_than_asked_fails() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    let full = case.backup(&source, "--full");
+    source.sql("INSERT INTO shop.orders (total, note) VALUES (1, 'one')");
+    let inc1 = case.backup(&source, "--incremental --since-receipt receipts");
+    let mid = instant(&source);
+    source.sql("INSERT INTO shop.orders (total, note) VALUES (2, 'two')");
+    let inc2 = case.backup(&source, "--incremental --since-receipt receipts");
+    let target = case.server("target");
+    let login = target.root_login();
+    let restore = |chain: &str, until: &str| {
+        format!("fetch \"$R\" {chain} --key-file k | {RESTORE} | restore-mysql {until} {login}")
+    };
+    let until = format!("--until {}", mid.time);
+    // The last incremental left out: the chain ends before the time asked for.
+    let err = case.fails(&restore(&format!("{full} {inc1}"), &until), 3);
+    assert!(err.contains("the chain reaches") && err.contains("binary logs after"), "{err}");
+    // A full alone reaches only its own consistent point.
+    let err = case.fails(&restore(&full, &until), 3);
+    assert!(err.contains("the chain reaches"), "{err}");
+    // A middle one left out: the chain does not continue.
+    let err = case.fails(&restore(&format!("{full} {inc2}"), ""), 2);
+    assert!(err.contains("does not continue the chain"), "{err}");
+    assert_eq!(target.sql("SHOW DATABASES LIKE 'shop'"), "", "nothing reached the target");
+    // The whole chain reaches it.
+    case.ok(&restore(&format!("{full} {inc1} {inc2}"), &until));
+    assert_eq!(target.checksums(), mid.checksums);
+}
+
+#[test]
+fn a_signalled_physical_restore_stops_its_server_and_leaves_nothing() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    source.large_table(8);
+    let full = case.backup(&source, "--full --physical");
+    while_writing(&source, 2, || ());
+    let inc = case.backup(&source, "--incremental --since-receipt receipts");
+    let expected = source.checksums();
+    case.ok(&format!("fetch \"$R\" {full} {inc} --key-file k | {RESTORE} > chain.bp"));
+    std::fs::create_dir_all(case.path().join("tmp")).unwrap();
+    std::fs::create_dir_all(case.path().join("restored")).unwrap();
+    // A pattern for pgrep that matches this case's working directories but
+    // not the text of the script that searches for them.
+    let ours = format!("{}/restored/[.]backpipe-restore-", case.path().display());
+    // Signalled while reading its input, while mariadb-backup prepares, and
+    // while the temporary server replays: each time it stops what it
+    // started, removes what it made, and ends by the signal.
+    for (signal, status, input, reached) in [
+        ("TERM", 143, "(head -c 300000 chain.bp; sleep 5)", "sleep 1".to_string()),
+        (
+            "INT",
+            130,
+            "cat chain.bp",
+            format!("until pgrep -f -- '[-]-prepare --target-dir={ours}'; do sleep 0.02; done"),
+        ),
+        ("HUP", 129, "cat chain.bp", format!("until pgrep -f -- '[-]-datadir={ours}'; do sleep 0.05; done")),
+    ] {
+        let out = case.ok(&format!(
+            "set -m; export TMPDIR=\"$PWD/tmp\"
+             {input} | restore-mysql --datadir restored/data > restore.log 2>&1 &
+             pid=$!
+             {reached} > /dev/null
+             kill -{signal} $pid
+             status=0; wait $pid || status=$?; echo $status
+             pgrep -f -- '{ours}' || true"
+        ));
+        let log = std::fs::read_to_string(case.path().join("restore.log")).unwrap();
+        assert_eq!(out.trim(), status.to_string(), "SIG{signal}: no process may be left: {out}\n{log}");
+        for dir in ["tmp", "restored"] {
+            let left: Vec<_> =
+                std::fs::read_dir(case.path().join(dir)).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(left.is_empty(), "SIG{signal} left {left:?} in {dir}\n{log}");
+        }
+    }
+    // A run killed outright leaves its working directory; the next removes it.
+    case.ok("export TMPDIR=\"$PWD/tmp\"
+         (head -c 300000 chain.bp; sleep 3) | restore-mysql --datadir restored/data 2>/dev/null & pid=$!
+         sleep 1; kill -KILL $pid; wait $pid || true");
+    assert!(std::fs::read_dir(case.path().join("restored")).unwrap().count() == 1, "SIGKILL leaves its directory");
+    let dir = case.server("restarted").dir.clone(); // stopped again when dropped
+    let out = case.ok(&format!(
+        "export TMPDIR=\"$PWD/tmp\"
+         mv restored/.backpipe-restore-* {dir}/
+         restore-mysql --datadir {dir}/data --replace --server-defaults {dir}/my.cnf < chain.bp 2>&1",
+        dir = dir.display()
+    ));
+    assert!(out.contains("left by an interrupted run"), "{out}");
+    let restarted = Server::start(&dir);
+    assert_eq!(restarted.checksums(), expected);
+    let left: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!left.iter().any(|name| name.starts_with(".backpipe-restore-")), "{left:?}");
+}
+
+#[test]
+fn a_physical_restore_into_a_mount_point_moves_the_data_in() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    let full = case.backup(&source, "--full --physical");
+    source.sql("INSERT INTO shop.orders (total, note) VALUES (3, 'after the full')");
+    let inc = case.backup(&source, "--incremental --since-receipt receipts");
+    let expected = source.checksums();
+    let dir = case.server("target").dir.clone(); // stopped again when dropped
+                                                 // The data directory is a volume of its own (a tmpfs over the old one).
+    let mount = Mount::tmpfs(&dir.join("data"), "512m");
+    let chain = format!("fetch \"$R\" {full} {inc} --key-file k | {RESTORE}");
+    let restore = format!("restore-mysql --datadir {0}/data --server-defaults {0}/my.cnf", dir.display());
+    case.ok(&format!("{chain} | {restore}"));
+    let restarted = Server::start(&dir);
+    assert_eq!(restarted.checksums(), expected);
+    drop(restarted);
+    // Into the same mount again: its contents are moved aside inside it.
+    let err = case.fails(&format!("{chain} | {restore}"), 5);
+    assert!(err.contains("is not empty"), "{err}");
+    let out = case.ok(&format!("{chain} | {restore} --replace 2>&1"));
+    assert!(out.contains("moved the old contents of the mount point to"), "{out}");
+    let restarted = Server::start(&dir);
+    assert_eq!(restarted.checksums(), expected);
+    drop(restarted);
+    drop(mount);
 }

@@ -982,6 +982,7 @@ mod keys_and_verification {
     on_every_backend!(
         concurrent_key_removals_always_leave_a_full_key,
         a_chunk_forged_by_a_write_only_key_never_reaches_a_restore,
+        prune_never_keeps_a_forged_copy_in_place_of_a_genuine_one,
     );
 
     /// Rounds of two removals at once (on SFTP, where each tool first starts
@@ -1190,6 +1191,51 @@ mod keys_and_verification {
         }
         case.ok(r#"repo check --read-data "$R" --key-file k 2>/dev/null"#);
         assert!(case.objects("quarantine").is_empty(), "its quarantine went with it");
+    }
+
+    /// Of two packs holding the same chunks, prune keeps one and deletes the
+    /// other, but first reads the kept copies: a write-only key (its `ship`
+    /// modified not to deduplicate) stores forged copies of an honest
+    /// backup's chunks in a fuller pack, the one prune prefers to keep. Before
+    /// the honest pack goes, prune finds the kept copies forged, quarantines
+    /// them and keeps the honest pack (exit 4, naming why); the next run keeps
+    /// it for good, and the honest backup restores.
+    fn prune_never_keeps_a_forged_copy_in_place_of_a_genuine_one(backend: Backend) {
+        let case = Case::new(backend);
+        let dir = case.path();
+        let content = data(3, 80);
+        put(&dir.join("db/table.sql"), &content, 0o644, 1_700_000_000);
+        let honest = case.ship("db");
+        let honest_pack = case.objects("index");
+        assert_eq!(honest_pack.len(), 1);
+        case.ok(r#"keygen w && repo key add "$R" --key-file k --write-only --new-key-file w 2>/dev/null"#);
+        // The forger predicts the table and one file more, so its pack holds more needed chunks.
+        put(&dir.join("db/more.sql"), &data(1, 81), 0o644, 1_700_000_000);
+        let storage = case.storage();
+        let index = storage.read(&honest_pack[0]).unwrap();
+        storage.remove(&honest_pack[0]).unwrap();
+        case.ok(r#"dump-files db | chunk --repo "$R" --key-file w > predicted.bp"#);
+        let forged = forge_chunks(&std::fs::read(dir.join("predicted.bp")).unwrap());
+        std::fs::write(dir.join("forged.bp"), &forged).unwrap();
+        case.ok(r#"squeeze < forged.bp | encrypt --repo "$R" --key-file w | ship "$R" --key-file w > /dev/null"#);
+        storage.create(&honest_pack[0], &index).unwrap();
+        assert_eq!(case.objects("index").len(), 2, "two packs hold the table's chunks");
+
+        let prune = r#"repo prune "$R" --grace 0m --key-file k"#;
+        let err = String::from_utf8_lossy(&case.ok(&format!("{prune} 2>&1"))).into_owned();
+        assert!(err.contains(": 1 packs marked") && err.contains("1 of the packs marked"), "{err}");
+        let err = case.fails(prune, 4);
+        assert!(err.contains("did not verify") && err.contains("quarantined"), "{err}");
+        assert!(!case.objects("quarantine").is_empty());
+        assert!(storage.exists(&honest_pack[0]).unwrap(), "the honest pack stays");
+        let out = case.run(&format!("{prune} --json"));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!((&report["unmarked"], &report["deleted"]), (&1.into(), &0.into()), "{report}");
+        case.ok(prune);
+        assert!(storage.exists(&honest_pack[0]).unwrap());
+        case.restore(id_of(&honest), "out");
+        assert_eq!(std::fs::read(dir.join("out/db/table.sql")).unwrap(), content);
     }
 }
 

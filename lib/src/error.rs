@@ -111,6 +111,11 @@ impl Error {
         Error { message: format!("{context}: {}", self.message), ..self }
     }
 
+    /// Adds what follows from the cause (the state it left, what to do), keeping the class.
+    pub fn with_note(self, note: impl fmt::Display) -> Self {
+        Error { message: format!("{}; {note}", self.message), ..self }
+    }
+
     /// True when the error is a closed downstream pipe, which is not worth a message.
     pub fn is_broken_pipe(&self) -> bool {
         self.broken_pipe

@@ -15,6 +15,7 @@ pub mod error;
 pub mod filter;
 pub mod format;
 pub mod inspect;
+pub mod interrupt;
 pub mod keys;
 pub mod meta;
 pub mod mysql;
@@ -25,6 +26,7 @@ pub mod reader;
 pub mod repo;
 pub mod source;
 pub mod unpack;
+pub mod workdir;
 pub mod writer;
 pub mod xattr;
 

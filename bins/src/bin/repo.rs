@@ -456,7 +456,13 @@ fn main() {
                 report.waiting,
                 report.unmarked
             ));
-            Ok(())
+            match report.quarantined {
+                0 => Ok(()),
+                n => Err(backpipe::Error::integrity(format!(
+                    "{n} chunk copies kept in place of duplicates did not verify (forged by a write-only key, or \
+                     damaged): they are quarantined and their duplicates stay; run `repo check --read-data`"
+                ))),
+            }
         }
         Command::Key { action: KeyAction::Add { repo, write_only, new, keys } } => {
             let repo = cli::open_repo(&repo, &keys)?;

@@ -13,28 +13,31 @@ use clap::Parser;
 /// followed by its incrementals (what `fetch --until` writes, after
 /// `encrypt -d | squeeze -d | chunk -d`).
 ///
+/// Nothing on the target changes before the whole input is read and
+/// verified (every entry's digest, every binary log event's checksum) and
+/// the stopping point is proven inside what the chain holds: the input is
+/// first spooled to private files in a working directory of mode 0700
+/// (under $TMPDIR for a logical restore, which needs room for it). A
+/// restore that would stop earlier than asked fails.
+///
 /// A logical full is loaded into the running server the connection options
 /// name, which must hold no databases (besides mysql, sys and the schemas
-/// of information) unless --replace drops them first. Accounts the dump
-/// holds are created unless they exist. The dump is first written to a
-/// private file under $TMPDIR (which needs room for it) and loaded only
-/// once its digest matched: no statement of a damaged or forged dump
-/// reaches the server.
+/// of information) unless --replace drops those the backup holds first.
+/// Accounts the dump holds are created unless they exist.
 ///
-/// A physical full is prepared in a staging directory beside --datadir; if
-/// incrementals follow, their binary logs are replayed there through a
-/// temporary private server (--server-defaults gives it the production
-/// my.cnf). Only then does it take the place of --datadir, which must be
-/// empty or absent (--replace moves it aside); the server there must be
-/// stopped. Start the real server afterwards (owned by its user:
-/// chown -R mysql: DIR).
+/// A physical full is prepared in a staging directory on --datadir's file
+/// system (inside it, when it is a mount point); if incrementals follow,
+/// their binary logs are replayed there through a temporary private server
+/// (--server-defaults gives it the production my.cnf). Only then does it
+/// take the place of --datadir, which must be empty or absent (--replace
+/// moves its contents aside); the server there must be stopped. Start the
+/// real server afterwards (owned by its user: chown -R mysql: DIR).
 ///
 /// Then the binary logs are replayed from the full's coordinates up to the
 /// stopping point: the end (default), --until TIME, --until-position or
 /// --until-gtid. --dry-run prints the plan (backups, binary logs,
-/// positions, stopping point) and touches nothing. Every entry's digest and
-/// every binary log event's checksum are verified before any of it reaches
-/// a server.
+/// positions, stopping point) and touches nothing. On SIGTERM, SIGINT or
+/// SIGHUP it stops the temporary server and removes what it made.
 #[derive(Parser)]
 #[command(name = "restore-mysql", version, after_help = AFTER_HELP)]
 struct Args {
@@ -51,9 +54,15 @@ struct Args {
     /// Print the plan only; connect to no server and write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Drop the target's databases (logical) or move the data directory aside (physical) first.
+    /// Restore over what the target holds: drop the databases the backup
+    /// holds (logical), or move the data directory's contents aside
+    /// (physical). Only once the whole input is verified and the stopping
+    /// point proven reachable.
     #[arg(long)]
     replace: bool,
+    /// With --replace, also drop the target's databases the backup does not hold.
+    #[arg(long, requires = "replace")]
+    drop_other_databases: bool,
     /// A physical backup's destination: the stopped server's data directory.
     #[arg(long, value_name = "DIR")]
     datadir: Option<PathBuf>,
@@ -71,13 +80,14 @@ Examples:
   fetch R latest ... | restore-mysql --dry-run
   fetch R SNAPSHOT ... | restore-mysql --datadir /var/lib/mysql   # physical, server stopped
 
-Exit status: 0 restored, 1 error, 2 usage (wrong input or options), 3 incomplete input,
-4 integrity failure (digest, binary log checksum), 5 database error (server unreachable,
-login refused, target not empty, a statement failed).";
+Exit status: 0 restored, 1 error, 2 usage (wrong input or options), 3 incomplete input
+(or a chain that ends before the stopping point), 4 integrity failure (digest, binary log checksum), 5 database error (server unreachable,
+login refused, target not empty, a statement failed), 128+N ended by signal N.";
 
 fn main() {
     let args = Args::parse();
     cli::main("restore-mysql", || {
+        backpipe::interrupt::install()?;
         let until = if let Some(time) = &args.until {
             Until::Time(backpipe::repo::fetch::parse_time(time)?)
         } else if let Some(position) = &args.until_position {
@@ -93,6 +103,7 @@ fn main() {
             replace: args.replace,
             datadir: args.datadir.clone(),
             server_defaults: args.server_defaults.clone(),
+            drop_others: args.drop_other_databases,
         };
         let client = Client::new(&args.connect)?;
         restore(&client, cli::stream_stdin()?, &options, &mut std::io::stdout().lock())

@@ -265,7 +265,12 @@ pub struct Running {
     tool: String,
     /// The server it talks to, if any (for hints).
     target: Option<String>,
+    /// Stops the tool if a signal ends this process first.
+    _stopped_on_signal: crate::interrupt::Registration,
 }
+
+/// How long a client tool may take to stop when this process is interrupted.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Running {
     /// Starts `command` (the client tool `tool`), collecting its stderr.
@@ -297,7 +302,14 @@ impl Running {
             }
             kept
         });
-        Ok(Running { child, stderr: Some(collector), tool: tool.to_string(), target: None })
+        let registration = crate::interrupt::stop_on_signal(child.id(), STOP_GRACE);
+        Ok(Running {
+            child,
+            stderr: Some(collector),
+            tool: tool.to_string(),
+            target: None,
+            _stopped_on_signal: registration,
+        })
     }
 
     /// Waits for the tool; a failure becomes one line naming the cause.

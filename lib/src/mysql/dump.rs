@@ -14,7 +14,7 @@ use crate::meta::{Begin, End, Entry, EntryType, RawPath};
 use crate::mysql::client::Client;
 use crate::mysql::locked::{self, ReadLock, TableDump};
 use crate::mysql::positions::{Positions, LOGICAL, PHYSICAL};
-use crate::mysql::server::{sql_string, ServerInfo};
+use crate::mysql::server::{sql_string, user_databases, ServerInfo};
 use crate::progress::Progress;
 use crate::source::emit::{produce, send_content, SourceWriter};
 
@@ -76,6 +76,7 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
             // Listed again under the lock, which holds table changes too.
             false => (Some(ReadLock::acquire(client)?), locked::non_transactional_tables(client)?),
         };
+        let databases = Some(user_databases(client)?);
         let ignore = locked::ignore_options(&tables)?;
         let options: Vec<&str> = DUMP_OPTIONS.iter().copied().chain(ignore.iter().map(String::as_str)).collect();
         let mut dump = client.spawn("mariadb-dump", &options, |c| {
@@ -91,7 +92,8 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
         let (file, pos) = coordinates(&head)?;
         let gtid = client.value(&format!("SELECT IFNULL(BINLOG_GTID_POS({}, {pos}), '')", sql_string(&file)?))?;
         let gtid = Some(gtid).filter(|g| !g.is_empty());
-        let positions = Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid, ..server.positions(LOGICAL) };
+        let positions =
+            Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid, databases, ..server.positions(LOGICAL) };
         begin_full(writer, &positions)?;
         let progress = Progress::for_stage(TOOL);
         let mut totals = End::default();

@@ -56,6 +56,10 @@ pub struct Positions {
     /// A physical full: when its copy ended, which is when its data is consistent (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_at: Option<String>,
+    /// A logical full: the databases it holds (all but the system schemas),
+    /// which a restore with `--replace` drops on the target before loading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Vec<String>>,
 }
 
 impl Positions {

@@ -2,14 +2,18 @@
 //! `fetch --until` writes) and rebuilds the server: loads the logical dump
 //! into a running server, or prepares the physical copy and moves it into a
 //! data directory; then replays the binary logs from the full's coordinates
-//! up to the stopping point. Nothing reaches the server before it is
-//! verified: a logical dump is spooled to a private file (mode 0600, in a
-//! working directory of mode 0700) and loaded only once its digest matched,
-//! and binary logs are replayed only once every entry of the input checked;
-//! a load that fails part-way (a statement the server refuses) still leaves
-//! the target partly loaded. A physical restore is prepared and replayed in a
-//! staging directory and takes the data directory's place only when all
-//! succeeded.
+//! up to the stopping point.
+//!
+//! Nothing changes on the target before the whole input is read and
+//! verified and the stopping point is proven reachable: the dump and the
+//! binary logs are spooled to private files (mode 0600, in a working
+//! directory of mode 0700 named after this process, which a later run
+//! removes if this one is killed), every entry's digest and every event's
+//! checksum checked, and the plan made from what the chain holds. A load or
+//! replay that fails part-way (a statement the server refuses) leaves the
+//! target partly restored, and the last line says so. A physical restore is
+//! prepared and replayed in a staging directory and takes the data
+//! directory's place only when all succeeded.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -30,6 +34,7 @@ use crate::mysql::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
 use crate::mysql::positions::{parse_gtids, sequence_of, Positions, PHYSICAL};
 use crate::mysql::replay::{replay, Until, UTC_FORMAT};
 use crate::mysql::scratch::ScratchServer;
+use crate::mysql::server::{user_databases, SYSTEM_SCHEMAS};
 use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
 
@@ -50,7 +55,12 @@ pub struct Options {
     pub datadir: Option<PathBuf>,
     /// The server's option file, for the temporary server a physical restore replays into.
     pub server_defaults: Option<PathBuf>,
+    /// With `replace`, also drop the target's databases the backup does not hold.
+    pub drop_others: bool,
 }
+
+/// How the names of this tool's working directories start (then the process ID).
+pub const WORK_PREFIX: &str = ".backpipe-restore-";
 
 /// The full backup at the head of the chain.
 struct Full {
@@ -63,6 +73,10 @@ struct ReceivedLog {
     name: String,
     path: Option<PathBuf>,
     checked: Checked,
+    /// Its size and BLAKE3, to tell a copy of it in a later incremental
+    /// (overlapping runs copy a file twice) from another file of that name.
+    size: u64,
+    digest: String,
 }
 
 /// Where the content of the entry being read goes.
@@ -71,7 +85,7 @@ enum Sink {
     /// the private staging directory).
     Pipe(Running, ChildStdin),
     /// A logical dump, spooled to a private file: loaded into the server only
-    /// once the entry's digest matched.
+    /// once the whole input is verified.
     Spool(PathBuf, BufWriter<File>),
     /// A binary log: checked, and kept in a file unless dry-running.
     Binlog { name: String, file: Option<(PathBuf, BufWriter<File>)>, check: BackgroundCheck },
@@ -92,6 +106,10 @@ struct Restore<'a> {
     options: &'a Options,
     /// Declared before `work`, so a tool writing into it stops before it is removed.
     open: Option<Open>,
+    /// The spooled logical dumps, in the order they load.
+    dumps: Vec<PathBuf>,
+    /// Removes `work` if a signal ends the restore.
+    _removed_on_signal: crate::interrupt::Registration,
     work: tempfile::TempDir,
     full: Option<Full>,
     /// Descriptions of the backups read, for the plan.
@@ -105,27 +123,26 @@ struct Restore<'a> {
 
 /// Restores the chain read from `input`; with `options.dry_run`, writes the plan to `plan` instead.
 pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut dyn Write) -> Result<()> {
-    // Beside the data directory, so the restored copy moves in by renaming.
-    let work_parent = match options.datadir.as_deref().and_then(Path::parent) {
-        Some(parent) if !options.dry_run && !parent.as_os_str().is_empty() => {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("cannot create '{}'", parent.display()), e))?;
-            Some(parent)
-        }
-        _ => None,
+    // On the data directory's file system, so the restored copy moves in by
+    // renaming: beside it, or inside it when it is a mount point.
+    let work_parent = match options.datadir.as_deref() {
+        Some(datadir) if !options.dry_run => staging_parent(datadir)?,
+        _ => std::env::temp_dir(),
     };
-    // Private: it holds the backup's data (the spooled dump, binary logs, the staged copy).
-    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
-    let builder = tempfile::Builder::new().prefix(".backpipe-restore-").permissions(private).clone();
-    let work = match work_parent {
-        Some(parent) => builder.tempdir_in(parent),
-        None => builder.tempdir(),
+    for parent in [&work_parent, &std::env::temp_dir()] {
+        for note in crate::workdir::remove_stale(parent, WORK_PREFIX) {
+            crate::cli::say(&format!("{TOOL}: {note}"));
+        }
     }
-    .map_err(|e| Error::io("cannot create a working directory", e))?;
+    // Private: it holds the backup's data (the spooled dump, binary logs, the staged copy).
+    let work = crate::workdir::create(&work_parent, WORK_PREFIX)
+        .map_err(|e| Error::io(format!("cannot create a working directory in '{}'", work_parent.display()), e))?;
     let mut state = Restore {
         client,
         options,
         open: None,
+        dumps: Vec::new(),
+        _removed_on_signal: crate::interrupt::remove_on_signal(work.path()),
         work,
         full: None,
         backups: Vec::new(),
@@ -241,8 +258,9 @@ impl Restore<'_> {
                     )
                 })?;
                 check_datadir(datadir, self.options.replace)?;
-            } else {
-                prepare_target(self.client, self.options.replace)?;
+            } else if !self.options.replace {
+                // Refused now, before the input is read; with --replace, dropped once it all verified.
+                refuse_nonempty_target(self.client, &target_databases(self.client)?)?;
             }
         }
         self.full = Some(Full { positions, started: begin.started.clone() });
@@ -254,7 +272,7 @@ impl Restore<'_> {
         let dry = self.options.dry_run;
         let sink = match entry.role.as_str() {
             LOGICAL_ROLE if !dry => {
-                let path = self.work.path().join("dump.sql");
+                let path = self.work.path().join(format!("dump-{}.sql", self.dumps.len()));
                 let file = private_file(&path)?;
                 Sink::Spool(path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file))
             }
@@ -274,7 +292,8 @@ impl Restore<'_> {
                     return Err(Error::integrity(format!("entry '{name}' is not a binary log name")));
                 }
                 sequence_of(&log)?;
-                let file = if dry {
+                // A second copy of a file (overlapping incrementals) is only compared with the first.
+                let file = if dry || self.logs.iter().any(|received| received.name == log) {
                     None
                 } else {
                     let path = self.work.path().join(&log);
@@ -333,12 +352,32 @@ impl Restore<'_> {
             )));
         }
         if let Sink::Spool(path, out) = open.sink {
-            load_dump(self.client, &path, out)?;
-        } else if let Some(log) = finish_sink(open.sink)? {
-            self.logs.push(log);
+            out.into_inner().map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e.into_error()))?;
+            self.dumps.push(path);
+        } else if let Some(mut log) = finish_sink(open.sink)? {
+            log.size = open.size;
+            log.digest = digest;
+            self.received(log)?;
         }
         self.totals.0 += 1;
         self.totals.1 += end.size;
+        Ok(())
+    }
+
+    /// Keeps a received binary log; a second copy of one already received
+    /// (overlapping incrementals both copied it) must be the same file.
+    fn received(&mut self, log: ReceivedLog) -> Result<()> {
+        match self.logs.iter().find(|first| first.name == log.name) {
+            None => self.logs.push(log),
+            Some(first) if first.size == log.size && first.digest == log.digest => {}
+            Some(first) => {
+                return Err(Error::integrity(format!(
+                    "binary log {} appears twice in the chain with different content ({} and {} bytes): the \
+                     backups come from two servers, or its history was reset",
+                    log.name, first.size, log.size
+                )))
+            }
+        }
         Ok(())
     }
 
@@ -382,16 +421,16 @@ impl Restore<'_> {
     }
 
     /// Plans the replay; then prints the plan (dry run) or carries it out.
+    /// Nothing on the target changes before the plan is made.
     fn finish(self, out: &mut dyn Write) -> Result<()> {
         let full = self.full.as_ref().expect("read checked");
-        let plan = plan_replay(&full.positions, &self.logs, &self.options.until)?;
+        let full_time = full.positions.consistent_at.as_deref().or(Some(&full.started)).and_then(parse_time);
+        let plan = plan_replay(&full.positions, full_time, &self.logs, &self.options.until)?;
         let mut lines = self.backups.clone();
         lines.push(plan.describe(&full.positions));
-        if let Some(note) = &plan.note {
-            lines.push(format!("note         {note}"));
-        }
+        let physical = full.positions.method == PHYSICAL;
         lines.push(match &self.options.datadir {
-            Some(dir) if full.positions.method == PHYSICAL => format!("target       data directory {}", dir.display()),
+            Some(dir) if physical => format!("target       data directory {}", dir.display()),
             _ => format!("target       {}", self.client.target()),
         });
         if self.options.dry_run {
@@ -400,26 +439,47 @@ impl Restore<'_> {
             }
             return Ok(());
         }
+        for line in &lines {
+            crate::cli::say(&format!("{TOOL}: {line}"));
+        }
         let files: Vec<PathBuf> = plan.logs.iter().map(|log| log.path.clone().expect("kept when not dry")).collect();
         let start = full.positions.binlog_pos.unwrap_or(4);
-        if full.positions.method == PHYSICAL {
-            // Everything happens in a staging directory beside the data
-            // directory, which changes only once it all succeeded.
+        if physical {
+            // Everything happens in a staging directory on the data
+            // directory's file system, which changes only once it all succeeded.
             let datadir = self.options.datadir.as_deref().expect("checked at Begin");
             let defaults = self.options.server_defaults.as_deref();
             let staged = self.work.path().join("data");
-            prepare_physical(&self.work.path().join("full"), &staged, defaults)?;
+            let unchanged = |e: Error| e.with_note(format!("'{}' is unchanged", datadir.display()));
+            prepare_physical(&self.work.path().join("full"), &staged, defaults).map_err(unchanged)?;
             if !files.is_empty() {
-                let server = ScratchServer::start(&staged, defaults)?;
-                replay(&server.client(), "FLUSH PRIVILEGES;\n", &files, start, &plan.until)?;
-                server.stop()?;
+                let server = ScratchServer::start(&staged, defaults).map_err(unchanged)?;
+                replay(&server.client(), "FLUSH PRIVILEGES;\n", &files, start, &plan.until).map_err(unchanged)?;
+                server.stop().map_err(unchanged)?;
             }
-            swap_in(&staged, datadir, self.options.replace)?;
-        } else if !files.is_empty() {
-            replay(self.client, "", &files, start, &plan.until)?;
+            return swap_in(&staged, datadir, self.options.replace);
         }
-        for line in &lines {
-            crate::cli::say(&format!("{TOOL}: {line}"));
+        let databases = full.positions.databases.as_deref();
+        let partly = |e: Error| {
+            e.with_note(format!(
+                "{} now holds part of the full backup of {}: restore again with --replace",
+                self.client.target(),
+                full.started
+            ))
+        };
+        prepare_target(self.client, self.options.replace, databases, self.options.drop_others).map_err(partly)?;
+        for dump in &self.dumps {
+            load_dump(self.client, dump).map_err(partly)?;
+        }
+        if !files.is_empty() {
+            replay(self.client, "", &files, start, &plan.until).map_err(|e| {
+                e.with_note(format!(
+                    "{} holds the full backup of {} and part of the binary logs after it: restore again with \
+                     --replace (to this stopping point or an earlier one)",
+                    self.client.target(),
+                    full.started
+                ))
+            })?;
         }
         Ok(())
     }
@@ -433,11 +493,9 @@ fn private_file(path: &Path) -> Result<File> {
     options.open(path).map_err(|e| Error::io(format!("cannot create '{}'", path.display()), e))
 }
 
-/// Loads a verified logical dump, spooled at `path` through `out`, into the
-/// server, then removes the file.
-fn load_dump(client: &Client, path: &Path, out: BufWriter<File>) -> Result<()> {
-    let failed = |e: std::io::Error| Error::io(format!("cannot write '{}'", path.display()), e);
-    out.into_inner().map_err(|e| failed(e.into_error()))?;
+/// Loads a verified logical dump, spooled at `path`, into the server, then
+/// removes the file.
+fn load_dump(client: &Client, path: &Path) -> Result<()> {
     let dump = File::open(path).map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
     client
         .spawn("mariadb", &["--binary-mode"], |c| {
@@ -466,7 +524,8 @@ fn finish_sink(sink: Sink) -> Result<Option<ReceivedLog>> {
                 }
                 None => None,
             };
-            Ok(Some(ReceivedLog { name, path, checked }))
+            // Its size and digest are the entry's, which the caller knows.
+            Ok(Some(ReceivedLog { name, path, checked, size: 0, digest: String::new() }))
         }
         Sink::Discard => Ok(None),
     }
@@ -476,7 +535,6 @@ fn finish_sink(sink: Sink) -> Result<Option<ReceivedLog>> {
 struct ReplayPlan<'a> {
     logs: Vec<&'a ReceivedLog>,
     until: Until,
-    note: Option<String>,
 }
 
 impl ReplayPlan<'_> {
@@ -509,8 +567,15 @@ fn utc(seconds: u32) -> String {
     DateTime::<Utc>::from_timestamp(i64::from(seconds), 0).map(|t| t.format(UTC_FORMAT).to_string()).unwrap_or_default()
 }
 
-/// Chooses the received binary logs that carry the full's data forward to `until`.
-fn plan_replay<'a>(full: &Positions, logs: &'a [ReceivedLog], until: &Until) -> Result<ReplayPlan<'a>> {
+/// Chooses the received binary logs that carry the full's data forward to
+/// `until`, proving that they reach it; `full_time` is when the full's data
+/// is consistent.
+fn plan_replay<'a>(
+    full: &Positions,
+    full_time: Option<DateTime<Utc>>,
+    logs: &'a [ReceivedLog],
+    until: &Until,
+) -> Result<ReplayPlan<'a>> {
     let first_file = full.binlog_file.as_deref().expect("checked at End");
     let first = sequence_of(first_file)?;
     let mut chosen: Vec<&ReceivedLog> = Vec::new();
@@ -531,19 +596,33 @@ fn plan_replay<'a>(full: &Positions, logs: &'a [ReceivedLog], until: &Until) -> 
     if chosen.first().is_some_and(|log| log.name != first_file) {
         return Err(Error::usage(format!("the input does not hold {first_file}, where the full backup ends")));
     }
-    let mut note = None;
     match until {
         Until::Latest => {}
         Until::Time(t) => {
             let stamp = t.timestamp();
+            // The last file ends with the event that closed it: every event
+            // stamped before that is in the chain (a full alone: before its consistent point).
+            let reached = match chosen.last() {
+                Some(log) => i64::from(log.checked.last_time),
+                None => full_time.map_or(i64::MIN, |at| at.timestamp()),
+            };
+            if reached < stamp {
+                let missing = match chosen.last() {
+                    Some(log) => format!("binary logs after {}", log.name),
+                    None => format!("binary logs from {first_file}"),
+                };
+                return Err(Error::incomplete(format!(
+                    "the chain reaches {}, before --until {}: the {missing} are not in the input (an incremental is \
+                     missing, or was not taken yet); restore to a time the chain reaches, or without --until to \
+                     the latest state it holds",
+                    DateTime::<Utc>::from_timestamp(reached, 0)
+                        .map_or("nothing".into(), |at| at.format(UTC_FORMAT).to_string()),
+                    t.format(UTC_FORMAT)
+                )));
+            }
             // Files created at or after the time hold only later events.
             let keep = chosen.iter().skip(1).take_while(|log| i64::from(log.checked.first_time) < stamp).count() + 1;
             chosen.truncate(keep);
-            if chosen.last().is_none_or(|log| i64::from(log.checked.last_time) < stamp) {
-                let end =
-                    chosen.last().map(|log| utc(log.checked.last_time)).unwrap_or_else(|| "the full backup".into());
-                note = Some(format!("the backups end at {end}, before the time asked for; the restore goes that far"));
-            }
         }
         Until::Position { file, pos } => {
             let at = chosen.iter().position(|log| log.name == *file).ok_or_else(|| {
@@ -562,7 +641,7 @@ fn plan_replay<'a>(full: &Positions, logs: &'a [ReceivedLog], until: &Until) -> 
         }
         Until::Gtid(gtids) => check_gtids_reached(gtids, full, &chosen)?,
     }
-    Ok(ReplayPlan { logs: chosen, until: until.clone(), note })
+    Ok(ReplayPlan { logs: chosen, until: until.clone() })
 }
 
 /// True when the incremental with `positions` holds binary log `file`.
@@ -602,54 +681,91 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
-/// The databases that make a server "not empty": all but the system schemas.
-/// The system schemas: never dropped, whatever a listing says.
-const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
-
-/// The target's own databases, names in hex: a name holding a tab or a
-/// newline cannot be misread as two (or as `mysql`).
-const USER_DATABASES: &str = "SELECT HEX(schema_name) FROM information_schema.schemata \
-     WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1";
-
 /// The role mariadb-dump's account statements create and drop around
 /// themselves; one left by an interrupted load would make the next fail.
 const DUMP_IMPORT_ROLE: &str = "mariadb_dump_import_role";
 
-/// Refuses a target server that holds databases, or drops them with `replace`.
-fn prepare_target(client: &Client, replace: bool) -> Result<()> {
-    let databases = client
-        .query(USER_DATABASES)?
-        .into_iter()
-        .map(|row| {
-            let name = row.first().and_then(|h| hex::decode(h).ok()).and_then(|b| String::from_utf8(b).ok());
-            name.ok_or_else(|| Error::engine(format!("unexpected answer listing databases: {}", row.join(" "))))
-        })
-        .collect::<Result<Vec<String>>>()?;
+/// The target's own databases (all but the system schemas).
+fn target_databases(client: &Client) -> Result<Vec<String>> {
+    let databases = user_databases(client)?;
     if let Some(system) = databases.iter().find(|db| SYSTEM_SCHEMAS.contains(&db.as_str())) {
         return Err(Error::engine(format!("the target listed the system schema '{system}' as a user database")));
     }
+    Ok(databases)
+}
+
+/// Refuses a target that holds databases of its own.
+fn refuse_nonempty_target(client: &Client, databases: &[String]) -> Result<()> {
     if databases.is_empty() {
-        client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
         return Ok(());
     }
+    Err(Error::engine(format!(
+        "{} already holds databases ({}); restore into an empty server, or pass --replace to drop those the \
+         backup holds first",
+        client.target(),
+        databases.iter().map(|db| db.escape_debug().to_string()).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// Makes the target ready for a logical load: refuses one that holds
+/// databases unless `replace`, which drops those the backup recreates
+/// (`recreated`; every one when the backup does not record them) and, with
+/// `drop_others`, the rest too. System schemas are never dropped.
+fn prepare_target(client: &Client, replace: bool, recreated: Option<&[String]>, drop_others: bool) -> Result<()> {
+    let databases = target_databases(client)?;
     if !replace {
-        return Err(Error::engine(format!(
-            "{} already holds databases ({}); restore into an empty server, or pass --replace to drop them first",
-            client.target(),
-            databases.iter().map(|db| db.escape_debug().to_string()).collect::<Vec<_>>().join(", ")
-        )));
+        refuse_nonempty_target(client, &databases)?;
     }
     for db in &databases {
-        crate::cli::say(&format!("{TOOL}: dropping database {} (--replace)", db.escape_debug()));
-        client.query(&format!("DROP DATABASE `{}`", db.replace('`', "``")))?;
+        let shown = db.escape_debug();
+        match recreated {
+            Some(recreated) if !drop_others && !recreated.contains(db) => {
+                crate::cli::say(&format!(
+                    "{TOOL}: keeping database {shown}: the backup does not hold it (--drop-other-databases drops it)"
+                ));
+            }
+            _ => {
+                crate::cli::say(&format!("{TOOL}: dropping database {shown} (--replace)"));
+                client.query(&format!("DROP DATABASE `{}`", db.replace('`', "``")))?;
+            }
+        }
     }
     client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
     Ok(())
 }
 
+/// Where the working directory of a physical restore into `datadir` goes:
+/// on the same file system, so the restored copy moves in by renaming.
+/// Beside it; inside it when it is a mount point (its own volume), whose
+/// contents are then moved in one by one.
+fn staging_parent(datadir: &Path) -> Result<PathBuf> {
+    if is_mount_root(datadir)? {
+        return Ok(datadir.to_path_buf());
+    }
+    let parent = datadir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("cannot create '{}'", parent.display()), e))?;
+    Ok(parent.to_path_buf())
+}
+
+/// True when `dir` is a directory at the root of a mount.
+fn is_mount_root(dir: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let failed = |e| Error::io(format!("cannot examine '{}'", dir.display()), e);
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(failed(e)),
+    }
+    let real = dir.canonicalize().map_err(failed)?;
+    let Some(parent) = real.parent() else { return Ok(true) };
+    let device = std::fs::metadata(parent).map_err(failed)?.dev();
+    crate::workdir::is_mount_point(&real, device).map_err(failed)
+}
+
 /// Refuses a data directory that holds files, unless `replace`.
 fn check_datadir(datadir: &Path, replace: bool) -> Result<()> {
-    if is_empty_dir(datadir)? {
+    if data_entries(datadir)?.is_empty() {
         Ok(())
     } else if replace {
         refuse_running_server(datadir)
@@ -688,12 +804,24 @@ fn refuse_running_server(datadir: &Path) -> Result<()> {
     }
 }
 
-fn is_empty_dir(dir: &Path) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(Error::io(format!("cannot read '{}'", dir.display()), e)),
+/// What a data directory holds, but a file system's `lost+found` and the
+/// working directories of restores (which stage inside a mount point).
+fn data_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("cannot read '{}'", dir.display()), e)),
+    };
+    let mut entries = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| Error::io(format!("cannot read '{}'", dir.display()), e))?;
+        let name = entry.file_name();
+        let ours = name.to_str().is_some_and(|n| n == "lost+found" || n.starts_with(WORK_PREFIX));
+        if !ours {
+            entries.push(entry.path());
+        }
     }
+    Ok(entries)
 }
 
 /// Prepares an extracted physical backup and moves it into `staged`, a new
@@ -716,23 +844,50 @@ fn prepare_physical(extracted: &Path, staged: &Path, defaults: Option<&Path>) ->
 
 /// Puts the restored `staged` directory in place of `datadir`: an empty or
 /// absent one is replaced, a non-empty one renamed aside first (only with
-/// `replace`, and never while a server holds it).
+/// `replace`, and never while a server holds it). A data directory that is
+/// a mount point stays; its contents are moved instead (`staged` is inside it).
 fn swap_in(staged: &Path, datadir: &Path, replace: bool) -> Result<()> {
-    if is_empty_dir(datadir)? {
-        if datadir.exists() {
-            std::fs::remove_dir(datadir)
-                .map_err(|e| Error::io(format!("cannot replace '{}'", datadir.display()), e))?;
-        }
-    } else {
+    let present = data_entries(datadir)?;
+    if !present.is_empty() {
         if !replace {
             return Err(Error::engine(format!("data directory '{}' is no longer empty", datadir.display())));
         }
         refuse_running_server(datadir)?;
-        let aside = PathBuf::from(format!("{}.replaced-{}", datadir.display(), Utc::now().format("%Y%m%dT%H%M%S")));
-        std::fs::rename(datadir, &aside)
-            .map_err(|e| Error::io(format!("cannot move '{}' aside", datadir.display()), e))?;
+    }
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S");
+    let moved = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|e| {
+            Error::io(format!("cannot move '{}' to '{}'", from.display(), to.display()), e)
+                .with_note(format!("'{}' may be partly restored: restore again with --replace", datadir.display()))
+        })
+    };
+    if staged.parent().and_then(Path::parent) == Some(datadir) {
+        if !present.is_empty() {
+            let aside = datadir.join(format!(".backpipe-replaced-{stamp}"));
+            std::fs::create_dir(&aside).map_err(|e| Error::io(format!("cannot create '{}'", aside.display()), e))?;
+            for entry in &present {
+                moved(entry, &aside.join(entry.file_name().expect("listed entries have names")))?;
+            }
+            crate::cli::say(&format!(
+                "{TOOL}: moved the old contents of the mount point to '{}' (--replace); the server lists it as a \
+                 database until you remove it",
+                aside.display()
+            ));
+        }
+        for entry in data_entries(staged)? {
+            moved(&entry, &datadir.join(entry.file_name().expect("listed entries have names")))?;
+        }
+        return Ok(());
+    }
+    if present.is_empty() {
+        if datadir.exists() {
+            std::fs::remove_dir_all(datadir)
+                .map_err(|e| Error::io(format!("cannot replace '{}'", datadir.display()), e))?;
+        }
+    } else {
+        let aside = PathBuf::from(format!("{}.replaced-{stamp}", datadir.display()));
+        moved(datadir, &aside)?;
         crate::cli::say(&format!("{TOOL}: moved the old data directory to '{}' (--replace)", aside.display()));
     }
-    std::fs::rename(staged, datadir)
-        .map_err(|e| Error::io(format!("cannot move the restored data into '{}'", datadir.display()), e))
+    moved(staged, datadir)
 }

@@ -17,8 +17,11 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// A running temporary server.
 pub struct ScratchServer {
     child: Child,
+    /// Stops the server if a signal ends this process first.
+    _stopped_on_signal: crate::interrupt::Registration,
     socket: PathBuf,
     log: PathBuf,
+    _removed_on_signal: crate::interrupt::Registration,
     _dir: tempfile::TempDir,
 }
 
@@ -29,10 +32,10 @@ impl ScratchServer {
     /// Starts `mariadbd` on `datadir`, with the server options of `defaults`
     /// (the production my.cnf, for settings such as the InnoDB page size) when given.
     pub fn start(datadir: &Path, defaults: Option<&Path>) -> Result<ScratchServer> {
-        let dir = tempfile::Builder::new()
-            .prefix("backpipe-restore-")
-            .tempdir()
+        // Short, for the socket's path; removed by a later restore if this one is killed.
+        let dir = crate::workdir::create(&std::env::temp_dir(), crate::mysql::restore::WORK_PREFIX)
             .map_err(|e| Error::io("cannot create a temporary directory", e))?;
+        let removed_on_signal = crate::interrupt::remove_on_signal(dir.path());
         let socket = dir.path().join("mysqld.sock");
         let log = dir.path().join("error.log");
         let binary = SERVER_PATHS.iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| "mariadbd".into());
@@ -54,7 +57,15 @@ impl ScratchServer {
         }
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let child = command.spawn().map_err(|e| Error::io(format!("cannot start {}", binary.display()), e))?;
-        let mut server = ScratchServer { child, socket, log, _dir: dir };
+        let registration = crate::interrupt::stop_on_signal(child.id(), TIMEOUT);
+        let mut server = ScratchServer {
+            child,
+            _stopped_on_signal: registration,
+            socket,
+            log,
+            _removed_on_signal: removed_on_signal,
+            _dir: dir,
+        };
         server.wait_ready()?;
         Ok(server)
     }

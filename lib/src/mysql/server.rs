@@ -7,6 +7,25 @@ use crate::error::{Error, Result};
 use crate::mysql::client::Client;
 use crate::mysql::positions::Positions;
 
+/// The system schemas: never dumped as data, never dropped, whatever a listing says.
+pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
+
+/// The server's own databases, all but the system schemas, sorted. Names
+/// are read in hex: a name holding a tab or a newline cannot be misread as
+/// two (or as `mysql`).
+pub fn user_databases(client: &Client) -> Result<Vec<String>> {
+    let rows = client.query(
+        "SELECT HEX(schema_name) FROM information_schema.schemata \
+         WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1",
+    )?;
+    rows.into_iter()
+        .map(|row| {
+            let name = row.first().and_then(|h| hex::decode(h).ok()).and_then(|b| String::from_utf8(b).ok());
+            name.ok_or_else(|| Error::engine(format!("unexpected answer listing databases: {}", row.join(" "))))
+        })
+        .collect()
+}
+
 /// The server facts a backup records and checks.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {

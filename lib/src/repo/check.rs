@@ -306,15 +306,6 @@ fn read_pack(
     if blake3::hash(&bytes).to_hex().as_str() != pack {
         damage.push(format!("pack {pack} is damaged (its content does not match its name)"));
     }
-    let chunks = entries
-        .iter()
-        .map(|entry| {
-            let start = entry.location.offset as usize;
-            let Some(payload) = bytes.get(start..start + entry.location.length as usize) else {
-                return Some("is beyond the end of its pack".to_string());
-            };
-            verifier.verify(&entry.id, entry.location.encodings, payload).err().map(|e| e.message().to_string())
-        })
-        .collect();
+    let chunks = verifier.verify_in_pack(&bytes, entries);
     Ok((damage, chunks))
 }

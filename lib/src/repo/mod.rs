@@ -354,7 +354,7 @@ impl Repository {
     fn each_index_entry(&self, packs: &HashSet<String>, mut each: impl FnMut(IndexEntry) + Send) -> Result<()> {
         let detailed = self.storage.list_detailed("index")?;
         let pack_of = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
-        // A stored index whose size is not the cached one's changed (damage): it is read, to say so.
+        // A stored index whose size is not the cached or catalogued one's changed (damage): it is read, to say so.
         let sizes: HashMap<String, u64> = detailed.iter().map(|o| (pack_of(&o.name), o.size)).collect();
         let listed: Vec<String> = detailed.iter().map(|o| pack_of(&o.name)).collect();
         let wanted = listed.iter().filter(|pack| !packs.contains(*pack));
@@ -367,12 +367,14 @@ impl Repository {
             true => catalog::entries(self.storage(), catalog::Kind::Index, &missing)?,
             false => HashMap::new(),
         };
+        let same_size = |pack: &String, bytes: &[u8]| sizes.get(pack) == Some(&(bytes.len() as u64));
         let read = |pack: &String| {
-            if let Some(cached) = cache.get(pack).filter(|c| sizes.get(pack) == Some(&(c.len() as u64))) {
+            if let Some(cached) = cache.get(pack).filter(|c| same_size(pack, c)) {
                 return pack::decode_index(&cached, pack);
             }
             // What the catalogue holds is not copied to the cache (thousands of small files are slow to write).
-            if let Some(entries) = catalogued.get(pack).and_then(|bytes| pack::decode_index(bytes, pack).ok()) {
+            let from_catalogue = catalogued.get(pack).filter(|bytes| same_size(pack, bytes));
+            if let Some(entries) = from_catalogue.and_then(|bytes| pack::decode_index(bytes, pack).ok()) {
                 return Ok(entries);
             }
             // An index removed by `prune` since it was listed is simply gone.

@@ -33,9 +33,11 @@ use super::pack::{decode_index, is_pack_name, pack_name};
 use super::quarantine::{self, Quarantine};
 use super::snapshot;
 use super::storage::{Listed, Storage};
+use super::verify::ChunkVerifier;
 use super::Repository;
 use crate::error::{Error, Result};
 use crate::format::Kind;
+use crate::keys::MasterKey;
 
 /// The folder of marks, deletion records and clock probes.
 const PENDING: &str = "pending";
@@ -57,6 +59,10 @@ pub struct Report {
     pub deleted: usize,
     /// Bytes those packs held.
     pub freed_bytes: u64,
+    /// Copies kept in place of a duplicate pack's chunks that did not verify
+    /// when read before deleting it (forged by a write-only key, or damaged):
+    /// quarantined, and the duplicate stays, so the next run keeps it instead.
+    pub quarantined: usize,
     /// Marked packs that became needed again and were unmarked.
     pub unmarked: usize,
     /// Marked packs still within their grace period (by the storage's clock).
@@ -239,7 +245,8 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, dry_run: bool) -> Resul
     // Snapshots are read before the packs are listed, so a pack a new snapshot
     // needs is either seen as needed or younger than this run.
     let in_use = referenced(repo)?;
-    let needed = needed_by_pack(storage, &in_use, &quarantine::load_genuine(storage, master)?.0)?;
+    let mut quarantine = quarantine::load_genuine(storage, master)?.0;
+    let needed = needed_by_pack(storage, &in_use, &quarantine)?;
     let kept = kept_packs(&needed, &marks);
     let stored: HashSet<String> =
         storage.list("data")?.iter().map(|n| object_id(n).to_string()).filter(|p| is_pack_name(p)).collect();
@@ -313,27 +320,29 @@ pub fn prune(repo: &Repository, grace: chrono::Duration, dry_run: bool) -> Resul
     }
     if !expired.is_empty() {
         // Every needed chunk an index lists is held by a kept pack, which this run does not delete.
-        let covered: HashSet<[u8; 32]> = needed.values().flatten().copied().collect();
-        delete(repo, &expired, &covered, &mut report)?;
+        let keepers: HashMap<[u8; 32], &str> =
+            kept.iter().flat_map(|pack| needed[*pack].iter().map(move |id| (*id, *pack))).collect();
+        delete(repo, &expired, &keepers, &mut quarantine, &mut report)?;
     }
     Ok(report)
 }
 
 /// Deletes expired packs (each with when the storage wrote its mark) unless
-/// a snapshot needs a chunk only they hold; `covered` are the needed chunks
-/// kept packs hold. Writes the deletion record first and removes it last,
-/// whatever happens between.
+/// a snapshot needs a chunk only they hold, or one whose kept copy does not
+/// verify; `keepers` name the kept pack of each needed chunk. Writes the
+/// deletion record first and removes it last, whatever happens between.
 fn delete(
     repo: &Repository,
     expired: &[(&str, Option<DateTime<Utc>>)],
-    covered: &HashSet<[u8; 32]>,
+    keepers: &HashMap<[u8; 32], &str>,
+    quarantine: &mut Quarantine,
     report: &mut Report,
 ) -> Result<()> {
     let storage = repo.storage();
     let record = format!("{PENDING}/{RECORD}{}", random_name());
     let names: String = expired.iter().map(|(pack, _)| format!("{pack}\n")).collect();
     storage.create(&record, names.as_bytes())?;
-    let deleted = delete_recorded(repo, &record, expired, covered, report);
+    let deleted = delete_recorded(repo, &record, expired, keepers, quarantine, report);
     // Once this run deletes no more, its record protects nothing: what it deleted is gone.
     let removed = storage.remove(&record);
     deleted.and(removed)
@@ -343,10 +352,12 @@ fn delete_recorded(
     repo: &Repository,
     record: &str,
     expired: &[(&str, Option<DateTime<Utc>>)],
-    covered: &HashSet<[u8; 32]>,
+    keepers: &HashMap<[u8; 32], &str>,
+    quarantine: &mut Quarantine,
     report: &mut Report,
 ) -> Result<()> {
     let storage = repo.storage();
+    let mut kept_copies = KeptCopies::new(repo.master()?);
     // Read again after the record exists: a snapshot stored before the record
     // is seen here; a ship that stores one later finds the record when it checks.
     let in_use = referenced(repo)?;
@@ -362,10 +373,15 @@ fn delete_recorded(
             None => Vec::new(),
         };
         let needed = entries.iter().any(|e| in_use.contains(&e.id));
-        let only_copy = entries.iter().any(|e| in_use.contains(&e.id) && !covered.contains(&e.id));
+        let only_copy = entries.iter().any(|e| in_use.contains(&e.id) && !keepers.contains_key(&e.id));
         // The mark must be the one judged: gone means a backup took the pack back, newer means marked anew.
         let same_mark = now.marks.get(pack).is_some_and(|m| *m == written);
         if only_copy || (needed && !alone) || !same_mark {
+            report.waiting += 1;
+            continue;
+        }
+        let duplicated: Vec<[u8; 32]> = entries.iter().map(|e| e.id).filter(|id| in_use.contains(id)).collect();
+        if !kept_copies.verify(storage, &duplicated, keepers, quarantine, report)? {
             report.waiting += 1;
             continue;
         }
@@ -377,6 +393,65 @@ fn delete_recorded(
         storage.remove(&mark_name(pack))?;
     }
     Ok(())
+}
+
+/// The kept copies of duplicated chunks, read and verified before a
+/// duplicate goes: a write-only key can store a forged copy under a chunk's
+/// ID, and the genuine copy must not be deleted in its favour. Each kept pack
+/// is read once per run.
+struct KeptCopies<'a> {
+    master: &'a MasterKey,
+    verifier: ChunkVerifier,
+    /// For each kept pack read: what is wrong with each copy it holds (`None`: good).
+    read: HashMap<String, HashMap<[u8; 32], Option<String>>>,
+}
+
+impl<'a> KeptCopies<'a> {
+    fn new(master: &'a MasterKey) -> KeptCopies<'a> {
+        KeptCopies { master, verifier: ChunkVerifier::new(master), read: HashMap::new() }
+    }
+
+    /// Whether the kept copy of each chunk in `ids` verifies. One that does
+    /// not is quarantined (so the next run keeps another copy) and counted.
+    fn verify(
+        &mut self,
+        storage: &dyn Storage,
+        ids: &[[u8; 32]],
+        keepers: &HashMap<[u8; 32], &str>,
+        quarantine: &mut Quarantine,
+        report: &mut Report,
+    ) -> Result<bool> {
+        let mut all_good = true;
+        for id in ids {
+            let pack = keepers[id];
+            if !self.read.contains_key(pack) {
+                let copies = self.read_pack(storage, pack)?;
+                self.read.insert(pack.to_string(), copies);
+            }
+            match self.read[pack].get(id) {
+                Some(None) => {}
+                Some(Some(flaw)) => {
+                    all_good = false;
+                    if !quarantine.holds(id, pack) {
+                        quarantine.add(storage, self.master, id, pack, flaw)?;
+                        report.quarantined += 1;
+                    }
+                }
+                // Gone since it was listed (another prune): no copy is known good.
+                None => all_good = false,
+            }
+        }
+        Ok(all_good)
+    }
+
+    /// The copies `pack` holds by its index, each verified; none if it is gone.
+    fn read_pack(&self, storage: &dyn Storage, pack: &str) -> Result<HashMap<[u8; 32], Option<String>>> {
+        let Some(index) = storage.read_if_exists(&format!("index/{pack}"))? else { return Ok(HashMap::new()) };
+        let entries = decode_index(&index, pack)?;
+        let Some(bytes) = storage.read_if_exists(&pack_name(pack))? else { return Ok(HashMap::new()) };
+        let flaws = self.verifier.verify_in_pack(&bytes, &entries);
+        Ok(entries.iter().map(|e| e.id).zip(flaws).collect())
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! authenticates under its ID, so a write-only key can store any content
 //! under any ID; every reader that restores checks this first.
 
+use super::pack::IndexEntry;
 use crate::codec::chunk::ChunkIdKey;
 use crate::codec::crypt::ChunkOpener;
 use crate::codec::squeeze::Recode;
@@ -50,5 +51,21 @@ impl ChunkVerifier {
             true => Ok(()),
             false => flaw("does not match its ID (forged, or damaged before it was stored)"),
         }
+    }
+
+    /// Checks the copies of the chunks `entries` name (from the index of one
+    /// pack) in that pack's stored `bytes`: for each, `None` when it is good,
+    /// or what is wrong with it.
+    pub fn verify_in_pack(&self, bytes: &[u8], entries: &[IndexEntry]) -> Vec<Option<String>> {
+        entries
+            .iter()
+            .map(|entry| {
+                let start = entry.location.offset as usize;
+                let Some(payload) = bytes.get(start..start + entry.location.length as usize) else {
+                    return Some("is beyond the end of its pack".to_string());
+                };
+                self.verify(&entry.id, entry.location.encodings, payload).err().map(|e| e.message().to_string())
+            })
+            .collect()
     }
 }

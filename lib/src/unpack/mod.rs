@@ -11,7 +11,6 @@
 //! left by a killed run are removed by the next run on the same target.
 
 mod paths;
-mod remove;
 mod stage;
 
 use std::io::Read;
@@ -54,7 +53,7 @@ pub struct UnpackSummary {
 pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary> {
     std::fs::create_dir_all(&options.dir)
         .map_err(|e| Error::io(format!("cannot create '{}'", options.dir.display()), e))?;
-    for note in remove::remove_stale(&options.dir) {
+    for note in crate::workdir::remove_stale(&options.dir, paths::STAGING_PREFIX) {
         crate::cli::say(&format!("unpack: {note}"));
     }
     let progress = Progress::for_stage("unpack");

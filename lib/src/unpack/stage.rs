@@ -14,10 +14,10 @@ use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
 use super::paths::{self, lossy, STAGING_PREFIX};
-use super::remove::{describe_mounts, mounts_under, remove_tree};
 use crate::error::{Error, Result};
 use crate::format::Frame;
 use crate::meta::{Entry, EntryEnd, EntryType, Xattr};
+use crate::workdir::{describe_mounts, mounts_under, remove_tree};
 
 /// Zero blocks at least this long are skipped with a seek, keeping sparse files sparse.
 const HOLE_MIN: usize = 4096;

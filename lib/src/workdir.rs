@@ -1,13 +1,14 @@
-//! Removing trees unpack replaced or left behind, without ever entering
-//! another file system: a mount point inside such a tree is neither entered
-//! nor changed, and is named to the caller as left behind.
+//! Working directories and the trees tools remove: a private working
+//! directory is named after the process that made it, so a later run finds
+//! one a killed run left (its process is gone) and removes it; and trees are
+//! removed without ever entering another file system: a mount point inside
+//! such a tree is neither entered nor changed, and is named to the caller as
+//! left behind.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-use super::paths::STAGING_PREFIX;
 
 /// Removes a file or a whole tree. Directories are made writable first, so
 /// read-only ones restored from a stream do not stop it; symlinks are never
@@ -51,7 +52,7 @@ fn remove_dir_tree(path: &Path, device: u64, left: &mut Vec<PathBuf>) -> std::io
 /// True when the directory at `path` is the root of a mount: on another
 /// device than the tree being removed, or a mount root by `statx` (which
 /// also catches bind mounts of the same file system).
-fn is_mount_point(path: &Path, device: u64) -> std::io::Result<bool> {
+pub fn is_mount_point(path: &Path, device: u64) -> std::io::Result<bool> {
     if std::fs::symlink_metadata(path)?.dev() != device {
         return Ok(true);
     }
@@ -104,15 +105,30 @@ fn unescape_octal(field: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Removes staging directories left in `target` by unpack runs that were
-/// killed (their process no longer exists). Returns one line for each that
-/// was removed or could not be removed entirely.
-pub fn remove_stale(target: &Path) -> Vec<String> {
-    let Ok(listing) = std::fs::read_dir(target) else { return Vec::new() };
+/// Creates a private working directory (mode 0700) in `parent`, named
+/// `<prefix><pid>-<random>` so that [`remove_stale`] can tell whether the
+/// run that made it still runs.
+pub fn create(parent: &Path, prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+}
+
+/// Removes the working directories named `<prefix><pid>-…` in `parent` that
+/// this user's runs left when they were killed (their process no longer
+/// exists). Returns one line for each that was removed or could not be
+/// removed entirely.
+pub fn remove_stale(parent: &Path, prefix: &str) -> Vec<String> {
+    let Ok(listing) = std::fs::read_dir(parent) else { return Vec::new() };
+    let me = nix::unistd::geteuid().as_raw();
     let mut notes = Vec::new();
     for child in listing.flatten() {
         let name = child.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        if std::fs::symlink_metadata(child.path()).map_or(true, |meta| meta.uid() != me || !meta.is_dir()) {
+            continue;
+        }
         let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
         let alive = pid.is_some_and(|pid| {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
