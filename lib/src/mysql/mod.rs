@@ -4,12 +4,15 @@
 
 pub mod binlog;
 pub mod client;
+pub mod datadir;
 pub mod dump;
 pub mod incremental;
 pub mod locked;
+pub mod plan;
 pub mod positions;
 pub mod purge;
 pub mod replay;
 pub mod restore;
 pub mod scratch;
 pub mod server;
+pub mod target;
