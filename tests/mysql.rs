@@ -753,6 +753,8 @@ fn a_bulk_statement_larger_than_the_default_packet_replays() {
     let target = case.server("target");
     let limit = target.sql("SELECT @@GLOBAL.max_allowed_packet");
     assert!(limit.trim().parse::<u64>().unwrap() < 40 << 20, "the target must start with a small limit: {limit}");
+    let plan = case.ok(&format!("fetch \"$R\" {full} {inc} --key-file k | {RESTORE} | restore-mysql --dry-run"));
+    assert!(plan.contains("packets      up to 1024 MiB per statement"), "the plan names the limit: {plan}");
     case.ok(&format!("fetch \"$R\" {full} {inc} --key-file k | {RESTORE} | restore-mysql {}", target.root_login()));
     assert_eq!(target.checksums(), source.checksums());
     assert_eq!(target.sql("SELECT @@GLOBAL.max_allowed_packet"), limit, "the limit is set back after the replay");
@@ -1081,4 +1083,44 @@ fn a_physical_restore_into_a_mount_point_moves_the_data_in() {
     assert_eq!(restarted.checksums(), expected);
     drop(restarted);
     drop(mount);
+}
+
+#[test]
+fn verify_checks_binary_logs_without_backing_them_up() {
+    let case = Case::new();
+    let fixtures = fixtures().join("binlog");
+    let all = "mysql-5.7.21-crc32.000001 mysql-5.7.20-nochecksum.000001 percona-5.6.16-crc32.003320 \
+               mariadb-11.8/mariadb-repl-bin.000006 mariadb-11.8/mariadb-repl-bin.000007";
+    let out = sh_ok(&fixtures, &format!("dump-mysql verify {all}"));
+    let report = String::from_utf8(out).unwrap();
+    assert_eq!(report.lines().filter(|l| l.contains(": sound: ") && l.contains(" closed")).count(), 5, "{report}");
+    assert!(report.contains("mariadb-repl-bin.000006: sound: 401 events from server 11.8.5-MariaDB"), "{report}");
+
+    // What a private MariaDB writes, the file it is writing included.
+    let source = case.server("source");
+    source.load_sample();
+    source.sql("FLUSH BINARY LOGS; INSERT INTO shop.orders (total, note) VALUES (1, 'open file')");
+    let logs = format!("{}/mysql-bin.0*", source.get("BINLOG_DIR"));
+    let report = case.ok(&format!("dump-mysql verify --json {logs}"));
+    let found: Vec<serde_json::Value> = report.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(found.len() >= 2 && found.iter().all(|f| f["sound"] == true && f["checksums"] == true), "{report}");
+    assert_eq!(found.last().unwrap()["closed"], false, "the server still writes the last one");
+
+    // A flipped byte in a checksummed file: exit 4, the line names the byte and the event.
+    let copy = case.path().join("mariadb-repl-bin.000007");
+    let mut bytes = std::fs::read(fixtures.join("mariadb-11.8/mariadb-repl-bin.000007")).unwrap();
+    bytes[30_000] ^= 0x01;
+    std::fs::write(&copy, &bytes).unwrap();
+    let out = sh(
+        case.path(),
+        &format!(
+            "dump-mysql verify {} mariadb-repl-bin.000007",
+            fixtures.join(all.split(' ').next().unwrap()).display()
+        ),
+    );
+    let (report, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{report}{err}");
+    let line = report.lines().find(|l| l.starts_with("mariadb-repl-bin.000007: ")).unwrap();
+    assert!(line.contains("is damaged at byte") && line.contains("event"), "{line}");
+    assert!(err.contains("1 of 2 binary logs are damaged"), "{err}");
 }

@@ -108,3 +108,33 @@ fn binary_logs_a_live_mariadb_writes_check_clean_and_damage_is_caught() {
     }
     assert!(closed >= 1, "FLUSH BINARY LOGS closed at least one binary log");
 }
+
+#[test]
+fn mariadb_11_8_logs_whose_cached_events_carry_no_position_check_clean() {
+    // The fixtures README: 401 and 383 events, 264 and 252 of them with end_log_pos 0.
+    for (name, events) in [("mariadb-11.8/mariadb-repl-bin.000006", 401), ("mariadb-11.8/mariadb-repl-bin.000007", 383)]
+    {
+        let found = checked(name);
+        assert_eq!((found.checksums, found.events, found.last_event), (true, events, 4), "{name}");
+        assert!(found.server_version.starts_with("11.8.5-MariaDB"), "{}", found.server_version);
+        assert!(found.is_closed());
+    }
+    // Every flipped byte is still caught, positioned events or not.
+    let bytes = fixture("mariadb-11.8/mariadb-repl-bin.000007");
+    for i in (0..bytes.len()).step_by(7) {
+        let mut damaged = bytes.clone();
+        damaged[i] ^= 0x20;
+        let err = check(&damaged[..], "x").expect_err(&format!("byte {i} flipped was not caught"));
+        assert_eq!(err.kind().exit_code(), 4, "byte {i}: {err}");
+    }
+}
+
+#[test]
+fn an_older_server_may_not_leave_positions_out() {
+    // A MySQL 5.7 log (without checksums) whose second event's next position is zeroed is damaged.
+    let mut bytes = fixture("mysql-5.7.20-nochecksum.000001");
+    let second = 4 + u32::from_le_bytes(bytes[4 + 9..4 + 13].try_into().unwrap()) as usize;
+    bytes[second + 13..second + 17].copy_from_slice(&[0; 4]);
+    let err = check(&bytes[..], "x").unwrap_err();
+    assert!(err.to_string().contains("next starts at 0"), "{err}");
+}

@@ -10,7 +10,7 @@ use backpipe::mysql::incremental::{
     self, previous_from_receipt, previous_from_repo, read_receipts, IncrementalOptions,
 };
 use backpipe::mysql::server::ServerInfo;
-use backpipe::mysql::{dump, purge};
+use backpipe::mysql::{binlog, dump, purge};
 use clap::{Parser, Subcommand};
 
 /// Back up a MariaDB server as a stream on stdout.
@@ -81,6 +81,24 @@ struct BackupArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check binary log files without backing them up.
+    ///
+    /// Reads each file once and checks what an incremental checks while it
+    /// copies one: the magic number, every event's header and length, the
+    /// chain of event positions (where the server wrote them; MariaDB 11.4
+    /// and later leave them out for cached events), and every event's CRC-32
+    /// when the file has checksums. One line per file on stdout (--json: one
+    /// JSON object per line); exit status 0 when every file is sound, 4 when
+    /// any is damaged (its line says at which byte and why), 1 when one
+    /// cannot be read.
+    Verify {
+        /// The binary log files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// One JSON object per file: `file`, `sound`, and what was found or the `error`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Purge the server's binary logs that stored incremental backups hold, and no others.
     ///
     /// Reads ship receipts (the JSON lines `ship` prints) and removes the
@@ -111,16 +129,18 @@ Examples:
   dump-mysql --incremental --since-receipt /var/lib/backpipe/receipts --defaults-file /etc/backpipe/my.cnf \\
       | chunk --repo $R $K | squeeze | encrypt --repo $R $K | ship $R $K >> /var/lib/backpipe/receipts
   dump-mysql purge --receipt /var/lib/backpipe/receipts --defaults-file /etc/backpipe/admin.cnf
+  dump-mysql verify /var/lib/mysql/mysql-bin.0*
 
 Privileges: docs/engines/mysql.md.
 
-Exit status: 0 success, 1 error, 2 usage, 4 damaged binary log, 5 database error (server
+Exit status: 0 success, 1 error, 2 usage, 4 damaged binary log (backup or verify), 5 database error (server
 unreachable, login refused, missing privilege, purged binary log).";
 
 fn main() {
     let args = Args::parse();
     cli::main("dump-mysql", || match args.command {
         Some(Command::Purge { receipt, dry_run, connect }) => run_purge(&receipt, dry_run, &connect),
+        Some(Command::Verify { files, json }) => run_verify(&files, json),
         None => run_backup(&args.backup),
     })
 }
@@ -166,4 +186,38 @@ fn run_purge(receipts: &[PathBuf], dry_run: bool, connect: &ConnectArgs) -> back
         cli::say(&format!("dump-mysql: kept {kept} and later: {why}"));
     }
     Ok(())
+}
+
+fn run_verify(files: &[PathBuf], json: bool) -> backpipe::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let (mut damaged, mut unreadable) = (0, 0);
+    for path in files {
+        let shown = path.display().to_string();
+        let found = std::fs::File::open(path)
+            .map_err(|e| backpipe::Error::io(format!("cannot open '{shown}'"), e))
+            .and_then(|file| binlog::check(std::io::BufReader::with_capacity(1 << 20, file), &shown));
+        match &found {
+            Err(e) if e.kind() == backpipe::ErrorKind::Integrity => damaged += 1,
+            Err(_) => unreadable += 1,
+            Ok(_) => {}
+        }
+        let line = match (&found, json) {
+            (Ok(checked), true) => {
+                let mut value = checked.to_json();
+                value["file"] = shown.into();
+                value["sound"] = true.into();
+                value.to_string()
+            }
+            (Err(e), true) => serde_json::json!({ "file": shown, "sound": false, "error": e.message() }).to_string(),
+            (Ok(checked), false) => format!("{shown}: sound: {}", checked.describe()),
+            (Err(e), false) => format!("{shown}: {}", e.message()),
+        };
+        writeln!(out, "{line}").map_err(|e| backpipe::Error::io("cannot write the report", e))?;
+    }
+    match (damaged, unreadable) {
+        (0, 0) => Ok(()),
+        (0, n) => Err(backpipe::Error::other(format!("{n} of {} files could not be read", files.len()))),
+        (n, _) => Err(backpipe::Error::integrity(format!("{n} of {} binary logs are damaged", files.len()))),
+    }
 }

@@ -3,7 +3,11 @@
 //! header, the chain of end positions (each event's `next_position` is where
 //! the next one starts), and, when the format description event says so, every
 //! event's CRC-32. Incremental backups copy binary logs; a copy is only as good
-//! as this check says.
+//! as this check says. MariaDB from 11.4 on writes the events of its
+//! transaction and statement caches with a next position of 0 (only events it
+//! writes directly, such as GTID, XID and rotate events, carry theirs); in its
+//! files those events are checked by their length and CRC-32, the others by
+//! the chain too.
 //!
 //! Layout (MySQL's "binary log" internals documentation): 4 magic bytes
 //! `fe 62 69 6e`, then events. Each event starts with a 19-byte header,
@@ -63,6 +67,42 @@ impl Checked {
     pub fn is_closed(&self) -> bool {
         !self.in_use && matches!(self.last_event, ROTATE | STOP)
     }
+
+    /// What was found, for people: events, server, checksums, state, times, GTIDs.
+    pub fn describe(&self) -> String {
+        let gtids: Vec<String> = self.gtids.iter().map(|(d, (lo, hi))| format!("{d}-{lo}..{hi}")).collect();
+        format!(
+            "{} events from server {}, {}, {}, events {} to {}{}",
+            self.events,
+            self.server_version,
+            if self.checksums { "every event's CRC-32 checked" } else { "no checksums (positions checked)" },
+            if self.is_closed() { "closed" } else { "open (the server was still writing it)" },
+            rfc3339(self.first_time),
+            rfc3339(self.last_time),
+            if gtids.is_empty() { String::new() } else { format!(", GTIDs {}", gtids.join(" ")) }
+        )
+    }
+
+    /// What was found, as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let gtids: serde_json::Map<String, serde_json::Value> =
+            self.gtids.iter().map(|(d, (lo, hi))| (d.to_string(), serde_json::json!([lo, hi]))).collect();
+        serde_json::json!({
+            "events": self.events,
+            "server_version": self.server_version,
+            "checksums": self.checksums,
+            "closed": self.is_closed(),
+            "size": self.end,
+            "first_time": rfc3339(self.first_time),
+            "last_time": rfc3339(self.last_time),
+            "gtids": gtids,
+        })
+    }
+}
+
+/// An event timestamp as RFC 3339 (UTC).
+fn rfc3339(seconds: u32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(seconds), 0).map_or_else(String::new, |t| t.to_rfc3339())
 }
 
 /// Reads and checks a whole binary log; `name` is for messages.
@@ -91,7 +131,10 @@ pub fn check(mut input: impl Read, name: &str) -> Result<Checked> {
         if length < HEADER_LEN as u64 || length > MAX_EVENT {
             return Err(damaged(at, format!("an event claims a length of {length} bytes")));
         }
-        if next != at + length {
+        // Since MariaDB 11.4, events written through the transaction or
+        // statement cache carry 0; those that carry a position must chain.
+        let unpositioned = next == 0 && found.as_ref().is_some_and(|f| writes_unpositioned_events(&f.server_version));
+        if next != at + length && !unpositioned {
             return Err(damaged(at, format!("an event ends at {} but says the next starts at {next}", at + length)));
         }
         let mut crc = crc32fast::Hasher::new();
@@ -171,6 +214,17 @@ struct FormatDescription {
     has_checksum: bool,
     /// Every event carries a CRC-32.
     crc32: bool,
+}
+
+/// True for servers that write the events of their transaction and
+/// statement caches with an end position of 0: MariaDB from 11.4 on.
+fn writes_unpositioned_events(server_version: &str) -> bool {
+    if !server_version.contains("MariaDB") {
+        return false;
+    }
+    let mut numbers = server_version.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (11, 4)
 }
 
 /// Parses a format description event's body.

@@ -34,7 +34,7 @@ use crate::mysql::datadir::{check_datadir, prepare_physical, staging_parent, swa
 use crate::mysql::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
 use crate::mysql::plan::{holds, plan_replay, ReceivedLog};
 use crate::mysql::positions::{sequence_of, Positions, PHYSICAL};
-use crate::mysql::replay::{replay, Until, UTC_FORMAT};
+use crate::mysql::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
 use crate::mysql::scratch::ScratchServer;
 use crate::mysql::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
 use crate::progress::Progress;
@@ -420,6 +420,13 @@ impl Restore<'_> {
         let mut lines = self.backups.clone();
         lines.push(plan.describe(&full.positions));
         let physical = full.positions.method == PHYSICAL;
+        if !plan.logs.is_empty() {
+            lines.push(format!(
+                "packets      up to {} MiB per statement: the replay raises max_allowed_packet{}",
+                MAX_PACKET >> 20,
+                if physical { " of its temporary server" } else { ", and sets it back afterwards" }
+            ));
+        }
         lines.push(match &self.options.datadir {
             Some(dir) if physical => format!("target       data directory {}", dir.display()),
             _ => format!("target       {}", self.client.target()),
