@@ -7,11 +7,11 @@ use crate::error::Result;
 use crate::keys::SecretSource;
 
 /// Runs a tool's body and exits: 0 on success, the error's class status otherwise.
-/// Notices that a remote repository is not answering go to stderr as they come.
+/// The library's notices go to stderr as they come, after the tool's name.
 pub fn main(tool: &str, body: impl FnOnce() -> Result<()>) -> ! {
     prepare_process();
     let name = tool.to_string();
-    crate::repo::remote::on_waiting(move |notice| say(&format!("{name}: {notice}")));
+    crate::notice::set_sink(move |notice| say(&format!("{name}: {notice}")));
     match body() {
         Ok(()) => std::process::exit(0),
         Err(err) => {
@@ -45,9 +45,8 @@ fn prepare_process() {
         nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 256 << 20);
     }
     for fd in [0, 1] {
-        if is_pipe(fd) {
-            // Best effort: a smaller pipe only costs speed.
-            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        if crate::pipe::is_pipe(fd) {
+            crate::pipe::widen(fd);
         }
     }
 }
@@ -118,11 +117,6 @@ fn source_from(
     } else {
         passphrase_env.as_ref().map(|name| SecretSource::PassphraseEnv(name.clone()))
     }
-}
-
-/// True when the file descriptor is a pipe.
-pub fn is_pipe(fd: i32) -> bool {
-    nix::sys::stat::fstat(fd).map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFIFO).unwrap_or(false)
 }
 
 /// Standard output for a stream, unbuffered by std (the stream writer buffers

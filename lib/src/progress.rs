@@ -20,7 +20,7 @@ impl Progress {
     /// terminal and only for the last stage.
     pub fn for_stage(label: &str) -> Progress {
         // A pipe on stdout means another stage downstream draws instead.
-        let wanted = std::io::stderr().is_terminal() && !crate::cli::is_pipe(1);
+        let wanted = std::io::stderr().is_terminal() && !crate::pipe::is_pipe(1);
         if wanted {
             Progress::shown(label)
         } else {

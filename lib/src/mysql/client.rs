@@ -287,10 +287,7 @@ impl Running {
         // 64 KiB pipe costs a context switch.
         use std::os::fd::AsRawFd;
         let fds = [child.stdin.as_ref().map(|p| p.as_raw_fd()), child.stdout.as_ref().map(|p| p.as_raw_fd())];
-        for fd in fds.into_iter().flatten() {
-            // Best effort: a narrow pipe only costs speed.
-            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-        }
+        fds.into_iter().flatten().for_each(crate::pipe::widen);
         let stderr = child.stderr.take().expect("stderr is piped");
         let collector = std::thread::spawn(move || {
             let mut kept = VecDeque::new();

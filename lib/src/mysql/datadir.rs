@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use crate::error::{Error, Result};
 use crate::mysql::client::Running;
-use crate::mysql::restore::{TOOL, WORK_PREFIX};
+use crate::mysql::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
 /// Where the working directory of a physical restore into `datadir` goes:
 /// on the same file system, so the restored copy moves in by renaming.
@@ -146,8 +146,8 @@ pub fn swap_in(staged: &Path, datadir: &Path, replace: bool) -> Result<()> {
             for entry in &present {
                 moved(entry, &aside.join(entry.file_name().expect("listed entries have names")))?;
             }
-            crate::cli::say(&format!(
-                "{TOOL}: moved the old contents of the mount point to '{}' (--replace); the server lists it as a \
+            crate::notice::notice(&format!(
+                "moved the old contents of the mount point to '{}' (--replace); the server lists it as a \
                  database until you remove it",
                 aside.display()
             ));
@@ -165,7 +165,7 @@ pub fn swap_in(staged: &Path, datadir: &Path, replace: bool) -> Result<()> {
     } else {
         let aside = PathBuf::from(format!("{}.replaced-{stamp}", datadir.display()));
         moved(datadir, &aside)?;
-        crate::cli::say(&format!("{TOOL}: moved the old data directory to '{}' (--replace)", aside.display()));
+        crate::notice::notice(&format!("moved the old data directory to '{}' (--replace)", aside.display()));
     }
     moved(staged, datadir)
 }

@@ -15,6 +15,7 @@ use crate::mysql::client::Client;
 use crate::mysql::locked::{self, ReadLock, TableDump};
 use crate::mysql::positions::{Positions, LOGICAL, PHYSICAL};
 use crate::mysql::server::{sql_string, user_databases, ServerInfo};
+use crate::mysql::tail::{TailReader, COMPLETED};
 use crate::progress::Progress;
 use crate::source::emit::{produce, send_content, SourceWriter};
 
@@ -59,8 +60,6 @@ const DUMP_OPTIONS: &[&str] = &[
 const COORDINATES: &str = "-- CHANGE MASTER TO MASTER_LOG_FILE='";
 /// How far into the dump the coordinates must appear.
 const MAX_HEAD: usize = 1 << 20;
-/// The comment mariadb-dump ends a complete dump with.
-pub(crate) const COMPLETED: &[u8] = b"-- Dump completed";
 
 /// Writes a logical full backup of every database as a stream. Tables of
 /// non-transactional engines, which the dump's transaction cannot read as of
@@ -236,39 +235,6 @@ fn backup_coordinates(line: &str) -> Option<(String, u64, String)> {
     Some((file.to_string(), pos.parse().ok()?, gtid.unwrap_or_default().to_string()))
 }
 
-/// Passes a reader through, keeping its last bytes.
-pub(crate) struct TailReader<R> {
-    inner: R,
-    /// The last bytes read (at most 256).
-    pub(crate) last: Vec<u8>,
-}
-
-/// Bytes [`TailReader`] keeps.
-const TAIL: usize = 256;
-
-impl<R: Read> TailReader<R> {
-    /// Passes `inner` through.
-    pub(crate) fn new(inner: R) -> Self {
-        TailReader { inner, last: Vec::with_capacity(2 * TAIL) }
-    }
-}
-
-impl<R: Read> Read for TailReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let got = self.inner.read(buf)?;
-        let new = &buf[..got];
-        if new.len() >= TAIL {
-            self.last.clear();
-            self.last.extend_from_slice(&new[new.len() - TAIL..]);
-        } else {
-            self.last.extend_from_slice(new);
-            let excess = self.last.len().saturating_sub(TAIL);
-            self.last.drain(..excess);
-        }
-        Ok(got)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,21 +247,5 @@ mod tests {
                     GTID of the last change '0-1-6'";
         assert_eq!(backup_coordinates(line), Some(("mysql-bin.000002".into(), 385, "0-1-6".into())));
         assert_eq!(backup_coordinates("[00] completed OK!"), None);
-    }
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let mut tail = TailReader::new(&data[..]);
-        let mut sink = Vec::new();
-        let mut buf = [0u8; 100];
-        loop {
-            let n = tail.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            sink.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(tail.last, data[data.len() - TAIL..]);
     }
 }

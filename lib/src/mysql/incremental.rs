@@ -176,8 +176,8 @@ fn plan_start<'a>(previous: &'a Previous, logs: &[BinaryLog], restart_at_full: b
     if same_history && on_server {
         return Ok(Start { file: earlier, full_file: Some(newest) });
     }
-    crate::cli::say(&format!(
-        "{TOOL}: note: the binary logs from {earlier} to before {newest} (between the last incremental and the \
+    crate::notice::notice(&format!(
+        "note: the binary logs from {earlier} to before {newest} (between the last incremental and the \
          last full) are no longer on the server or belong to an earlier history: no backup holds them, and this \
          incremental starts at the full"
     ));

@@ -10,7 +10,7 @@ use std::process::{ChildStdin, ChildStdout, Stdio};
 
 use crate::error::{Error, Result};
 use crate::mysql::client::{Client, Running};
-use crate::mysql::dump::{TailReader, COMPLETED};
+use crate::mysql::tail::{TailReader, COMPLETED};
 
 /// The engines whose tables a consistent-snapshot transaction reads as of
 /// its start. Every other engine's tables are read under the lock.

@@ -2,6 +2,10 @@
 //! server's own client tools, and what they need to understand of the
 //! server's binary logs.
 
+/// How the names of `restore-mysql`'s working directories start (then the
+/// process ID): its own, and its temporary server's.
+pub const RESTORE_WORK_PREFIX: &str = ".backpipe-restore-";
+
 pub mod binlog;
 pub mod client;
 pub mod datadir;
@@ -15,4 +19,5 @@ pub mod replay;
 pub mod restore;
 pub mod scratch;
 pub mod server;
+pub mod tail;
 pub mod target;

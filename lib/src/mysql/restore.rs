@@ -37,11 +37,12 @@ use crate::mysql::positions::{sequence_of, Positions, PHYSICAL};
 use crate::mysql::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
 use crate::mysql::scratch::ScratchServer;
 use crate::mysql::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
+use crate::mysql::RESTORE_WORK_PREFIX as WORK_PREFIX;
 use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
 
 /// The tool name in messages.
-pub const TOOL: &str = "restore-mysql";
+const TOOL: &str = "restore-mysql";
 
 /// What a restore does.
 #[derive(Debug, Clone)]
@@ -60,9 +61,6 @@ pub struct Options {
     /// With `replace`, also drop the target's databases the backup does not hold.
     pub drop_others: bool,
 }
-
-/// How the names of this tool's working directories start (then the process ID).
-pub const WORK_PREFIX: &str = ".backpipe-restore-";
 
 /// The full backup at the head of the chain.
 struct Full {
@@ -122,7 +120,7 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
     };
     for parent in [&work_parent, &std::env::temp_dir()] {
         for note in crate::workdir::remove_stale(parent, WORK_PREFIX) {
-            crate::cli::say(&format!("{TOOL}: {note}"));
+            crate::notice::notice(&note);
         }
     }
     // Private: it holds the backup's data (the spooled dump, binary logs, the staged copy).
@@ -438,7 +436,7 @@ impl Restore<'_> {
             return Ok(());
         }
         for line in &lines {
-            crate::cli::say(&format!("{TOOL}: {line}"));
+            crate::notice::notice(line);
         }
         let files: Vec<PathBuf> = plan.logs.iter().map(|log| log.path.clone().expect("kept when not dry")).collect();
         let start = full.positions.binlog_pos.unwrap_or(4);

@@ -33,7 +33,7 @@ impl ScratchServer {
     /// (the production my.cnf, for settings such as the InnoDB page size) when given.
     pub fn start(datadir: &Path, defaults: Option<&Path>) -> Result<ScratchServer> {
         // Short, for the socket's path; removed by a later restore if this one is killed.
-        let dir = crate::workdir::create(&std::env::temp_dir(), crate::mysql::restore::WORK_PREFIX)
+        let dir = crate::workdir::create(&std::env::temp_dir(), crate::mysql::RESTORE_WORK_PREFIX)
             .map_err(|e| Error::io("cannot create a temporary directory", e))?;
         let removed_on_signal = crate::interrupt::remove_on_signal(dir.path());
         let socket = dir.path().join("mysqld.sock");

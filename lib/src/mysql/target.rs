@@ -7,7 +7,6 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::mysql::client::Client;
-use crate::mysql::restore::TOOL;
 use crate::mysql::server::{user_databases, SYSTEM_SCHEMAS};
 
 /// The role mariadb-dump's account statements create and drop around
@@ -49,12 +48,12 @@ pub fn prepare_target(client: &Client, replace: bool, recreated: Option<&[String
         let shown = db.escape_debug();
         match recreated {
             Some(recreated) if !drop_others && !recreated.contains(db) => {
-                crate::cli::say(&format!(
-                    "{TOOL}: keeping database {shown}: the backup does not hold it (--drop-other-databases drops it)"
+                crate::notice::notice(&format!(
+                    "keeping database {shown}: the backup does not hold it (--drop-other-databases drops it)"
                 ));
             }
             _ => {
-                crate::cli::say(&format!("{TOOL}: dropping database {shown} (--replace)"));
+                crate::notice::notice(&format!("dropping database {shown} (--replace)"));
                 client.query(&format!("DROP DATABASE `{}`", db.replace('`', "``")))?;
             }
         }

@@ -110,14 +110,14 @@ impl KeySlot {
 }
 
 /// The readable slots of a repository: `(object name, slot)`. A damaged slot
-/// is reported on stderr and skipped, so it cannot lock out the others.
+/// is noticed and skipped, so it cannot lock out the others.
 pub fn list(storage: &dyn super::storage::Storage) -> Result<Vec<(String, KeySlot)>> {
     let mut slots = Vec::new();
     for name in storage.list("keys")? {
         let Some(bytes) = storage.read_if_exists(&name)? else { continue };
         match serde_json::from_slice::<KeySlot>(&bytes) {
             Ok(slot) => slots.push((name, slot)),
-            Err(e) => crate::cli::say(&format!("warning: key slot '{name}' is damaged and was skipped: {e}")),
+            Err(e) => crate::notice::notice(&format!("warning: key slot '{name}' is damaged and was skipped: {e}")),
         }
     }
     Ok(slots)

@@ -15,7 +15,7 @@
 
 use std::future::IntoFuture;
 use std::io::Read;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -131,16 +131,6 @@ pub fn describe_duration(duration: Duration) -> String {
     }
 }
 
-/// Where notices that a storage is not answering go: set once by the tool
-/// (`cli::main` prints them on stderr with the tool's name).
-static WAITING: OnceLock<Box<dyn Fn(&str) + Send + Sync>> = OnceLock::new();
-
-/// Sends notices that a remote storage is not answering (one line each,
-/// while a step waits) to `notice`; the first call wins.
-pub fn on_waiting(notice: impl Fn(&str) + Send + Sync + 'static) {
-    let _ = WAITING.set(Box::new(notice));
-}
-
 /// A repository on a remote service.
 pub struct RemoteStorage {
     runtime: tokio::runtime::Runtime,
@@ -217,7 +207,9 @@ impl RemoteStorage {
     }
 
     fn notice_waiting(&self, what: &str, name: &str, waited: Duration) {
-        let Some(notice) = WAITING.get() else { return };
+        if !crate::notice::wanted() {
+            return;
+        }
         {
             // However many requests wait at once, one line per interval.
             let mut last = self.last_notice.lock().unwrap_or_else(|e| e.into_inner());
@@ -226,7 +218,7 @@ impl RemoteStorage {
             }
             *last = Some(Instant::now());
         }
-        notice(&format!(
+        crate::notice::notice(&format!(
             "{} is not answering: no reply for {} while {what} '{name}'; giving up after {} (BACKPIPE_STORAGE_TIMEOUT={} s per attempt, BACKPIPE_STORAGE_RETRIES={})",
             self.location,
             describe_duration(waited),

@@ -146,14 +146,14 @@ impl<W: Write> Visitor for Dumper<'_, W> {
                 SFlag::S_IFSOCK => "socket",
                 _ => "device",
             };
-            crate::cli::say(&format!(
-                "dump-files: skipping {what} '{}': only files, directories and symlinks are stored",
+            crate::notice::notice(&format!(
+                "skipping {what} '{}': only files, directories and symlinks are stored",
                 node.path.display()
             ));
             return Ok(());
         }
         if self.own_output == Some(identity(&node.listed)) {
-            crate::cli::say(&format!("dump-files: skipping '{}': it is this stream's own output", node.path.display()));
+            crate::notice::notice(&format!("skipping '{}': it is this stream's own output", node.path.display()));
             return Ok(());
         }
         let file = match node.open()? {
@@ -181,7 +181,7 @@ impl<W: Write> Visitor for Dumper<'_, W> {
 
     fn changed(&mut self, path: &Path, why: &str) -> Result<()> {
         let line = format!("'{}' {why}", path.display());
-        crate::cli::say(&format!("dump-files: warning: {line}"));
+        crate::notice::notice(&format!("warning: {line}"));
         self.totals.changed += 1;
         if self.totals.warnings.len() < End::MAX_WARNINGS {
             self.totals.warnings.push(line);

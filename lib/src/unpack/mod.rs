@@ -54,7 +54,7 @@ pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary
     std::fs::create_dir_all(&options.dir)
         .map_err(|e| Error::io(format!("cannot create '{}'", options.dir.display()), e))?;
     for note in crate::workdir::remove_stale(&options.dir, paths::STAGING_PREFIX) {
-        crate::cli::say(&format!("unpack: {note}"));
+        crate::notice::notice(&note);
     }
     let progress = Progress::for_stage("unpack");
     let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));

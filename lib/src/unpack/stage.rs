@@ -369,7 +369,7 @@ impl Stage {
             .map_err(|e| Error::io("cannot flush the target directory", e))?;
         if verbose {
             for name in &self.tops {
-                crate::cli::say(&self.target_path(name).display().to_string());
+                crate::notice::notice(&self.target_path(name).display().to_string());
             }
         }
         // Whatever was swapped out is now in the staging directory.
