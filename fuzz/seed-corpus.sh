@@ -13,7 +13,7 @@ printf 'backpipe key v1\n%s\n' \
 
 # A small tree: text, a random blob, repetitive text, an empty file, a subdirectory, a symlink.
 mkdir -p "$work/tree/sub"
-cp "$here/../lib/src/lib.rs" "$here/../lib/src/random.rs" "$work/tree/"
+cp "$here/../lib/src/lib.rs" "$here/../lib/stream/src/random.rs" "$work/tree/"
 head -c 4000 /dev/urandom > "$work/tree/sub/blob"
 yes backpipe | head -c 8000 > "$work/tree/sub/repeated"
 : > "$work/tree/sub/empty"

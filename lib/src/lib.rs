@@ -5,31 +5,22 @@
 //! ([`codec`]) run on one driver ([`filter`]) that checks every frame, works
 //! in parallel, keeps order, and ends a failed run's output with an Abort
 //! frame. Sources ([`source`]) start pipelines; [`unpack`] and [`inspect`]
-//! end them.
+//! end them. The stream core and the codecs are crates of their own
+//! (`backpipe-stream`, `backpipe-codec`), re-exported here under the same
+//! names.
 
-pub mod cdc;
+pub use backpipe_codec as codec;
+pub use backpipe_codec::{cdc, envelope, keys};
+pub use backpipe_stream::{error, filter, format, meta, notice, parallel, pipe, progress, random, reader, writer};
+
 pub mod cli;
-pub mod codec;
-pub mod envelope;
-pub mod error;
-pub mod filter;
-pub mod format;
 pub mod inspect;
 pub mod interrupt;
-pub mod keys;
-pub mod meta;
 pub mod mysql;
-pub mod notice;
-pub mod parallel;
-pub mod pipe;
-pub mod progress;
-pub mod random;
-pub mod reader;
 pub mod repo;
 pub mod source;
 pub mod unpack;
 pub mod workdir;
-pub mod writer;
 pub mod xattr;
 
 pub use error::{Error, ErrorKind, Result};
