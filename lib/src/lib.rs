@@ -7,20 +7,22 @@
 //! frame. Sources ([`source`]) start pipelines; [`unpack`] and [`inspect`]
 //! end them. The stream core and the codecs are crates of their own
 //! (`backpipe-stream`, `backpipe-codec`), re-exported here under the same
-//! names.
+//! names, as are the repository (`backpipe-repo`) and the engine kit
+//! (`backpipe-kit`), each engine (`backpipe-mysql`) and the command-line kit
+//! (`backpipe-cli`).
 
+pub use backpipe_cli as cli;
 pub use backpipe_codec as codec;
 pub use backpipe_codec::{cdc, envelope, keys};
+pub use backpipe_kit::{interrupt, workdir};
+pub use backpipe_mysql as mysql;
+pub use backpipe_repo as repo;
+pub use backpipe_repo::storage_limits_help;
 pub use backpipe_stream::{error, filter, format, meta, notice, parallel, pipe, progress, random, reader, writer};
 
-pub mod cli;
 pub mod inspect;
-pub mod interrupt;
-pub mod mysql;
-pub mod repo;
 pub mod source;
 pub mod unpack;
-pub mod workdir;
 pub mod xattr;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,5 +1,5 @@
 //! Stream producers: the sources at the head of a pipeline.
 
-pub mod emit;
+pub use backpipe_kit::emit;
 pub mod files;
 pub mod walk;

@@ -18,7 +18,7 @@ use super::pack::{pack_name, IndexEntry, PackWriter};
 use super::prune;
 use super::snapshot::{self, Summary};
 use super::Repository;
-use crate::codec::crypt::{CipherParams, Decryptor};
+use crate::crypt::{CipherParams, Decryptor};
 use crate::error::{Error, Result};
 use crate::filter::{describe_abort, run_inline, Output};
 use crate::format::{Encodings, Frame, Kind, StreamId, CHUNK_ID_LEN};

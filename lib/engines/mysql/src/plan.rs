@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
+use crate::binlog::Checked;
 use crate::error::{Error, Result};
-use crate::mysql::binlog::Checked;
-use crate::mysql::positions::{parse_gtids, sequence_of, Positions};
-use crate::mysql::replay::{Until, UTC_FORMAT};
+use crate::positions::{parse_gtids, sequence_of, Positions};
+use crate::replay::{Until, UTC_FORMAT};
 
 /// A binary log received from an incremental.
 pub struct ReceivedLog {

@@ -5,13 +5,13 @@
 //! under any ID; every reader that restores checks this first.
 
 use super::pack::IndexEntry;
-use crate::codec::chunk::ChunkIdKey;
-use crate::codec::crypt::ChunkOpener;
-use crate::codec::squeeze::Recode;
+use crate::chunk::ChunkIdKey;
+use crate::crypt::ChunkOpener;
 use crate::error::{Error, Result};
 use crate::filter::Job;
 use crate::format::{Encodings, Frame, Kind, CHUNK_ID_LEN};
 use crate::keys::MasterKey;
+use crate::squeeze::Recode;
 
 /// Verifies stored chunks; shared by threads.
 pub struct ChunkVerifier {

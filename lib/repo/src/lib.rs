@@ -9,6 +9,8 @@
 //! everything it needs is durable. Objects are never modified, so writers
 //! need no locks.
 
+#![deny(missing_docs)]
+
 pub mod address;
 pub mod cache;
 pub mod catalog;
@@ -27,6 +29,10 @@ pub mod verify;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+
+// The stream core and the codecs, under the names the repository uses.
+use backpipe_codec::{cdc, chunk, crypt, envelope, keys, squeeze};
+use backpipe_stream::{error, filter, format, meta, notice, parallel, progress, random, reader, writer};
 
 use crate::cdc::ChunkSizes;
 use crate::error::{Error, Result};

@@ -8,9 +8,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{ChildStdin, ChildStdout, Stdio};
 
+use crate::client::{Client, Running};
 use crate::error::{Error, Result};
-use crate::mysql::client::{Client, Running};
-use crate::mysql::tail::{TailReader, COMPLETED};
+use crate::tail::{TailReader, COMPLETED};
 
 /// The engines whose tables a consistent-snapshot transaction reads as of
 /// its start. Every other engine's tables are read under the lock.

@@ -309,7 +309,7 @@ mod tests {
     fn named_snapshots_include_damaged_ones_once() {
         let listing = Listing {
             readable: vec![snap("aa11", "2026-11-01T01:00:00Z", "full"), snap("ab22", "2026-11-02T01:00:00Z", "full")],
-            damaged: vec![super::super::fetch::Damaged { id: "cc33".into(), reason: "truncated".into() }],
+            damaged: vec![crate::fetch::Damaged { id: "cc33".into(), reason: "truncated".into() }],
             storage_times: HashMap::new(),
         };
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

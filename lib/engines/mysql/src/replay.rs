@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 
 use chrono::{DateTime, Utc};
 
+use crate::client::{Client, Running};
 use crate::error::{Error, Result};
-use crate::mysql::client::{Client, Running};
 
 /// How plans and messages print a time.
 pub const UTC_FORMAT: &str = "%Y-%m-%d %H:%M:%S UTC";
@@ -42,7 +42,7 @@ impl Until {
 
     /// Parses a GTID list for `Until::Gtid`.
     pub fn gtid(text: &str) -> Result<Until> {
-        crate::mysql::positions::parse_gtids(text)?;
+        crate::positions::parse_gtids(text)?;
         Ok(Until::Gtid(text.to_string()))
     }
 

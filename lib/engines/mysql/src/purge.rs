@@ -6,10 +6,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::mysql::client::Client;
-use crate::mysql::incremental::ReceiptLine;
-use crate::mysql::server::{binary_logs, sql_string, BinaryLog, ServerInfo};
+use crate::incremental::ReceiptLine;
+use crate::server::{binary_logs, sql_string, BinaryLog, ServerInfo};
 
 /// What a purge did, or would do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub fn purge(client: &Client, receipts: &[ReceiptLine], dry_run: bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mysql::positions::{Positions, BINLOG};
+    use crate::positions::{Positions, BINLOG};
 
     fn server() -> ServerInfo {
         ServerInfo { version: "10.11".into(), log_bin: true, binlog_basename: "/b/bin".into(), server_id: 1 }

@@ -203,11 +203,11 @@ pub fn refresh(repo: &super::Repository) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::storage::LocalStorage;
+    use crate::storage::LocalStorage;
 
     /// A header as `ship` would write it, with a summary saying `host`.
     fn header(host: &str) -> Vec<u8> {
-        let summary = crate::repo::snapshot::Summary {
+        let summary = crate::snapshot::Summary {
             stream_id: "00".repeat(16),
             begin: crate::meta::Begin { host: host.into(), ..crate::meta::Begin::now("t", "files", "full") },
             end_positions: Default::default(),
@@ -222,7 +222,7 @@ mod tests {
             skeleton_blake3: "00".repeat(32),
         };
         let recipient = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7u8; 32]));
-        crate::repo::snapshot::header(&summary, &recipient, "0123456789abcdef0123456789abcdef")
+        crate::snapshot::header(&summary, &recipient, "0123456789abcdef0123456789abcdef")
     }
 
     #[test]

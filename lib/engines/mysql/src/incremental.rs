@@ -10,16 +10,16 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::binlog::BackgroundCheck;
+use crate::client::Client;
+use crate::dump::{write_entry, BINLOG_ROLE, ENGINE, TOOL};
+use crate::emit::{produce, send_content, SourceWriter};
 use crate::error::{Error, Result};
 use crate::format::{Frame, Kind};
 use crate::meta::{Begin, End};
-use crate::mysql::binlog::BackgroundCheck;
-use crate::mysql::client::Client;
-use crate::mysql::dump::{write_entry, BINLOG_ROLE, ENGINE, TOOL};
-use crate::mysql::positions::{gtid_behind, sequence_of, Positions, BINLOG};
-use crate::mysql::server::{binary_logs, BinaryLog, ServerInfo};
+use crate::positions::{gtid_behind, sequence_of, Positions, BINLOG};
 use crate::progress::Progress;
-use crate::source::emit::{produce, send_content, SourceWriter};
+use crate::server::{binary_logs, BinaryLog, ServerInfo};
 
 /// What an incremental continues from: the newest backup of the server's
 /// binary log sequence, and the newest incremental's end.

@@ -23,23 +23,23 @@ use std::process::{ChildStdin, Command, Stdio};
 
 use chrono::{DateTime, Utc};
 
+use crate::binlog::BackgroundCheck;
+use crate::client::{Client, Running};
 use crate::codec::require_plain;
+use crate::datadir::{check_datadir, prepare_physical, staging_parent, swap_in};
+use crate::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
 use crate::error::{Error, Result};
 use crate::filter::describe_abort;
 use crate::format::Kind;
 use crate::meta::{Begin, End, Entry, EntryEnd};
-use crate::mysql::binlog::BackgroundCheck;
-use crate::mysql::client::{Client, Running};
-use crate::mysql::datadir::{check_datadir, prepare_physical, staging_parent, swap_in};
-use crate::mysql::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
-use crate::mysql::plan::{holds, plan_replay, ReceivedLog};
-use crate::mysql::positions::{sequence_of, Positions, PHYSICAL};
-use crate::mysql::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
-use crate::mysql::scratch::ScratchServer;
-use crate::mysql::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
-use crate::mysql::RESTORE_WORK_PREFIX as WORK_PREFIX;
+use crate::plan::{holds, plan_replay, ReceivedLog};
+use crate::positions::{sequence_of, Positions, PHYSICAL};
 use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
+use crate::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
+use crate::scratch::ScratchServer;
+use crate::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
+use crate::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
 /// The tool name in messages.
 const TOOL: &str = "restore-mysql";

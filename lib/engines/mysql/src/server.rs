@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::mysql::client::Client;
-use crate::mysql::positions::Positions;
+use crate::positions::Positions;
 
 /// The system schemas: never dumped as data, never dropped, whatever a listing says.
 pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];

@@ -1,7 +1,16 @@
-//! What every tool's `main` shares: signal set-up, pipe sizing, key options,
-//! and turning an error into one line on stderr and a documented exit status.
+//! The command-line kit: what every tool's `main` shares: pipe sizing, the
+//! library's notices printed after the tool's name, key options, opening a
+//! repository, stdin and stdout set up for a stream, and turning an error
+//! into one line on stderr and a documented exit status.
+
+#![deny(missing_docs)]
 
 use std::path::PathBuf;
+
+// The crates below, under the names the kit uses.
+use backpipe_codec::keys;
+use backpipe_repo as repo;
+use backpipe_stream::{error, notice, pipe};
 
 use crate::error::Result;
 use crate::keys::SecretSource;
@@ -127,18 +136,19 @@ pub fn stream_stdout() -> Result<std::fs::File> {
     use std::os::fd::AsFd;
     let stdout = std::io::stdout();
     if stdout.is_terminal() {
-        return Err(crate::Error::usage(
+        return Err(crate::error::Error::usage(
             "refusing to write a binary stream to a terminal; pipe it into the next tool or redirect it to a file",
         ));
     }
-    let fd = stdout.as_fd().try_clone_to_owned().map_err(|e| crate::Error::io("cannot use stdout", e))?;
+    let fd = stdout.as_fd().try_clone_to_owned().map_err(|e| crate::error::Error::io("cannot use stdout", e))?;
     Ok(std::fs::File::from(fd))
 }
 
 /// Standard input, unbuffered by std (the stream reader buffers).
 pub fn stream_stdin() -> Result<std::fs::File> {
     use std::os::fd::AsFd;
-    let fd = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| crate::Error::io("cannot use stdin", e))?;
+    let fd =
+        std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| crate::error::Error::io("cannot use stdin", e))?;
     Ok(std::fs::File::from(fd))
 }
 
@@ -175,7 +185,7 @@ pub fn open_repo(location: &str, keys: &KeyArgs) -> Result<crate::repo::Reposito
 /// Like [`optional_secret`], but a missing key is a usage error.
 pub fn require_secret(keys: &KeyArgs) -> Result<crate::keys::Secret> {
     optional_secret(keys)?.ok_or_else(|| {
-        crate::Error::usage(format!(
+        crate::error::Error::usage(format!(
             "no key given: use --key-file, --passphrase-file, --passphrase-fd or --passphrase-env, or set {PASSPHRASE_ENV}"
         ))
     })

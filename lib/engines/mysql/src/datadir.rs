@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 
 use chrono::Utc;
 
+use crate::client::Running;
 use crate::error::{Error, Result};
-use crate::mysql::client::Running;
-use crate::mysql::RESTORE_WORK_PREFIX as WORK_PREFIX;
+use crate::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
 /// Where the working directory of a physical restore into `datadir` goes:
 /// on the same file system, so the restored copy moves in by renaming.

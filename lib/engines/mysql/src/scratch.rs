@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::mysql::client::Client;
 
 /// How long the server may take to start (crash recovery included) or stop.
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -33,7 +33,7 @@ impl ScratchServer {
     /// (the production my.cnf, for settings such as the InnoDB page size) when given.
     pub fn start(datadir: &Path, defaults: Option<&Path>) -> Result<ScratchServer> {
         // Short, for the socket's path; removed by a later restore if this one is killed.
-        let dir = crate::workdir::create(&std::env::temp_dir(), crate::mysql::RESTORE_WORK_PREFIX)
+        let dir = crate::workdir::create(&std::env::temp_dir(), crate::RESTORE_WORK_PREFIX)
             .map_err(|e| Error::io("cannot create a temporary directory", e))?;
         let removed_on_signal = crate::interrupt::remove_on_signal(dir.path());
         let socket = dir.path().join("mysqld.sock");
@@ -51,7 +51,7 @@ impl ScratchServer {
             .arg(format!("--log-error={}", log.display()))
             .args(["--skip-networking", "--skip-grant-tables", "--skip-log-bin", "--skip-slave-start"])
             // The replay passes a statement's row events as one packet, which may be large.
-            .arg(format!("--max-allowed-packet={}", crate::mysql::replay::MAX_PACKET));
+            .arg(format!("--max-allowed-packet={}", crate::replay::MAX_PACKET));
         if nix::unistd::geteuid().is_root() {
             command.arg("--user=root");
         }

@@ -5,9 +5,9 @@
 use std::fs::File;
 use std::path::Path;
 
+use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::mysql::client::Client;
-use crate::mysql::server::{user_databases, SYSTEM_SCHEMAS};
+use crate::server::{user_databases, SYSTEM_SCHEMAS};
 
 /// The role mariadb-dump's account statements create and drop around
 /// themselves; one left by an interrupted load would make the next fail.

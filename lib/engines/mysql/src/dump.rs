@@ -1,23 +1,23 @@
 //! Full backups: a logical dump through `mariadb-dump`, consistent while
 //! writes go on, or a hot physical copy through `mariadb-backup`. Either
 //! becomes one stream entry (a logical one two, when non-transactional
-//! tables are read apart: see [`crate::mysql::locked`]); the binary log coordinates of the backup's
+//! tables are read apart: see [`crate::locked`]); the binary log coordinates of the backup's
 //! consistent point go into the positions, where incrementals and restores
 //! find them.
 
 use std::io::{Read, Write};
 use std::process::Stdio;
 
+use crate::client::Client;
+use crate::emit::{produce, send_content, SourceWriter};
 use crate::error::{Error, Result};
 use crate::format::{Frame, Kind};
+use crate::locked::{self, ReadLock, TableDump};
 use crate::meta::{Begin, End, Entry, EntryType, RawPath};
-use crate::mysql::client::Client;
-use crate::mysql::locked::{self, ReadLock, TableDump};
-use crate::mysql::positions::{Positions, LOGICAL, PHYSICAL};
-use crate::mysql::server::{sql_string, user_databases, ServerInfo};
-use crate::mysql::tail::{TailReader, COMPLETED};
+use crate::positions::{Positions, LOGICAL, PHYSICAL};
 use crate::progress::Progress;
-use crate::source::emit::{produce, send_content, SourceWriter};
+use crate::server::{sql_string, user_databases, ServerInfo};
+use crate::tail::{TailReader, COMPLETED};
 
 /// The tool name in messages and Abort frames.
 pub const TOOL: &str = "dump-mysql";

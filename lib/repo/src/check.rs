@@ -14,7 +14,7 @@ use super::quarantine::{self, Quarantine};
 use super::storage::Storage;
 use super::verify::ChunkVerifier;
 use super::Repository;
-use crate::codec::crypt::Decryptor;
+use crate::crypt::Decryptor;
 use crate::error::Result;
 use crate::filter::run_inline;
 use crate::format::Kind;
