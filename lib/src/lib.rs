@@ -14,7 +14,7 @@
 pub use backpipe_cli as cli;
 pub use backpipe_codec as codec;
 pub use backpipe_codec::{cdc, envelope, keys};
-pub use backpipe_kit::{interrupt, workdir};
+pub use backpipe_kit::{interrupt, sink, workdir};
 pub use backpipe_mysql as mysql;
 pub use backpipe_repo as repo;
 pub use backpipe_repo::storage_limits_help;

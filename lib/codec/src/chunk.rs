@@ -185,7 +185,7 @@ impl Planner for Joiner {
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());
         }
-        super::refuse_unknown_encodings(&frame)?;
+        crate::format::refuse_unknown_encodings(&frame)?;
         super::refuse_outer_layers(
             &frame,
             "chunk -d",

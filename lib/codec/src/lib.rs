@@ -19,18 +19,6 @@ use backpipe_stream::{error, filter, format, random, reader};
 use crate::error::{Error, Result};
 use crate::format::{Encodings, Frame};
 
-/// Refuses a frame whose payload carries an encoding bit this build does not know.
-pub fn refuse_unknown_encodings(frame: &Frame) -> Result<()> {
-    if frame.encodings.has_unknown() {
-        return Err(Error::other(format!(
-            "{} frame has an encoding this version does not know ({}); use a newer backpipe",
-            frame.kind.name(),
-            frame.encodings.describe()
-        )));
-    }
-    Ok(())
-}
-
 /// Refuses to undo `bit` on a frame that still carries an outer encoding.
 pub fn refuse_outer_layers(frame: &Frame, tool: &str, outer: &[(u8, &str)]) -> Result<()> {
     for (bit, undo) in outer {
@@ -41,27 +29,6 @@ pub fn refuse_outer_layers(frame: &Frame, tool: &str, outer: &[(u8, &str)]) -> R
                 Encodings(*bit).describe(),
             )));
         }
-    }
-    Ok(())
-}
-
-/// Refuses a frame that `consumer`, a sink, cannot read as plain content,
-/// naming the reverse filter to run first.
-pub fn require_plain(frame: &Frame, consumer: &str) -> Result<()> {
-    refuse_unknown_encodings(frame)?;
-    if frame.encodings.0 != 0 {
-        let undo = if frame.encodings.has(crate::format::Encodings::ENCRYPTED) {
-            "encrypt -d"
-        } else if frame.encodings.has(crate::format::Encodings::ZSTD) {
-            "squeeze -d"
-        } else {
-            "chunk -d"
-        };
-        return Err(Error::other(format!(
-            "{} frame is {}; run `{undo}` before {consumer}",
-            frame.kind.name(),
-            frame.encodings.describe()
-        )));
     }
     Ok(())
 }

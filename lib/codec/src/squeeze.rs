@@ -135,7 +135,7 @@ impl Planner for Unsqueezer {
             out.push(Step::Ready(Output::Frame(frame)));
             return Ok(());
         }
-        super::refuse_unknown_encodings(&frame)?;
+        crate::format::refuse_unknown_encodings(&frame)?;
         super::refuse_outer_layers(&frame, "squeeze -d", &[(Encodings::ENCRYPTED, "encrypt -d")])?;
         frame.body()?;
         out.push(Step::Work(Recode::Decompress(frame)));

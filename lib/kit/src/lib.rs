@@ -3,14 +3,17 @@
 //! a stream ([`emit`]: Begin, entries with digests, End, an Abort on any
 //! failure); private working directories that a later run cleans up after
 //! a killed one, and removing trees without crossing into other file
-//! systems ([`workdir`]); and stopping what a tool started and removing
-//! what it made when a signal ends it ([`interrupt`]).
+//! systems ([`workdir`]); stopping what a tool started and removing what it
+//! made when a signal ends it ([`interrupt`]); and the checked reading of a
+//! plain stream at the end of a pipeline ([`sink`]), for `unpack` and every
+//! restore.
 
 #![deny(missing_docs)]
 
 pub mod emit;
 pub mod interrupt;
+pub mod sink;
 pub mod workdir;
 
 // The stream core, under the names the kit uses.
-use backpipe_stream::{error, filter, format, meta, progress, writer};
+use backpipe_stream::{error, filter, format, meta, progress, reader, writer};

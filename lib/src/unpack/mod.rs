@@ -16,13 +16,9 @@ mod stage;
 use std::io::Read;
 use std::path::PathBuf;
 
-use crate::codec::require_plain;
 use crate::error::{Error, Result};
-use crate::filter::describe_abort;
-use crate::format::Kind;
-use crate::meta::{Begin, End};
-use crate::progress::Progress;
-use crate::reader::{Item, StreamReader};
+use crate::meta::{Begin, End, Entry, EntryEnd};
+use crate::sink::{consume, Consumer};
 use stage::Stage;
 
 /// Options for [`unpack`].
@@ -56,66 +52,51 @@ pub fn unpack(input: impl Read, options: &UnpackOptions) -> Result<UnpackSummary
     for note in crate::workdir::remove_stale(&options.dir, paths::STAGING_PREFIX) {
         crate::notice::notice(&note);
     }
-    let progress = Progress::for_stage("unpack");
-    let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
-    let mut summary = UnpackSummary::default();
-    let mut stage: Option<Stage> = None;
-    while let Some(item) = reader.next_item()? {
-        let frame = match item {
-            Item::Start(_) => {
-                stage = Some(Stage::new(&options.dir, summary.streams, options.force, options.xattrs)?);
-                continue;
-            }
-            Item::Frame(frame) => frame,
-        };
-        let current = stage.as_mut().expect("frames come after a preamble");
-        match frame.kind {
-            Kind::Begin => {
-                require_plain(&frame, "unpack")?;
-                if let Some(total) = frame.parse_json::<Begin>()?.expected_bytes {
-                    progress.set_total(total);
-                }
-            }
-            Kind::Entry => {
-                require_plain(&frame, "unpack")?;
-                current.begin_entry(frame.parse_json()?)?;
-            }
-            Kind::Data => {
-                require_plain(&frame, "unpack")?;
-                current.data(&frame)?;
-                progress.add(frame.payload.len() as u64);
-            }
-            Kind::EntryEnd => {
-                require_plain(&frame, "unpack")?;
-                current.end_entry(frame.parse_json()?)?;
-            }
-            Kind::End => {
-                require_plain(&frame, "unpack")?;
-                let end: End = frame.parse_json()?;
-                let done = stage.take().expect("a stream is open");
-                let (entries, bytes) = done.totals;
-                if (entries, bytes) != (end.entries, end.bytes) {
-                    return Err(Error::integrity(format!(
-                        "the stream holds {entries} entries and {bytes} bytes but its End frame says {} and {}",
-                        end.entries, end.bytes
-                    )));
-                }
-                done.commit(options.verbose)?;
-                summary.streams += 1;
-                summary.entries += entries;
-                summary.bytes += bytes;
-            }
-            Kind::Abort => {
-                return Err(Error::incomplete(format!(
-                    "the stream was aborted upstream: {}; nothing from it was written",
-                    describe_abort(&frame)
-                )))
-            }
-            Kind::Cipher => return Err(Error::other("the stream is encrypted; run `encrypt -d` before unpack")),
-            Kind::ChunkRef => return Err(Error::other(crate::format::UNRESOLVED_REF)),
-            Kind::Unknown(_) => {}
-        }
+    let mut unpacker = Unpacker { options, stage: None, streams: 0 };
+    let totals = consume("unpack", input, &mut unpacker, "nothing from it was written")?;
+    Ok(UnpackSummary { streams: totals.streams, entries: totals.entries, bytes: totals.bytes })
+}
+
+/// Writes each stream of the input into a staging directory of its own and
+/// commits it at its End.
+struct Unpacker<'a> {
+    options: &'a UnpackOptions,
+    stage: Option<Stage>,
+    /// Streams begun so far, which numbers their staging directories.
+    streams: u64,
+}
+
+impl Unpacker<'_> {
+    fn stage(&mut self) -> &mut Stage {
+        self.stage.as_mut().expect("frames come after a preamble")
     }
-    progress.finish();
-    Ok(summary)
+}
+
+impl Consumer for Unpacker<'_> {
+    fn start(&mut self) -> Result<()> {
+        let options = self.options;
+        self.stage = Some(Stage::new(&options.dir, self.streams, options.force, options.xattrs)?);
+        self.streams += 1;
+        Ok(())
+    }
+
+    fn begin(&mut self, _begin: Begin) -> Result<()> {
+        Ok(())
+    }
+
+    fn entry(&mut self, entry: Entry) -> Result<()> {
+        self.stage().begin_entry(entry)
+    }
+
+    fn data(&mut self, content: Vec<u8>) -> Result<()> {
+        self.stage().data(&content)
+    }
+
+    fn entry_end(&mut self, _end: EntryEnd) -> Result<()> {
+        self.stage().end_entry()
+    }
+
+    fn end(&mut self, _end: End) -> Result<()> {
+        self.stage.take().expect("a stream is open").commit(self.options.verbose)
+    }
 }

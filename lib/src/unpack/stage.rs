@@ -15,8 +15,7 @@ use nix::sys::time::TimeSpec;
 
 use super::paths::{self, lossy, STAGING_PREFIX};
 use crate::error::{Error, Result};
-use crate::format::Frame;
-use crate::meta::{Entry, EntryEnd, EntryType, Xattr};
+use crate::meta::{Entry, EntryType, Xattr};
 use crate::workdir::{describe_mounts, mounts_under, remove_tree};
 
 /// Zero blocks at least this long are skipped with a seek, keeping sparse files sparse.
@@ -34,7 +33,6 @@ struct OpenDir {
 struct OpenEntry {
     entry: Entry,
     file: Option<File>,
-    hasher: blake3::Hasher,
     written: u64,
 }
 
@@ -67,8 +65,6 @@ pub struct Stage {
     /// directory needs write permission on it).
     top_modes: Vec<(Vec<u8>, u32)>,
     current: Option<OpenEntry>,
-    /// Entries and content bytes written.
-    pub totals: (u64, u64),
     is_root: bool,
 }
 
@@ -106,7 +102,6 @@ impl Stage {
             open_dirs: Vec::new(),
             top_modes: Vec::new(),
             current: None,
-            totals: (0, 0),
             is_root: nix::unistd::geteuid().is_root(),
         })
     }
@@ -265,19 +260,17 @@ impl Stage {
                 file = Some(created);
             }
         }
-        self.current = Some(OpenEntry { entry, file, hasher: blake3::Hasher::new(), written: 0 });
+        self.current = Some(OpenEntry { entry, file, written: 0 });
         Ok(())
     }
 
-    /// Writes a Data frame's content to the open entry.
-    pub fn data(&mut self, frame: &Frame) -> Result<()> {
+    /// Writes a piece of the open entry's content.
+    pub fn data(&mut self, payload: &[u8]) -> Result<()> {
         let open = self.current.as_mut().expect("the reader checks Data is inside an entry");
         let name = &open.entry.path;
         let Some(file) = open.file.as_mut() else {
             return Err(Error::integrity(format!("entry '{}' is not a file but has Data frames", name.display())));
         };
-        let payload = &frame.payload;
-        open.hasher.update(payload);
         let write = if payload.len() >= HOLE_MIN && payload.iter().all(|&b| b == 0) {
             file.seek(SeekFrom::Current(payload.len() as i64)).map(|_| ())
         } else {
@@ -288,20 +281,13 @@ impl Stage {
         Ok(())
     }
 
-    /// Closes the open entry: verifies size and digest, then applies owner, mode and times.
-    pub fn end_entry(&mut self, end: EntryEnd) -> Result<()> {
+    /// Closes the open entry (its size and digest checked by the sink):
+    /// applies owner, mode and times.
+    pub fn end_entry(&mut self) -> Result<()> {
         let open = self.current.take().expect("the reader checks EntryEnd closes an entry");
         let name = open.entry.path.display();
-        let digest = open.hasher.finalize().to_hex().to_string();
-        if open.written != end.size || !digest.eq_ignore_ascii_case(&end.blake3) {
-            return Err(Error::integrity(format!(
-                "'{name}': content does not match its digest ({} bytes received, {} expected); the data was altered after the source read it",
-                open.written, end.size
-            )));
-        }
         if open.entry.entry_type == EntryType::Hardlink {
             // Another name of a file already finished: nothing of its own to set.
-            self.totals.0 += 1;
             return Ok(());
         }
         // Owner first: changing it clears setuid and setgid, which the mode then restores.
@@ -328,8 +314,6 @@ impl Stage {
                 self.link_targets.insert(open.entry.path.0.clone());
             }
         }
-        self.totals.0 += 1;
-        self.totals.1 += open.written;
         Ok(())
     }
 

@@ -337,3 +337,36 @@ impl Frame {
         }
     }
 }
+
+/// Refuses a frame whose payload carries an encoding bit this build does not know.
+pub fn refuse_unknown_encodings(frame: &Frame) -> Result<()> {
+    if frame.encodings.has_unknown() {
+        return Err(Error::other(format!(
+            "{} frame has an encoding this version does not know ({}); use a newer backpipe",
+            frame.kind.name(),
+            frame.encodings.describe()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a frame that `consumer`, a sink, cannot read as plain content,
+/// naming the reverse filter to run first.
+pub fn require_plain(frame: &Frame, consumer: &str) -> Result<()> {
+    refuse_unknown_encodings(frame)?;
+    if frame.encodings.0 != 0 {
+        let undo = if frame.encodings.has(Encodings::ENCRYPTED) {
+            "encrypt -d"
+        } else if frame.encodings.has(Encodings::ZSTD) {
+            "squeeze -d"
+        } else {
+            "chunk -d"
+        };
+        return Err(Error::other(format!(
+            "{} frame is {}; run `{undo}` before {consumer}",
+            frame.kind.name(),
+            frame.encodings.describe()
+        )));
+    }
+    Ok(())
+}

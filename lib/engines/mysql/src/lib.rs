@@ -28,10 +28,9 @@ pub mod tail;
 pub mod target;
 
 // The crates below, under the names the engine uses.
-use backpipe_codec as codec;
-use backpipe_kit::{emit, interrupt, workdir};
+use backpipe_kit::{emit, interrupt, sink, workdir};
 use backpipe_repo as repo;
-use backpipe_stream::{error, filter, format, meta, notice, pipe, progress, reader};
+use backpipe_stream::{error, filter, format, meta, notice, pipe, progress};
 
 /// How the names of `restore-mysql`'s working directories start (then the
 /// process ID): its own, and its temporary server's.

@@ -25,19 +25,15 @@ use chrono::{DateTime, Utc};
 
 use crate::binlog::BackgroundCheck;
 use crate::client::{Client, Running};
-use crate::codec::require_plain;
 use crate::datadir::{check_datadir, prepare_physical, staging_parent, swap_in};
 use crate::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
 use crate::error::{Error, Result};
-use crate::filter::describe_abort;
-use crate::format::Kind;
 use crate::meta::{Begin, End, Entry, EntryEnd};
 use crate::plan::{holds, plan_replay, ReceivedLog};
 use crate::positions::{sequence_of, Positions, PHYSICAL};
-use crate::progress::Progress;
-use crate::reader::{Item, StreamReader};
 use crate::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
 use crate::scratch::ScratchServer;
+use crate::sink::{consume, Consumer};
 use crate::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
 use crate::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
@@ -82,19 +78,13 @@ enum Sink {
     Discard,
 }
 
-/// The entry being read.
-struct Open {
-    sink: Sink,
-    hasher: blake3::Hasher,
-    size: u64,
-}
-
 /// The state of a restore as the input is read.
 struct Restore<'a> {
     client: &'a Client,
     options: &'a Options,
-    /// Declared before `work`, so a tool writing into it stops before it is removed.
-    open: Option<Open>,
+    /// Where the entry being read goes. Declared before `work`, so a tool
+    /// writing into it stops before it is removed.
+    open: Option<Sink>,
     /// The spooled logical dumps, in the order they load.
     dumps: Vec<PathBuf>,
     /// Removes `work` if a signal ends the restore.
@@ -107,7 +97,6 @@ struct Restore<'a> {
     next_file: Option<String>,
     logs: Vec<ReceivedLog>,
     begin: Option<Begin>,
-    totals: (u64, u64),
 }
 
 /// Restores the chain read from `input`; with `options.dry_run`, writes the plan to `plan` instead.
@@ -138,7 +127,6 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
         next_file: None,
         logs: Vec::new(),
         begin: None,
-        totals: (0, 0),
     };
     state.read(input)?;
     state.finish(plan)
@@ -146,86 +134,10 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
 
 impl Restore<'_> {
     fn read(&mut self, input: impl Read) -> Result<()> {
-        let progress = Progress::for_stage(TOOL);
-        let mut reader = StreamReader::new(std::io::BufReader::with_capacity(crate::filter::IO_BUFFER, input));
-        while let Some(item) = reader.next_item()? {
-            let Item::Frame(frame) = item else { continue };
-            match frame.kind {
-                Kind::Abort => {
-                    return Err(Error::incomplete(format!(
-                        "the stream was aborted upstream: {}; the restore is incomplete",
-                        describe_abort(&frame)
-                    )))
-                }
-                Kind::Cipher => {
-                    return Err(Error::other(format!("the stream is encrypted; run `encrypt -d` before {TOOL}")))
-                }
-                Kind::ChunkRef => return Err(Error::other(crate::format::UNRESOLVED_REF)),
-                Kind::Unknown(_) => continue,
-                _ => require_plain(&frame, TOOL)?,
-            }
-            match frame.kind {
-                Kind::Begin => self.begin(frame.parse_json()?)?,
-                Kind::Entry => self.entry(frame.parse_json()?)?,
-                Kind::Data => {
-                    progress.add(frame.payload.len() as u64);
-                    self.data(frame.payload)?;
-                }
-                Kind::EntryEnd => self.entry_end(frame.parse_json()?)?,
-                Kind::End => self.end(frame.parse_json()?)?,
-                _ => {}
-            }
-        }
-        progress.finish();
+        consume(TOOL, input, self, "the restore is incomplete")?;
         if self.full.is_none() {
             return Err(Error::incomplete("the input holds no full MySQL backup"));
         }
-        Ok(())
-    }
-
-    fn begin(&mut self, begin: Begin) -> Result<()> {
-        if begin.engine != ENGINE {
-            return Err(Error::usage(format!("the input is a backup of engine '{}', not MySQL", begin.engine)));
-        }
-        let positions = Positions::from_maps(&begin.positions, &Default::default())?;
-        match (begin.kind.as_str(), &self.full) {
-            ("full", None) => self.begin_full(&begin, positions)?,
-            ("full", Some(_)) => {
-                return Err(Error::usage(
-                    "the input holds more than one full backup; restore one chain (`fetch --until` writes one)",
-                ))
-            }
-            ("incremental", None) => {
-                return Err(Error::usage("the input starts with an incremental; a full backup must come first"))
-            }
-            ("incremental", Some(full)) => {
-                let expected = self.next_file.clone().ok_or_else(|| {
-                    Error::integrity("the backup before this incremental records no file for the next one")
-                })?;
-                let expected = expected.as_str();
-                let same = positions.binlog_basename == full.positions.binlog_basename
-                    && positions.server_id == full.positions.server_id;
-                if !same || !holds(&positions, expected)? {
-                    return Err(Error::usage(format!(
-                        "the incremental started {} does not continue the chain: it holds {} to {}, the chain needs \
-                         {expected} (an incremental is missing, or it belongs to another server)",
-                        begin.started,
-                        positions.from_file.as_deref().unwrap_or("?"),
-                        positions.binlog_file.as_deref().unwrap_or("?")
-                    )));
-                }
-                self.next_file = positions.next_file.clone();
-                self.backups.push(format!(
-                    "incremental  started {}, binary logs {} to {}",
-                    begin.started,
-                    positions.from_file.as_deref().unwrap_or("?"),
-                    positions.binlog_file.as_deref().unwrap_or("?")
-                ));
-            }
-            (kind, _) => return Err(Error::usage(format!("cannot restore a MySQL backup of kind '{kind}'"))),
-        }
-        self.begin = Some(begin);
-        self.totals = (0, 0);
         Ok(())
     }
 
@@ -256,103 +168,6 @@ impl Restore<'_> {
         Ok(())
     }
 
-    fn entry(&mut self, entry: Entry) -> Result<()> {
-        let name = entry.path.display();
-        let dry = self.options.dry_run;
-        let sink = match entry.role.as_str() {
-            LOGICAL_ROLE if !dry => {
-                let path = self.work.path().join(format!("dump-{}.sql", self.dumps.len()));
-                let file = private_file(&path)?;
-                Sink::Spool(path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file))
-            }
-            PHYSICAL_ROLE if !dry => {
-                let target = self.work.path().join("full");
-                std::fs::create_dir(&target).map_err(|e| Error::io("cannot create the extraction directory", e))?;
-                let mut command = Command::new("mbstream");
-                command.arg("-x").arg("-C").arg(&target).stdin(Stdio::piped()).stdout(Stdio::null());
-                let mut extract = Running::spawn("mbstream", command)?;
-                let stdin = extract.child.stdin.take().expect("stdin is piped");
-                Sink::Pipe(extract, stdin)
-            }
-            LOGICAL_ROLE | PHYSICAL_ROLE => Sink::Discard,
-            BINLOG_ROLE => {
-                let log = name.strip_prefix("binlog/").unwrap_or(&name).to_string();
-                if log.contains('/') || log.starts_with('.') {
-                    return Err(Error::integrity(format!("entry '{name}' is not a binary log name")));
-                }
-                sequence_of(&log)?;
-                // A second copy of a file (overlapping incrementals) is only compared with the first.
-                let file = if dry || self.logs.iter().any(|received| received.name == log) {
-                    None
-                } else {
-                    let path = self.work.path().join(&log);
-                    let file = private_file(&path)?;
-                    Some((path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file)))
-                };
-                Sink::Binlog { check: BackgroundCheck::start(&log), name: log, file }
-            }
-            role => {
-                return Err(Error::usage(format!(
-                    "entry '{name}' has role '{role}', which restore-mysql does not know"
-                )))
-            }
-        };
-        self.open = Some(Open { sink, hasher: blake3::Hasher::new(), size: 0 });
-        Ok(())
-    }
-
-    /// Passes on one Data frame's payload (a binary log's goes to its check whole, without a copy).
-    fn data(&mut self, bytes: Vec<u8>) -> Result<()> {
-        let open = self.open.as_mut().ok_or_else(|| Error::integrity("a Data frame outside an entry"))?;
-        open.hasher.update(&bytes);
-        open.size += bytes.len() as u64;
-        match &mut open.sink {
-            Sink::Pipe(_, stdin) => {
-                if let Err(e) = stdin.write_all(&bytes) {
-                    // The tool stopped reading: its own error says why.
-                    let sink = self.open.take().expect("open").sink;
-                    return Err(finish_sink(sink).err().unwrap_or_else(|| Error::io("cannot pass on the backup", e)));
-                }
-            }
-            Sink::Spool(path, out) => {
-                out.write_all(&bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
-            }
-            Sink::Binlog { file, check, .. } => {
-                if let Some((path, out)) = file {
-                    out.write_all(&bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
-                }
-                if !check.feed(bytes) {
-                    let sink = self.open.take().expect("open").sink;
-                    return Err(finish_sink(sink).err().unwrap_or_else(|| Error::integrity("binary log check failed")));
-                }
-            }
-            Sink::Discard => {}
-        }
-        Ok(())
-    }
-
-    fn entry_end(&mut self, end: EntryEnd) -> Result<()> {
-        let open = self.open.take().ok_or_else(|| Error::integrity("an EntryEnd frame outside an entry"))?;
-        let digest = open.hasher.finalize().to_hex().to_string();
-        if open.size != end.size || digest != end.blake3 {
-            return Err(Error::integrity(format!(
-                "an entry's content does not match its digest ({} bytes read, {} expected)",
-                open.size, end.size
-            )));
-        }
-        if let Sink::Spool(path, out) = open.sink {
-            out.into_inner().map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e.into_error()))?;
-            self.dumps.push(path);
-        } else if let Some(mut log) = finish_sink(open.sink)? {
-            log.size = open.size;
-            log.digest = digest;
-            self.received(log)?;
-        }
-        self.totals.0 += 1;
-        self.totals.1 += end.size;
-        Ok(())
-    }
-
     /// Keeps a received binary log; a second copy of one already received
     /// (overlapping incrementals both copied it) must be the same file.
     fn received(&mut self, log: ReceivedLog) -> Result<()> {
@@ -366,45 +181,6 @@ impl Restore<'_> {
                     log.name, first.size, log.size
                 )))
             }
-        }
-        Ok(())
-    }
-
-    fn end(&mut self, end: End) -> Result<()> {
-        if self.totals != (end.entries, end.bytes) {
-            return Err(Error::integrity(format!(
-                "the stream holds {} entries and {} bytes but its End frame says {} and {}",
-                self.totals.0, self.totals.1, end.entries, end.bytes
-            )));
-        }
-        let begin = self.begin.take().ok_or_else(|| Error::integrity("an End frame without Begin"))?;
-        if begin.kind == "full" {
-            let full = self.full.as_mut().expect("begin_full ran");
-            full.positions = Positions::from_maps(&begin.positions, &end.positions)?;
-            let p = &full.positions;
-            let (file, pos) = match (&p.binlog_file, p.binlog_pos) {
-                (Some(file), Some(pos)) => (file.clone(), pos),
-                _ => return Err(Error::integrity("the full backup records no binary log position")),
-            };
-            if let (Until::Time(until), Some(consistent)) = (&self.options.until, &p.consistent_at) {
-                if parse_time(consistent).is_some_and(|at| at > *until) {
-                    return Err(Error::usage(format!(
-                        "the physical full backup is consistent only from {consistent}, when its copy ended, after \
-                         --until {}; fetch an older chain",
-                        until.format(UTC_FORMAT)
-                    )));
-                }
-            }
-            self.next_file = Some(file.clone());
-            self.backups.insert(
-                0,
-                format!(
-                    "full         {}, started {}, consistent at {file}:{pos} (GTID {})",
-                    p.method,
-                    full.started,
-                    p.gtid.as_deref().unwrap_or("unknown")
-                ),
-            );
         }
         Ok(())
     }
@@ -476,6 +252,173 @@ impl Restore<'_> {
                     full.started
                 ))
             })?;
+        }
+        Ok(())
+    }
+}
+
+/// The checked sink hands the input to the restore part by part.
+impl Consumer for Restore<'_> {
+    fn begin(&mut self, begin: Begin) -> Result<()> {
+        if begin.engine != ENGINE {
+            return Err(Error::usage(format!("the input is a backup of engine '{}', not MySQL", begin.engine)));
+        }
+        let positions = Positions::from_maps(&begin.positions, &Default::default())?;
+        match (begin.kind.as_str(), &self.full) {
+            ("full", None) => self.begin_full(&begin, positions)?,
+            ("full", Some(_)) => {
+                return Err(Error::usage(
+                    "the input holds more than one full backup; restore one chain (`fetch --until` writes one)",
+                ))
+            }
+            ("incremental", None) => {
+                return Err(Error::usage("the input starts with an incremental; a full backup must come first"))
+            }
+            ("incremental", Some(full)) => {
+                let expected = self.next_file.clone().ok_or_else(|| {
+                    Error::integrity("the backup before this incremental records no file for the next one")
+                })?;
+                let expected = expected.as_str();
+                let same = positions.binlog_basename == full.positions.binlog_basename
+                    && positions.server_id == full.positions.server_id;
+                if !same || !holds(&positions, expected)? {
+                    return Err(Error::usage(format!(
+                        "the incremental started {} does not continue the chain: it holds {} to {}, the chain needs \
+                         {expected} (an incremental is missing, or it belongs to another server)",
+                        begin.started,
+                        positions.from_file.as_deref().unwrap_or("?"),
+                        positions.binlog_file.as_deref().unwrap_or("?")
+                    )));
+                }
+                self.next_file = positions.next_file.clone();
+                self.backups.push(format!(
+                    "incremental  started {}, binary logs {} to {}",
+                    begin.started,
+                    positions.from_file.as_deref().unwrap_or("?"),
+                    positions.binlog_file.as_deref().unwrap_or("?")
+                ));
+            }
+            (kind, _) => return Err(Error::usage(format!("cannot restore a MySQL backup of kind '{kind}'"))),
+        }
+        self.begin = Some(begin);
+        Ok(())
+    }
+
+    fn entry(&mut self, entry: Entry) -> Result<()> {
+        let name = entry.path.display();
+        let dry = self.options.dry_run;
+        let sink = match entry.role.as_str() {
+            LOGICAL_ROLE if !dry => {
+                let path = self.work.path().join(format!("dump-{}.sql", self.dumps.len()));
+                let file = private_file(&path)?;
+                Sink::Spool(path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file))
+            }
+            PHYSICAL_ROLE if !dry => {
+                let target = self.work.path().join("full");
+                std::fs::create_dir(&target).map_err(|e| Error::io("cannot create the extraction directory", e))?;
+                let mut command = Command::new("mbstream");
+                command.arg("-x").arg("-C").arg(&target).stdin(Stdio::piped()).stdout(Stdio::null());
+                let mut extract = Running::spawn("mbstream", command)?;
+                let stdin = extract.child.stdin.take().expect("stdin is piped");
+                Sink::Pipe(extract, stdin)
+            }
+            LOGICAL_ROLE | PHYSICAL_ROLE => Sink::Discard,
+            BINLOG_ROLE => {
+                let log = name.strip_prefix("binlog/").unwrap_or(&name).to_string();
+                if log.contains('/') || log.starts_with('.') {
+                    return Err(Error::integrity(format!("entry '{name}' is not a binary log name")));
+                }
+                sequence_of(&log)?;
+                // A second copy of a file (overlapping incrementals) is only compared with the first.
+                let file = if dry || self.logs.iter().any(|received| received.name == log) {
+                    None
+                } else {
+                    let path = self.work.path().join(&log);
+                    let file = private_file(&path)?;
+                    Some((path, BufWriter::with_capacity(crate::filter::IO_BUFFER, file)))
+                };
+                Sink::Binlog { check: BackgroundCheck::start(&log), name: log, file }
+            }
+            role => {
+                return Err(Error::usage(format!(
+                    "entry '{name}' has role '{role}', which restore-mysql does not know"
+                )))
+            }
+        };
+        self.open = Some(sink);
+        Ok(())
+    }
+
+    /// Passes on one Data frame's payload (a binary log's goes to its check whole, without a copy).
+    fn data(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let open = self.open.as_mut().ok_or_else(|| Error::integrity("a Data frame outside an entry"))?;
+        match open {
+            Sink::Pipe(_, stdin) => {
+                if let Err(e) = stdin.write_all(&bytes) {
+                    // The tool stopped reading: its own error says why.
+                    let sink = self.open.take().expect("open");
+                    return Err(finish_sink(sink).err().unwrap_or_else(|| Error::io("cannot pass on the backup", e)));
+                }
+            }
+            Sink::Spool(path, out) => {
+                out.write_all(&bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
+            }
+            Sink::Binlog { file, check, .. } => {
+                if let Some((path, out)) = file {
+                    out.write_all(&bytes).map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e))?;
+                }
+                if !check.feed(bytes) {
+                    let sink = self.open.take().expect("open");
+                    return Err(finish_sink(sink).err().unwrap_or_else(|| Error::integrity("binary log check failed")));
+                }
+            }
+            Sink::Discard => {}
+        }
+        Ok(())
+    }
+
+    fn entry_end(&mut self, end: EntryEnd) -> Result<()> {
+        let sink = self.open.take().ok_or_else(|| Error::integrity("an EntryEnd frame outside an entry"))?;
+        if let Sink::Spool(path, out) = sink {
+            out.into_inner().map_err(|e| Error::io(format!("cannot write '{}'", path.display()), e.into_error()))?;
+            self.dumps.push(path);
+        } else if let Some(mut log) = finish_sink(sink)? {
+            log.size = end.size;
+            log.digest = end.blake3;
+            self.received(log)?;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, end: End) -> Result<()> {
+        let begin = self.begin.take().ok_or_else(|| Error::integrity("an End frame without Begin"))?;
+        if begin.kind == "full" {
+            let full = self.full.as_mut().expect("begin_full ran");
+            full.positions = Positions::from_maps(&begin.positions, &end.positions)?;
+            let p = &full.positions;
+            let (file, pos) = match (&p.binlog_file, p.binlog_pos) {
+                (Some(file), Some(pos)) => (file.clone(), pos),
+                _ => return Err(Error::integrity("the full backup records no binary log position")),
+            };
+            if let (Until::Time(until), Some(consistent)) = (&self.options.until, &p.consistent_at) {
+                if parse_time(consistent).is_some_and(|at| at > *until) {
+                    return Err(Error::usage(format!(
+                        "the physical full backup is consistent only from {consistent}, when its copy ended, after \
+                         --until {}; fetch an older chain",
+                        until.format(UTC_FORMAT)
+                    )));
+                }
+            }
+            self.next_file = Some(file.clone());
+            self.backups.insert(
+                0,
+                format!(
+                    "full         {}, started {}, consistent at {file}:{pos} (GTID {})",
+                    p.method,
+                    full.started,
+                    p.gtid.as_deref().unwrap_or("unknown")
+                ),
+            );
         }
         Ok(())
     }
