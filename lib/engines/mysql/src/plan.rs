@@ -27,6 +27,24 @@ pub struct ReceivedLog {
     pub digest: String,
 }
 
+/// Adds a binary log received from the chain to `logs`; a second copy of
+/// one already received (overlapping incrementals both copied it) must be
+/// the same file, and is dropped.
+pub fn keep_log(logs: &mut Vec<ReceivedLog>, log: ReceivedLog) -> Result<()> {
+    match logs.iter().find(|first| first.name == log.name) {
+        None => logs.push(log),
+        Some(first) if first.size == log.size && first.digest == log.digest => {}
+        Some(first) => {
+            return Err(Error::integrity(format!(
+                "binary log {} appears twice in the chain with different content ({} and {} bytes): the backups \
+                 come from two servers, or its history was reset",
+                log.name, first.size, log.size
+            )))
+        }
+    }
+    Ok(())
+}
+
 /// The binary logs to replay and where to stop.
 pub struct ReplayPlan<'a> {
     /// The files, in order.
@@ -174,4 +192,37 @@ fn check_gtids_reached(gtids: &str, full: &Positions, logs: &[&ReceivedLog]) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(name: &str, size: u64, digest: &str) -> ReceivedLog {
+        let checked = Checked {
+            server_version: "10.11.6-MariaDB-log".into(),
+            checksums: true,
+            events: 3,
+            end: size,
+            last_event: 4,
+            in_use: false,
+            first_time: 1,
+            last_time: 2,
+            gtids: Default::default(),
+        };
+        ReceivedLog { name: name.into(), path: None, checked, size, digest: digest.into() }
+    }
+
+    #[test]
+    fn a_log_copied_twice_is_kept_once_and_another_of_its_name_refused() {
+        let mut logs = Vec::new();
+        keep_log(&mut logs, log("mysql-bin.000002", 900, "aa")).unwrap();
+        keep_log(&mut logs, log("mysql-bin.000002", 900, "aa")).unwrap();
+        keep_log(&mut logs, log("mysql-bin.000003", 400, "bb")).unwrap();
+        assert_eq!(logs.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["mysql-bin.000002", "mysql-bin.000003"]);
+        let err = keep_log(&mut logs, log("mysql-bin.000003", 400, "cc")).unwrap_err();
+        assert!(err.message().contains("mysql-bin.000003 appears twice"), "{err}");
+        assert_eq!(err.kind().exit_code(), 4);
+        assert!(keep_log(&mut logs, log("mysql-bin.000002", 901, "aa")).is_err());
+    }
 }

@@ -29,7 +29,7 @@ use crate::datadir::{check_datadir, prepare_physical, staging_parent, swap_in};
 use crate::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
 use crate::error::{Error, Result};
 use crate::meta::{Begin, End, Entry, EntryEnd};
-use crate::plan::{holds, plan_replay, ReceivedLog};
+use crate::plan::{holds, keep_log, plan_replay, ReceivedLog};
 use crate::positions::{sequence_of, Positions, PHYSICAL};
 use crate::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
 use crate::scratch::ScratchServer;
@@ -165,23 +165,6 @@ impl Restore<'_> {
             }
         }
         self.full = Some(Full { positions, started: begin.started.clone() });
-        Ok(())
-    }
-
-    /// Keeps a received binary log; a second copy of one already received
-    /// (overlapping incrementals both copied it) must be the same file.
-    fn received(&mut self, log: ReceivedLog) -> Result<()> {
-        match self.logs.iter().find(|first| first.name == log.name) {
-            None => self.logs.push(log),
-            Some(first) if first.size == log.size && first.digest == log.digest => {}
-            Some(first) => {
-                return Err(Error::integrity(format!(
-                    "binary log {} appears twice in the chain with different content ({} and {} bytes): the \
-                     backups come from two servers, or its history was reset",
-                    log.name, first.size, log.size
-                )))
-            }
-        }
         Ok(())
     }
 
@@ -385,7 +368,7 @@ impl Consumer for Restore<'_> {
         } else if let Some(mut log) = finish_sink(sink)? {
             log.size = end.size;
             log.digest = end.blake3;
-            self.received(log)?;
+            keep_log(&mut self.logs, log)?;
         }
         Ok(())
     }
