@@ -1716,8 +1716,7 @@ mod summaries_and_clocks {
         };
         put(&dir.join("db/v"), b"made behind", 0o644, 1_700_000_000);
         let behind = skewed("-3d");
-        let started =
-            |r: &serde_json::Value| backpipe::repo::fetch::parse_time(r["started"].as_str().unwrap()).unwrap();
+        let started = |r: &serde_json::Value| backpipe::units::parse_time(r["started"].as_str().unwrap()).unwrap();
         assert!(started(&on_time) - started(&behind) > chrono::Duration::days(2), "{behind}");
         let decide = |rules: &str| -> (String, String) {
             let out = case.run(&format!(r#"repo forget "$R" {rules} --dry-run --key-file k"#));

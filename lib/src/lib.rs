@@ -18,7 +18,9 @@ pub use backpipe_kit::{interrupt, sink, workdir};
 pub use backpipe_mysql as mysql;
 pub use backpipe_repo as repo;
 pub use backpipe_repo::storage_limits_help;
-pub use backpipe_stream::{error, filter, format, meta, notice, parallel, pipe, progress, random, reader, writer};
+pub use backpipe_stream::{
+    error, filter, format, meta, notice, parallel, pipe, progress, random, reader, units, writer,
+};
 
 pub mod inspect;
 pub mod source;

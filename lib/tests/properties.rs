@@ -195,8 +195,9 @@ proptest! {
 /// of the real syntax, and anything at all.
 mod option_values {
     use backpipe::meta::Begin;
-    use backpipe::repo::forget::{decide, parse_duration, Policy};
+    use backpipe::repo::forget::{decide, Policy};
     use backpipe::repo::snapshot::Summary;
+    use backpipe::units::parse_duration;
     use chrono::{DateTime, Utc};
     use proptest::prelude::*;
 
@@ -259,7 +260,7 @@ mod option_values {
             "[-+]?[0-9]{4,6}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,12})?(Z|[-+][0-9]{2}:[0-9]{2})",
             ".{0,40}",
         ]) {
-            if let Ok(time) = backpipe::repo::fetch::parse_time(&text) {
+            if let Ok(time) = backpipe::units::parse_time(&text) {
                 prop_assert!((0..=9999).contains(&chrono::Datelike::year(&time)), "{} accepted as {}", text, time);
             }
         }
@@ -269,7 +270,7 @@ mod option_values {
             " ?[0-9]{0,25}[kKmMgGbBiIpP]{0,3} ?",
             ".{0,30}",
         ]) {
-            let _ = backpipe::cli::parse_size(&text);
+            let _ = backpipe::units::parse_size(&text);
         }
 
         #[test]

@@ -37,13 +37,13 @@ struct Args {
     #[arg(long, value_name = "REPO", conflicts_with_all = ["min_size", "avg_size", "max_size"])]
     repo: Option<String>,
     /// Smallest chunk (K, M suffixes allowed).
-    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = cli::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = backpipe::units::parse_size)]
     min_size: usize,
     /// Average chunk, rounded to a power of two.
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = cli::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = backpipe::units::parse_size)]
     avg_size: usize,
     /// Largest chunk; at most 16M.
-    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = cli::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = backpipe::units::parse_size)]
     max_size: usize,
     #[command(flatten)]
     keys: KeyArgs,

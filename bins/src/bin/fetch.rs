@@ -1,7 +1,8 @@
 //! `fetch`: writes stored streams back out of a repository.
 
 use backpipe::cli::{self, KeyArgs};
-use backpipe::repo::fetch::{chain_until, fetch, parse_time, resolve, Filter};
+use backpipe::repo::fetch::{chain_until, fetch, resolve, Filter};
+use backpipe::units::parse_time;
 use clap::Parser;
 
 /// Write stored snapshots back as a stream on stdout, ready for `encrypt -d`.

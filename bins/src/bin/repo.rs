@@ -6,12 +6,13 @@ use backpipe::cdc::ChunkSizes;
 use backpipe::cli::{self, KeyArgs, NewKeyArgs};
 use backpipe::repo::catalog;
 use backpipe::repo::check::check;
-use backpipe::repo::fetch::{list, parse_time, Filter};
-use backpipe::repo::forget::{decide, named, parse_duration, Decision, Policy};
+use backpipe::repo::fetch::{list, Filter};
+use backpipe::repo::forget::{decide, named, Decision, Policy};
 use backpipe::repo::prune::{prune, storage_now};
 use backpipe::repo::remote::describe_duration;
 use backpipe::repo::snapshot::summary_time;
 use backpipe::repo::Repository;
+use backpipe::units::{parse_duration, parse_size, parse_time};
 use clap::{Parser, Subcommand};
 
 /// Create and look after backup repositories.
@@ -33,15 +34,15 @@ enum Command {
         /// shared credentials file; SSH from ~/.ssh/config or BACKPIPE_SFTP_IDENTITY).
         repo: String,
         /// Smallest chunk of every backup in this repository.
-        #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = cli::parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = parse_size)]
         min_size: usize,
         /// Average chunk. Smaller chunks store small changes in less space and
         /// cost more index entries; 512K stores a 1% change of scattered
         /// writes in about 5% of the data's compressed size.
-        #[arg(long, value_name = "SIZE", default_value = "512K", value_parser = cli::parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = "512K", value_parser = parse_size)]
         avg_size: usize,
         /// Largest chunk.
-        #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = cli::parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
         max_size: usize,
         #[command(flatten)]
         keys: KeyArgs,

@@ -89,7 +89,7 @@ fn main() {
     cli::main("restore-mysql", || {
         backpipe::interrupt::install()?;
         let until = if let Some(time) = &args.until {
-            Until::Time(backpipe::repo::fetch::parse_time(time)?)
+            Until::Time(backpipe::units::parse_time(time)?)
         } else if let Some(position) = &args.until_position {
             Until::position(position)?
         } else if let Some(gtid) = &args.until_gtid {

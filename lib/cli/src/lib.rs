@@ -152,22 +152,6 @@ pub fn stream_stdin() -> Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-/// Parses a byte size such as `1048576`, `256K`, `1M`, `4MiB` (K, M, G are powers of 1024).
-pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: usize = digits.parse().map_err(|_| format!("'{text}' is not a size (try 1M or 256K)"))?;
-    let scale = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("unknown size unit in '{text}' (use K, M or G)")),
-    };
-    number.checked_mul(scale).ok_or_else(|| format!("'{text}' is too large"))
-}
-
 /// The secret named by `keys`, or from the `BACKPIPE_PASSPHRASE` environment
 /// variable when no option is given; `None` when neither is.
 pub fn optional_secret(keys: &KeyArgs) -> Result<Option<crate::keys::Secret>> {

@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::fetch::{parse_time, Found, Listing};
+use super::fetch::{Found, Listing};
 use super::snapshot::Summary;
 use crate::error::{Error, Result};
+use crate::units::parse_time;
 
 /// Retention rules; a snapshot is kept if any rule keeps it.
 #[derive(Debug, Default, Clone)]
@@ -33,35 +34,6 @@ impl Policy {
         [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly].iter().all(|&n| n == 0)
             && self.within.is_none()
     }
-}
-
-/// The longest duration [`parse_duration`] accepts, in years of 365 days.
-pub const MAX_DURATION_YEARS: i64 = 1000;
-
-/// Parses a duration such as `90m`, `36h`, `14d`, `8w` or `1y` (365 days),
-/// at most [`MAX_DURATION_YEARS`] years; anything else is a usage error.
-pub fn parse_duration(text: &str) -> Result<chrono::Duration> {
-    let bad = || Error::usage(format!("'{text}' is not a duration (use 90m, 36h, 14d, 8w or 1y)"));
-    let too_long = || Error::usage(format!("'{text}' is too long (at most {MAX_DURATION_YEARS}y)"));
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    if split == 0 {
-        return Err(bad());
-    }
-    let minutes_per_unit: i64 = match &text[split..] {
-        "m" => 1,
-        "h" => 60,
-        "d" => 24 * 60,
-        "w" => 7 * 24 * 60,
-        "y" => 365 * 24 * 60,
-        _ => return Err(bad()),
-    };
-    // Only digits precede the unit, so the number fails to parse only by being too large.
-    let number: i64 = text[..split].parse().map_err(|_| too_long())?;
-    number
-        .checked_mul(minutes_per_unit)
-        .filter(|&minutes| minutes <= MAX_DURATION_YEARS * 365 * 24 * 60)
-        .map(chrono::Duration::minutes)
-        .ok_or_else(too_long)
 }
 
 /// One snapshot's fate, and why.
@@ -240,6 +212,7 @@ pub fn named(listing: &Listing, names: &[String]) -> Result<Vec<Decision>> {
 mod tests {
     use super::*;
     use crate::meta::Begin;
+    use crate::units::parse_duration;
 
     fn snap(id: &str, started: &str, kind: &str) -> (String, Summary) {
         let summary = Summary {

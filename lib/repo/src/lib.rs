@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 
 // The stream core and the codecs, under the names the repository uses.
 use backpipe_codec::{cdc, chunk, crypt, envelope, keys, squeeze};
-use backpipe_stream::{error, filter, format, meta, notice, parallel, progress, random, reader, writer};
+use backpipe_stream::{error, filter, format, meta, notice, parallel, progress, random, reader, units, writer};
 
 use crate::cdc::ChunkSizes;
 use crate::error::{Error, Result};

@@ -3,8 +3,9 @@
 //! ([`reader`], [`writer`]), the JSON payloads of metadata frames
 //! ([`meta`]), errors and their exit classes ([`error`]), ordered parallel
 //! work ([`parallel`]), and the driver every filter runs on ([`filter`]),
-//! with its progress display ([`progress`]), pipe set-up ([`pipe`]) and the
-//! notices the library hands to the tool ([`notice`]). docs/FORMAT.md
+//! with its progress display ([`progress`]), pipe set-up ([`pipe`]), the
+//! notices the library hands to the tool ([`notice`]) and the parsers of
+//! times, durations and sizes ([`units`]). docs/FORMAT.md
 //! specifies the stream byte for byte.
 //!
 //! It builds without the repository's dependencies (no command-line parser,
@@ -23,6 +24,7 @@ pub mod pipe;
 pub mod progress;
 pub mod random;
 pub mod reader;
+pub mod units;
 pub mod writer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -30,7 +30,7 @@ pub mod target;
 // The crates below, under the names the engine uses.
 use backpipe_kit::{emit, interrupt, sink, workdir};
 use backpipe_repo as repo;
-use backpipe_stream::{error, filter, format, meta, notice, pipe, progress};
+use backpipe_stream::{error, filter, format, meta, notice, pipe, progress, units};
 
 /// How the names of `restore-mysql`'s working directories start (then the
 /// process ID): its own, and its temporary server's.

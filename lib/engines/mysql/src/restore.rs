@@ -21,8 +21,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 
-use chrono::{DateTime, Utc};
-
 use crate::binlog::BackgroundCheck;
 use crate::client::{Client, Running};
 use crate::datadir::{check_datadir, prepare_physical, staging_parent, swap_in};
@@ -35,6 +33,7 @@ use crate::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
 use crate::scratch::ScratchServer;
 use crate::sink::{consume, Consumer};
 use crate::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
+use crate::units::parse_time;
 use crate::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
 /// The tool name in messages.
@@ -143,7 +142,7 @@ impl Restore<'_> {
 
     fn begin_full(&mut self, begin: &Begin, positions: Positions) -> Result<()> {
         if let Until::Time(until) = self.options.until {
-            if parse_time(&begin.started).is_some_and(|started| started > until) {
+            if parse_time(&begin.started).is_ok_and(|started| started > until) {
                 return Err(Error::usage(format!(
                     "the full backup started at {}, after --until {}; fetch an older chain",
                     begin.started,
@@ -172,7 +171,8 @@ impl Restore<'_> {
     /// Nothing on the target changes before the plan is made.
     fn finish(self, out: &mut dyn Write) -> Result<()> {
         let full = self.full.as_ref().expect("read checked");
-        let full_time = full.positions.consistent_at.as_deref().or(Some(&full.started)).and_then(parse_time);
+        let full_time =
+            full.positions.consistent_at.as_deref().or(Some(&full.started)).and_then(|t| parse_time(t).ok());
         let plan = plan_replay(&full.positions, full_time, &self.logs, &self.options.until)?;
         let mut lines = self.backups.clone();
         lines.push(plan.describe(&full.positions));
@@ -384,7 +384,7 @@ impl Consumer for Restore<'_> {
                 _ => return Err(Error::integrity("the full backup records no binary log position")),
             };
             if let (Until::Time(until), Some(consistent)) = (&self.options.until, &p.consistent_at) {
-                if parse_time(consistent).is_some_and(|at| at > *until) {
+                if parse_time(consistent).is_ok_and(|at| at > *until) {
                     return Err(Error::usage(format!(
                         "the physical full backup is consistent only from {consistent}, when its copy ended, after \
                          --until {}; fetch an older chain",
@@ -439,8 +439,4 @@ fn finish_sink(sink: Sink) -> Result<Option<ReceivedLog>> {
         }
         Sink::Discard => Ok(None),
     }
-}
-
-fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
