@@ -1,12 +1,13 @@
 //! What every source does the same way: opening a stream and ending a failed
-//! one with an Abort frame, and sending an entry's content as Data frames.
+//! one with an Abort frame, announcing an entry, and sending its content as
+//! Data frames.
 
 use std::io::{BufWriter, Read, Write};
 
 use crate::error::{Error, Result};
 use crate::filter::send_abort;
 use crate::format::{new_stream_id, Frame, Kind};
-use crate::meta::EntryEnd;
+use crate::meta::{Entry, EntryEnd, EntryType, RawPath};
 use crate::progress::Progress;
 use crate::writer::StreamWriter;
 
@@ -60,4 +61,26 @@ pub fn send_content<W: Write>(
     let end = EntryEnd { size: sent, blake3: hasher.finalize().to_hex().to_string() };
     writer.write(&Frame::json(Kind::EntryEnd, &end))?;
     Ok(end)
+}
+
+/// Writes the Entry frame of a file entry whose size is not known in
+/// advance (a database tool's output), private to its owner (mode 0600), as
+/// of now.
+pub fn write_entry<W: Write>(writer: &mut SourceWriter<W>, path: &str, role: &str) -> Result<()> {
+    let entry = Entry {
+        path: RawPath(path.as_bytes().to_vec()),
+        entry_type: EntryType::File,
+        role: role.to_string(),
+        size: 0,
+        mode: 0o600,
+        mtime: chrono::Utc::now().timestamp(),
+        mtime_ns: 0,
+        uid: None,
+        gid: None,
+        target: None,
+        links: None,
+        xattrs: Vec::new(),
+        attrs: Default::default(),
+    };
+    writer.write(&Frame::json(Kind::Entry, &entry))
 }

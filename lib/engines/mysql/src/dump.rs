@@ -9,11 +9,11 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 
 use crate::client::Client;
-use crate::emit::{produce, send_content, SourceWriter};
+use crate::emit::{produce, send_content, write_entry, SourceWriter};
 use crate::error::{Error, Result};
 use crate::format::{Frame, Kind};
 use crate::locked::{self, ReadLock, TableDump};
-use crate::meta::{Begin, End, Entry, EntryType, RawPath};
+use crate::meta::{Begin, End};
 use crate::positions::{Positions, LOGICAL, PHYSICAL};
 use crate::progress::Progress;
 use crate::server::{sql_string, user_databases, ServerInfo};
@@ -164,26 +164,6 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
 fn begin_full<W: Write>(writer: &mut SourceWriter<W>, positions: &Positions) -> Result<()> {
     let begin = Begin { positions: positions.to_map(), ..Begin::now(TOOL, ENGINE, "full") };
     writer.write(&Frame::json(Kind::Begin, &begin))
-}
-
-/// Writes the Entry frame of a file entry whose size is not known in advance.
-pub(crate) fn write_entry<W: Write>(writer: &mut SourceWriter<W>, path: &str, role: &str) -> Result<()> {
-    let entry = Entry {
-        path: RawPath(path.as_bytes().to_vec()),
-        entry_type: EntryType::File,
-        role: role.to_string(),
-        size: 0,
-        mode: 0o600,
-        mtime: chrono::Utc::now().timestamp(),
-        mtime_ns: 0,
-        uid: None,
-        gid: None,
-        target: None,
-        links: None,
-        xattrs: Vec::new(),
-        attrs: Default::default(),
-    };
-    writer.write(&Frame::json(Kind::Entry, &entry))
 }
 
 /// Reads the dump's head up to and including the line with its coordinates;

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::binlog::BackgroundCheck;
 use crate::client::Client;
-use crate::dump::{write_entry, BINLOG_ROLE, ENGINE, TOOL};
-use crate::emit::{produce, send_content, SourceWriter};
+use crate::dump::{BINLOG_ROLE, ENGINE, TOOL};
+use crate::emit::{produce, send_content, write_entry, SourceWriter};
 use crate::error::{Error, Result};
 use crate::format::{Frame, Kind};
 use crate::meta::{Begin, End};

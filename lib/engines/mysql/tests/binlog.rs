@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use backpipe::mysql::binlog::{check, Checked};
+use backpipe_mysql::binlog::{check, Checked};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/binlog").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/fixtures/binlog").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (../shared must be beside the checkout)", path.display()))
 }
 
