@@ -6,13 +6,14 @@
 //! systems ([`workdir`]); stopping what a tool started and removing what it
 //! made when a signal ends it ([`interrupt`]); and the checked reading of a
 //! plain stream at the end of a pipeline ([`sink`]), for `unpack` and every
-//! restore.
+//! restore; and running a database's own tools ([`tool`]).
 
 #![deny(missing_docs)]
 
 pub mod emit;
 pub mod interrupt;
 pub mod sink;
+pub mod tool;
 pub mod workdir;
 
 // The stream core, under the names the kit uses.

@@ -3,16 +3,16 @@
 //! connection options every agent shares, the password kept out of argv, and
 //! a tool's failure turned into one line with a hint.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::tool::Messages;
+pub use crate::tool::Running;
 
 /// How to reach and log in to the server, as the MariaDB client tools take it.
 /// The password never appears on a command line: it comes from a file or a
@@ -148,9 +148,10 @@ impl Client {
     /// Runs one statement (or several, `;`-separated) and returns the rows of
     /// the last result, tab-separated fields, without column names.
     pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>> {
-        let mut command = self.command("mariadb", &["--batch", "--raw", "--skip-column-names", "--execute", sql]);
-        command.stdout(Stdio::piped());
-        let mut running = self.run(Running::spawn("mariadb", command)?);
+        let args = ["--batch", "--raw", "--skip-column-names", "--execute", sql];
+        let mut running = self.spawn("mariadb", &args, |c| {
+            c.stdout(Stdio::piped());
+        })?;
         let mut out = String::new();
         let read = running.child.stdout.take().expect("stdout is piped").read_to_string(&mut out);
         running.finish()?;
@@ -172,13 +173,7 @@ impl Client {
     pub fn spawn(&self, tool: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Result<Running> {
         let mut command = self.command(tool, args);
         configure(&mut command);
-        Ok(self.run(Running::spawn(tool, command)?))
-    }
-
-    /// Marks a running tool as talking to this client's server, for its messages.
-    fn run(&self, mut running: Running) -> Running {
-        running.target = Some(self.target.clone());
-        running
+        Running::spawn(tool, command, Box::new(MariaDbMessages { target: Some(self.target.clone()) }))
     }
 }
 
@@ -254,99 +249,34 @@ fn read_password(source: impl Read, what: &str) -> Result<Zeroizing<String>> {
     Ok(password)
 }
 
-/// Lines of a tool's stderr kept for its error message.
-const KEPT_LINES: usize = 200;
-
-/// A client tool running, its stderr collected by a thread.
-pub struct Running {
-    /// The process; its stdin and stdout are the caller's to use.
-    pub child: Child,
-    stderr: Option<JoinHandle<VecDeque<String>>>,
-    tool: String,
-    /// The server it talks to, if any (for hints).
-    target: Option<String>,
-    /// Stops the tool if a signal ends this process first.
-    _stopped_on_signal: crate::interrupt::Registration,
+/// How the MariaDB tools' messages read: their decorations, the packages
+/// that hold them, and advice for the common failures of talking to
+/// `target` (when the tool talks to a server).
+#[derive(Default)]
+pub struct MariaDbMessages {
+    /// The server the tool talks to, for advice.
+    pub target: Option<String>,
 }
 
-/// How long a client tool may take to stop when this process is interrupted.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl Running {
-    /// Starts `command` (the client tool `tool`), collecting its stderr.
-    pub fn spawn(tool: &str, mut command: Command) -> Result<Running> {
-        command.stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::other(format!("{tool} is not installed (Debian: apt-get install mariadb-client mariadb-backup)"))
-            } else {
-                Error::io(format!("cannot run {tool}"), e)
-            }
-        })?;
-        // Wide pipes: the client tools write in small pieces, and every full
-        // 64 KiB pipe costs a context switch.
-        use std::os::fd::AsRawFd;
-        let fds = [child.stdin.as_ref().map(|p| p.as_raw_fd()), child.stdout.as_ref().map(|p| p.as_raw_fd())];
-        fds.into_iter().flatten().for_each(crate::pipe::widen);
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let collector = std::thread::spawn(move || {
-            let mut kept = VecDeque::new();
-            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                if kept.len() == KEPT_LINES {
-                    kept.pop_front();
-                }
-                kept.push_back(line);
-            }
-            kept
-        });
-        let registration = crate::interrupt::stop_on_signal(child.id(), STOP_GRACE);
-        Ok(Running {
-            child,
-            stderr: Some(collector),
-            tool: tool.to_string(),
-            target: None,
-            _stopped_on_signal: registration,
-        })
+impl Messages for MariaDbMessages {
+    fn not_installed(&self, tool: &str) -> String {
+        format!("{tool} is not installed (Debian: apt-get install mariadb-client mariadb-backup)")
     }
 
-    /// Waits for the tool; a failure becomes one line naming the cause.
-    /// Returns the last lines the tool wrote to stderr.
-    pub fn finish(mut self) -> Result<Vec<String>> {
-        drop(self.child.stdin.take());
-        let status = self.child.wait().map_err(|e| Error::io(format!("cannot wait for {}", self.tool), e))?;
-        let lines: Vec<String> = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default().into();
-        if status.success() {
-            return Ok(lines);
-        }
-        let cause = lines
-            .iter()
-            .rev()
-            .find(|l| is_error_line(l))
-            .or_else(|| lines.iter().rev().find(|l| !l.trim().is_empty()))
-            .map(|l| clean(l))
-            .unwrap_or_else(|| match status.code() {
-                Some(code) => format!("exited with status {code}"),
-                None => "was killed by a signal".to_string(),
-            });
-        let hint = self.target.as_deref().map(|target| hint(&cause, target)).unwrap_or_default();
-        Err(Error::engine(format!("{} failed: {cause}{hint}", self.tool)))
+    fn clean(&self, line: &str) -> String {
+        clean(line)
+    }
+
+    fn hint(&self, cause: &str) -> String {
+        self.target.as_deref().map(|target| hint(cause, target)).unwrap_or_default()
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        // A tool abandoned on an error path must not outlive us.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// True for the lines that carry a client tool's error.
-fn is_error_line(line: &str) -> bool {
-    let lower = line.to_ascii_lowercase();
-    lower.contains("error") || lower.contains("denied") || lower.contains("can't") || lower.contains("failed")
+/// Starts the MariaDB tool `tool` as `command` sets it up (one that talks
+/// to no server through the connection options: `mbstream`,
+/// `mariadb-backup --prepare`, `mariadb-binlog` on files).
+pub fn run_tool(tool: &str, command: Command) -> Result<Running> {
+    Running::spawn(tool, command, Box::new(MariaDbMessages::default()))
 }
 
 /// A stderr line without the tools' decorations (timestamps, tool names).

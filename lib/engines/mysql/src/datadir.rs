@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use chrono::Utc;
 
-use crate::client::Running;
+use crate::client::run_tool;
 use crate::error::{Error, Result};
 use crate::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
@@ -113,7 +113,7 @@ pub fn prepare_physical(extracted: &Path, staged: &Path, defaults: Option<&Path>
             command.arg(format!("--defaults-file={}", file.display()));
         }
         command.args([step, &target]).args(more).stdout(Stdio::null());
-        Running::spawn("mariadb-backup", command)?.finish().map(drop)
+        run_tool("mariadb-backup", command)?.finish().map(drop)
     };
     backup_tool("--prepare", &[])?;
     std::fs::create_dir(staged).map_err(|e| Error::io(format!("cannot create '{}'", staged.display()), e))?;

@@ -28,9 +28,9 @@ pub mod tail;
 pub mod target;
 
 // The crates below, under the names the engine uses.
-use backpipe_kit::{emit, interrupt, sink, workdir};
+use backpipe_kit::{emit, interrupt, sink, tool, workdir};
 use backpipe_repo as repo;
-use backpipe_stream::{error, filter, format, meta, notice, pipe, progress, units};
+use backpipe_stream::{error, filter, format, meta, notice, progress, units};
 
 /// How the names of `restore-mysql`'s working directories start (then the
 /// process ID): its own, and its temporary server's.

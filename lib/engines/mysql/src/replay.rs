@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use chrono::{DateTime, Utc};
 
-use crate::client::{Client, Running};
+use crate::client::{run_tool, Client};
 use crate::error::{Error, Result};
 
 /// How plans and messages print a time.
@@ -113,7 +113,7 @@ fn run_replay(client: &Client, prelude: &str, files: &[PathBuf], start: u64, unt
         }
     }
     command.args(files).stdin(Stdio::null()).stdout(Stdio::piped());
-    let mut decoder = Running::spawn("mariadb-binlog", command)?;
+    let mut decoder = run_tool("mariadb-binlog", command)?;
     let packet = format!("--max-allowed-packet={MAX_PACKET}");
     let mut loader = client.spawn("mariadb", &["--binary-mode", &packet], |c| {
         c.stdin(Stdio::piped());

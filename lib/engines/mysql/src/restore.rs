@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 
 use crate::binlog::BackgroundCheck;
-use crate::client::{Client, Running};
+use crate::client::{run_tool, Client, Running};
 use crate::datadir::{check_datadir, prepare_physical, staging_parent, swap_in};
 use crate::dump::{BINLOG_ROLE, ENGINE, LOGICAL_ROLE, PHYSICAL_ROLE};
 use crate::error::{Error, Result};
@@ -301,7 +301,7 @@ impl Consumer for Restore<'_> {
                 std::fs::create_dir(&target).map_err(|e| Error::io("cannot create the extraction directory", e))?;
                 let mut command = Command::new("mbstream");
                 command.arg("-x").arg("-C").arg(&target).stdin(Stdio::piped()).stdout(Stdio::null());
-                let mut extract = Running::spawn("mbstream", command)?;
+                let mut extract = run_tool("mbstream", command)?;
                 let stdin = extract.child.stdin.take().expect("stdin is piped");
                 Sink::Pipe(extract, stdin)
             }
