@@ -594,7 +594,8 @@ fn an_incremental_after_a_full_continues_the_archive_without_a_gap() {
     let receipts: Vec<serde_json::Value> =
         case.ok("cat receipts").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(receipts[3]["positions"]["from_file"], receipts[1]["positions"]["next_file"], "no gap");
-    assert_eq!(receipts[3]["parent"], receipts[2]["snapshot"]);
+    // It continues the last incremental's stream, across the full.
+    assert_eq!(receipts[3]["parent"], receipts[1]["stream_id"]);
 
     // The new full and that incremental restore the latest state.
     let target = case.server("target");
@@ -897,12 +898,22 @@ fn a_binary_log_in_two_incrementals_is_replayed_once() {
         case.ok(&format!("dump-mysql --incremental --since-receipt after-full {login} | {BACKUP} >> receipts"));
     }
     let expected = source.checksums();
-    let chain = format!("fetch \"$R\" --until 9999-01-01 --key-file k | {RESTORE}");
+    let ids: Vec<String> = case
+        .ok("cat receipts")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["snapshot"].as_str().unwrap().to_string())
+        .collect();
+    // Both incrementals, as a user names them: the binary logs they share are replayed once.
+    let chain = format!("fetch \"$R\" {} --key-file k | {RESTORE}", ids.join(" "));
     let plan = case.ok(&format!("{chain} | restore-mysql --dry-run"));
     assert_eq!(plan.matches("incremental ").count(), 2, "{plan}");
     let target = case.server("target");
     case.ok(&format!("{chain} | restore-mysql {}", target.root_login()));
     assert_eq!(target.checksums(), expected);
+    // Followed by their links, the chain needs only the second, which continues the full.
+    let chain =
+        case.ok("fetch \"$R\" --until 9999-01-01 --key-file k | encrypt -d --repo \"$R\" --key-file k | inspect");
+    assert_eq!(chain.matches("incremental").count(), 1, "{chain}");
     assert_eq!(target.sql("SELECT COUNT(*) FROM shop.orders WHERE note IN ('first', 'second')").trim(), "2");
 }
 
@@ -1123,4 +1134,55 @@ fn verify_checks_binary_logs_without_backing_them_up() {
     let line = report.lines().find(|l| l.starts_with("mariadb-repl-bin.000007: ")).unwrap();
     assert!(line.contains("is damaged at byte") && line.contains("event"), "{line}");
     assert!(err.contains("1 of 2 binary logs are damaged"), "{err}");
+}
+
+#[test]
+fn two_servers_of_one_host_keep_their_own_chains() {
+    let case = Case::new();
+    let (a, b) = (case.server("a"), case.server("b"));
+    a.load_sample();
+    b.load_sample();
+    // Interleaved: each server's full, then each one's incrementals.
+    let full_a = case.backup(&a, "--full");
+    case.backup(&b, "--full");
+    a.sql("INSERT INTO shop.orders (total, note) VALUES (1, 'a1')");
+    case.backup(&a, "--incremental --since-receipt receipts");
+    b.sql("INSERT INTO shop.orders (total, note) VALUES (2, 'b1')");
+    case.backup(&b, "--incremental --since-receipt receipts");
+    a.sql("INSERT INTO shop.orders (total, note) VALUES (3, 'a2')");
+    let inc_a2 = case.backup(&a, "--incremental --since-receipt receipts");
+    a.sql("INSERT INTO shop.orders (total, note) VALUES (4, 'a3')");
+    let inc_a3 = case.backup(&a, "--incremental --since-receipt receipts");
+    let expected = [a.checksums(), b.checksums()];
+    let receipts: Vec<serde_json::Value> =
+        case.ok("cat receipts").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let source_of = |id: &str| receipts.iter().find(|r| r["snapshot"] == id).unwrap()["source"].as_str().unwrap();
+    let sources = [source_of(&full_a).to_string(), receipts[1]["source"].as_str().unwrap().to_string()];
+    assert_ne!(sources[0], sources[1]);
+    assert_eq!(receipts[2]["parent"], receipts[0]["stream_id"], "the first incremental continues its full");
+    assert_eq!(receipts[4]["parent"], receipts[2]["stream_id"]);
+
+    // Nothing chooses between the two servers by itself.
+    let err = case.fails("fetch \"$R\" --until 9999-01-01 --key-file k > /dev/null", 2);
+    assert!(err.contains("sources") && err.contains(&sources[0]), "{err}");
+    // Retention is per server: each keeps its newest backup and what that needs.
+    case.ok("repo forget \"$R\" --keep-last 1 --key-file k 2>/dev/null");
+    assert_eq!(case.snapshot_count(), 6, "every backup is the newest of its server or needed by it");
+    // Each server's chain restores that server.
+    for (i, source) in sources.iter().enumerate() {
+        let target = case.server(&format!("target{i}"));
+        case.ok(&format!(
+            "fetch \"$R\" --until 9999-01-01 --source '{source}' --key-file k | {RESTORE} | restore-mysql {}",
+            target.root_login()
+        ));
+        assert_eq!(target.checksums(), expected[i], "server {i}");
+    }
+
+    // A backup whose parent is gone: `repo check` names it; its chain is refused, nothing written.
+    case.ok(&format!("repo forget \"$R\" {inc_a2} --key-file k 2>/dev/null"));
+    let err = case.fails("repo check \"$R\" --key-file k", 4);
+    assert!(err.contains(&format!("snapshot {inc_a3} continues stream")), "{err}");
+    let err = case.fails(&format!("fetch \"$R\" --chain {inc_a3} --key-file k > chain.bp"), 4);
+    assert!(err.contains("continues stream") && err.trim_end().lines().count() == 1, "{err}");
+    assert_eq!(std::fs::metadata(case.path().join("chain.bp")).unwrap().len(), 0, "nothing was written");
 }

@@ -2015,3 +2015,97 @@ mod s3_through_a_proxy {
         assert_eq!(case.snapshot_count(), 1);
     }
 }
+
+/// Chains followed by the links each backup records, over a repository the
+/// tools built: streams of `dump-files` shipped as backups of other kinds
+/// (their Begin frames rewritten as an engine's producer would write them).
+mod chains {
+    use super::*;
+    use backpipe::format::{Frame, Kind};
+
+    #[test]
+    fn fetch_and_forget_follow_parents_across_fulls_differentials_and_logs() {
+        let case = Case::new(Backend::Local);
+        let mut shipped: Vec<(String, serde_json::Value)> = Vec::new();
+        // name, kind, parent (by name), source
+        let plan: [(&str, &str, Option<&str>, &str); 10] = [
+            ("f1", "full", None, "db1"),
+            ("l1", "log", Some("f1"), "db1"),
+            ("x1", "full", None, "db2"),
+            ("d1", "differential", Some("f1"), "db1"),
+            ("l2", "log", Some("l1"), "db1"),
+            ("y1", "log", Some("x1"), "db2"),
+            ("f2", "full", None, "db1"),
+            ("l3", "log", Some("l2"), "db1"),
+            ("l4", "log", Some("l3"), "db1"),
+            ("l5", "log", Some("l4"), "db1"),
+        ];
+        for (name, kind, parent, source) in plan {
+            put(&case.path().join(format!("{name}/v")), name.as_bytes(), 0o644, 1_700_000_000);
+            let parent = parent.map(|p| shipped.iter().find(|(n, _)| n == p).unwrap().1["stream_id"].clone());
+            let plain = case.ok(&format!("dump-files {name}"));
+            let edited = forge(&plain, |frames| {
+                let begin = frames.iter_mut().find(|f| f.kind == Kind::Begin).unwrap();
+                let mut value: serde_json::Value = begin.parse_json().unwrap();
+                value["kind"] = kind.into();
+                value["source"] = source.into();
+                if let Some(parent) = &parent {
+                    value["parent"] = parent.clone();
+                }
+                *begin = Frame::json(Kind::Begin, &value);
+            });
+            std::fs::write(case.path().join("edited.bp"), edited).unwrap();
+            let receipt = serde_json::from_slice(&case.ok(&format!("cat edited.bp | {BACKUP}; sleep 1.1"))).unwrap();
+            shipped.push((name.to_string(), receipt));
+        }
+        let id = |name: &str| shipped.iter().find(|(n, _)| n == name).unwrap().1["snapshot"].as_str().unwrap();
+        let time = |name: &str| shipped.iter().find(|(n, _)| n == name).unwrap().1["started"].as_str().unwrap();
+        // What a chain holds: the trees of its backups, in order.
+        let chain = |args: &str| -> Vec<String> {
+            let out = case.ok(&format!(r#"fetch "$R" {args} --key-file k | {RESTORE} | inspect"#));
+            let text = String::from_utf8(out).unwrap();
+            let file = |l: &str| {
+                l.split_whitespace().find(|w| w.ends_with("/v")).map(|w| w.trim_end_matches("/v").to_string())
+            };
+            text.lines().filter_map(file).collect()
+        };
+        let db1 = "--source db1";
+        // When d1 started: f1, d1, then l2 (the first log after the time) holds the logs to it.
+        let before_d1 = format!("--until {} {db1}", time("d1"));
+        assert_eq!(chain(&before_d1), ["f1", "d1", "l2"]);
+        assert_eq!(chain(&format!("--until {} {db1}", time("l1"))), ["f1", "l1", "l2"]);
+        // After f2: the log chain runs on across it.
+        assert_eq!(chain(&format!("--until {} {db1}", time("f2"))), ["f2", "l3"]);
+        assert_eq!(chain(&format!("--chain {} {db1}", id("l5"))), ["f2", "l3", "l4", "l5"]);
+        assert_eq!(chain(&format!("--chain {}", id("d1"))), ["f1", "d1"]);
+        assert_eq!(chain(&format!("--chain latest --source db2")), ["x1", "y1"]);
+        // Two sources: nothing chooses between them by itself.
+        let err = case.fails(r#"fetch "$R" --until 2999-01-01 --key-file k > /dev/null"#, 2);
+        assert!(err.contains("db1") && err.contains("db2"), "{err}");
+
+        // Retention per source, keeping what each kept backup needs.
+        case.ok(r#"repo forget "$R" --keep-last 1 --key-file k > /dev/null 2>&1"#);
+        let kept: Vec<String> = String::from_utf8(case.ok(r#"repo snapshots "$R" --key-file k"#))
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect();
+        let mut expected: Vec<&str> = ["f2", "l3", "l4", "l5", "x1", "y1"].iter().map(|n| id(n)).collect();
+        expected.sort();
+        let mut kept_sorted = kept.clone();
+        kept_sorted.sort();
+        assert_eq!(kept_sorted, expected);
+        // l3 continues l2, which is gone: nothing needs it, since f2 holds what it held.
+        assert_eq!(chain(&format!("--until 2999-01-01 {db1}")), ["f2", "l3", "l4", "l5"]);
+        case.ok(r#"repo check "$R" --key-file k 2>/dev/null"#);
+
+        // A missing link: refused naming it, nothing written.
+        case.ok(&format!(r#"repo forget "$R" {} --key-file k > /dev/null 2>&1"#, id("l4")));
+        let err = case.fails(&format!(r#"fetch "$R" --chain {} --key-file k > out.bp"#, id("l5")), 4);
+        assert!(err.contains(&format!("snapshot {} continues stream", id("l5"))), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert_eq!(std::fs::metadata(case.path().join("out.bp")).unwrap().len(), 0);
+        let err = case.fails(r#"repo check "$R" --key-file k"#, 4);
+        assert!(err.contains("continues stream"), "{err}");
+    }
+}

@@ -3,10 +3,10 @@
 use std::io::Write;
 
 use backpipe::cdc::ChunkSizes;
-use backpipe::cli::{self, KeyArgs, NewKeyArgs};
+use backpipe::cli::{self, KeyArgs, NewKeyArgs, Selection};
 use backpipe::repo::catalog;
 use backpipe::repo::check::check;
-use backpipe::repo::fetch::{list, Filter};
+use backpipe::repo::fetch::list;
 use backpipe::repo::forget::{decide, named, Decision, Policy};
 use backpipe::repo::prune::{prune, storage_now};
 use backpipe::repo::remote::describe_duration;
@@ -62,12 +62,8 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
-        /// Only backups of this host.
-        #[arg(long)]
-        host: Option<String>,
-        /// Only backups of this engine.
-        #[arg(long)]
-        engine: Option<String>,
+        #[command(flatten)]
+        select: Selection,
         /// Only backups of this kind (full, incremental, ...).
         #[arg(long)]
         kind: Option<String>,
@@ -80,9 +76,15 @@ enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// Remove snapshots no retention rule keeps (rules apply per host and engine;
-    /// a kept backup keeps the full and incrementals it needs), or the snapshots
-    /// named by ID. Frees no space by itself: `repo prune` does.
+    /// Remove snapshots no retention rule keeps, or the snapshots named by ID.
+    /// Frees no space by itself: `repo prune` does.
+    ///
+    /// Rules apply per history: the backups of one host, engine and source.
+    /// A kept backup keeps what restoring it needs (its full, the
+    /// differential and the log chain between, followed by the links each
+    /// backup records), and --keep-within keeps what restoring to any
+    /// instant in the window needs, the full and logs from before the window
+    /// that its first instant needs included.
     ///
     /// Rules never remove a snapshot whose summary cannot be read (damaged):
     /// it is named on stderr, the rules apply to the readable ones, and the
@@ -104,7 +106,7 @@ enum Command {
         /// `repo snapshots`), damaged ones included, instead of applying rules.
         #[arg(value_name = "ID", conflicts_with_all = [
             "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
-            "keep_within", "host", "engine",
+            "keep_within", "host", "engine", "source",
         ])]
         ids: Vec<String>,
         /// Keep the newest N.
@@ -131,12 +133,8 @@ enum Command {
         /// the point-in-time window.
         #[arg(long, value_name = "DURATION")]
         keep_within: Option<String>,
-        /// Only consider backups of this host.
-        #[arg(long)]
-        host: Option<String>,
-        /// Only consider backups of this engine.
-        #[arg(long)]
-        engine: Option<String>,
+        #[command(flatten)]
+        select: Selection,
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
@@ -261,8 +259,8 @@ fn main() {
             cli::say(&format!("repo: created repository {} at {shown}", config.id));
             Ok(())
         }
-        Command::Snapshots { repo, json, host, engine, kind, since, until, keys } => {
-            let filter = Filter { host, engine };
+        Command::Snapshots { repo, json, select, kind, since, until, keys } => {
+            let filter = select.filter();
             let since = since.as_deref().map(parse_time).transpose()?;
             let until = until.as_deref().map(parse_time).transpose()?;
             let repo = cli::open_repo(&repo, &keys)?;
@@ -322,8 +320,7 @@ fn main() {
             keep_monthly,
             keep_yearly,
             keep_within,
-            host,
-            engine,
+            select,
             dry_run,
             json,
             keys,
@@ -340,7 +337,7 @@ fn main() {
             let repo = cli::open_repo(&repo, &keys)?;
             let listing = list(&repo)?;
             let (decisions, left_damaged) = if ids.is_empty() {
-                let filter = Filter { host, engine };
+                let filter = select.filter();
                 let candidates: Vec<_> = listing.readable.iter().filter(|(_, s)| filter.matches(s)).cloned().collect();
                 // --keep-within counts back from the storage's present time, not this host's.
                 let local = chrono::Utc::now();

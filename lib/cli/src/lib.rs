@@ -60,6 +60,29 @@ fn prepare_process() {
     }
 }
 
+/// Which backups a command considers: the options `fetch` and `repo` share.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Selection {
+    /// Only backups of this host (the host name the backup recorded, see `repo snapshots`).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only backups of this engine (files, mysql, ...).
+    #[arg(long)]
+    pub engine: Option<String>,
+    /// Only backups of this source: the instance backed up, as the engine
+    /// names it (`repo snapshots --json` shows it; a MySQL server is
+    /// `server ID BINLOG-BASENAME`). Needed where one host backs up several.
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+impl Selection {
+    /// The repository's filter for it.
+    pub fn filter(&self) -> repo::fetch::Filter {
+        repo::fetch::Filter { host: self.host.clone(), engine: self.engine.clone(), source: self.source.clone() }
+    }
+}
+
 /// The key options shared by tools that encrypt or decrypt. At most one may be given.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[group(multiple = false)]

@@ -14,8 +14,10 @@ use super::quarantine::{self, Quarantine};
 use super::storage::Storage;
 use super::verify::ChunkVerifier;
 use super::Repository;
+use crate::chain::{self, Chain};
 use crate::crypt::Decryptor;
 use crate::error::Result;
+use crate::fetch::{history, history_of};
 use crate::filter::run_inline;
 use crate::format::Kind;
 use crate::keys::{MasterKey, Secret};
@@ -108,6 +110,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<Report> {
             }
         }
     }
+    report.problems.extend(broken_links(repo)?);
     report.packs = by_pack.len();
     report.chunks = chunks.len();
     let master = repo.master()?;
@@ -221,6 +224,29 @@ fn quarantine_problems(
             ));
         }
     }
+    Ok(problems)
+}
+
+/// Backups whose chain (see [`crate::chain`]) misses a link: the stream a
+/// backup continues is not in the repository, and restores through it fail.
+fn broken_links(repo: &Repository) -> Result<Vec<String>> {
+    let listing = crate::fetch::list(repo)?;
+    let histories: HashSet<(&str, &str, &str)> = listing.readable.iter().map(|(_, s)| history_of(s)).collect();
+    let mut problems = Vec::new();
+    for key in histories {
+        let members = history(&listing.readable, key);
+        for member in &members {
+            if let Ok(Chain { broken: Some((id, parent)), .. }) = chain::to_backup(&members, member) {
+                if id == member.id {
+                    problems.push(format!(
+                        "snapshot {id} continues stream {parent}, which the repository does not hold (forgotten, \
+                         or never stored): restores through it fail; take a full backup"
+                    ));
+                }
+            }
+        }
+    }
+    problems.sort();
     Ok(problems)
 }
 

@@ -14,6 +14,7 @@ use super::snapshot::{self, Summary};
 use super::storage::{concurrently, Listed};
 use super::verify::ChunkVerifier;
 use super::{ChunkCopies, Repository};
+use crate::chain::{self, Member};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Frame, Kind, StreamId};
 use crate::progress::Progress;
@@ -277,46 +278,64 @@ impl Listing {
         }
     }
 
-    /// The newest chain that covers `until`, among the snapshots `filter`
-    /// accepts: the last full backup started at or before it, then every later
-    /// non-full backup of the same host and engine started at or before it,
-    /// oldest first, and the first non-full backup started after it, which
-    /// holds the logs written up to `until`. Refuses when a damaged snapshot
-    /// could belong to it, and when fulls of several hosts or engines match.
+    /// The chain that restores to `until` (see [`crate::chain`]), among the
+    /// snapshots `filter` accepts. Refuses when a damaged snapshot could
+    /// belong to it, when the bases of several histories (hosts, engines or
+    /// sources) match, and when a link of the chain is missing.
     pub fn chain_until(&self, until: DateTime<Utc>, filter: &Filter) -> Result<Vec<String>> {
         self.refuse_damaged(&format!("part of the chain that covers {until}"))?;
-        let started = |s: &Summary| parse_time(&s.begin.started).ok();
-        let all = self.readable.iter().filter(|(_, s)| filter.matches(s));
-        let (covered, later): (Vec<_>, Vec<_>) = all.partition(|(_, s)| started(s).is_some_and(|t| t <= until));
-        let Some(full) = covered.iter().rposition(|(_, s)| s.begin.kind == "full") else {
+        let matching: Vec<&(String, Summary)> = self.readable.iter().filter(|(_, s)| filter.matches(s)).collect();
+        let bases = matching
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.begin.backup_kind().is_base() && parse_time(&s.begin.started).is_ok_and(|t| t <= until));
+        let keys: BTreeSet<(&str, &str, &str)> = bases.clone().map(history_of).collect();
+        refuse_several_groups(bases)?;
+        let Some(key) = keys.into_iter().next() else {
             return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
         };
-        refuse_several_groups(covered.iter().map(|(_, s)| s).filter(|s| s.begin.kind == "full"))?;
-        let (host, engine) = (&covered[full].1.begin.host, &covered[full].1.begin.engine);
-        let continues = |s: &Summary| s.begin.kind != "full" && s.begin.host == *host && s.begin.engine == *engine;
-        let mut chain: Vec<String> = covered[full..]
+        let members = history(&self.readable, key);
+        let chain = chain::to_instant(&members, until)?.whole()?;
+        Ok(chain.ids.into_iter().map(str::to_string).collect())
+    }
+
+    /// The chain backup `id` needs to be restored: its base and the links
+    /// between (see [`crate::chain`]). Refuses when a link is missing.
+    pub fn chain_of(&self, id: &str) -> Result<Vec<String>> {
+        let (_, summary) = self
+            .readable
             .iter()
-            .enumerate()
-            .filter(|(i, (_, s))| *i == 0 || continues(s))
-            .map(|(_, (id, _))| id.clone())
-            .collect();
-        // An incremental after a later full still starts where the last one ended.
-        if let Some((id, _)) = later.iter().find(|(_, s)| continues(s)) {
-            chain.push(id.clone());
-        }
-        Ok(chain)
+            .find(|(found, _)| found == id)
+            .ok_or_else(|| Error::usage(format!("no readable snapshot '{id}'")))?;
+        self.refuse_damaged(&format!("part of the chain snapshot {id} needs"))?;
+        let members = history(&self.readable, history_of(summary));
+        let member = members.iter().find(|m| m.id == id).ok_or_else(|| {
+            Error::integrity(format!(
+                "snapshot {id} records a start time that is not a time: {}",
+                summary.begin.started
+            ))
+        })?;
+        let chain = chain::to_backup(&members, member)?.whole()?;
+        Ok(chain.ids.into_iter().map(str::to_string).collect())
     }
 }
 
-/// Refuses (usage error) snapshots of more than one host and engine, naming them.
+/// Refuses (usage error) snapshots of more than one history (host, engine
+/// and source), naming them.
 fn refuse_several_groups<'a>(summaries: impl Iterator<Item = &'a Summary>) -> Result<()> {
-    let groups: BTreeSet<(&str, &str)> = summaries.map(|s| (s.begin.host.as_str(), s.begin.engine.as_str())).collect();
+    let groups: BTreeSet<(&str, &str, &str)> = summaries.map(history_of).collect();
     if groups.len() <= 1 {
         return Ok(());
     }
-    let named: Vec<String> = groups.iter().map(|(host, engine)| format!("host '{host}' engine '{engine}'")).collect();
+    let named: Vec<String> = groups
+        .iter()
+        .map(|(host, engine, source)| match source.is_empty() {
+            true => format!("host '{host}' engine '{engine}'"),
+            false => format!("host '{host}' engine '{engine}' source '{source}'"),
+        })
+        .collect();
     Err(Error::usage(format!(
-        "backups of {} hosts or engines match ({}); choose one with --host and --engine",
+        "backups of {} hosts, engines or sources match ({}); choose one with --host, --engine and --source",
         groups.len(),
         named.join(", ")
     )))
@@ -365,6 +384,8 @@ pub struct Filter {
     pub host: Option<String>,
     /// Only this engine.
     pub engine: Option<String>,
+    /// Only this source (the instance backed up, as the engine names it).
+    pub source: Option<String>,
 }
 
 impl Filter {
@@ -372,28 +393,79 @@ impl Filter {
     pub fn matches(&self, s: &Summary) -> bool {
         self.host.as_ref().is_none_or(|h| *h == s.begin.host)
             && self.engine.as_ref().is_none_or(|e| *e == s.begin.engine)
+            && self.source.as_ref().is_none_or(|source| Some(source) == s.begin.source.as_ref())
     }
 
     /// True when it accepts every snapshot.
     pub fn is_empty(&self) -> bool {
-        self.host.is_none() && self.engine.is_none()
+        self.host.is_none() && self.engine.is_none() && self.source.is_none()
     }
 
     /// "of host 'web1' and engine 'files'", for messages.
     pub fn describe(&self) -> String {
-        match (&self.host, &self.engine) {
-            (Some(h), Some(e)) => format!("of host '{h}' and engine '{e}'"),
-            (Some(h), None) => format!("of host '{h}'"),
-            (None, Some(e)) => format!("of engine '{e}'"),
-            (None, None) => "of any host".to_string(),
+        let mut parts = Vec::new();
+        parts.extend(self.host.as_ref().map(|h| format!("host '{h}'")));
+        parts.extend(self.engine.as_ref().map(|e| format!("engine '{e}'")));
+        parts.extend(self.source.as_ref().map(|source| format!("source '{source}'")));
+        match parts.is_empty() {
+            true => "of any host".to_string(),
+            false => format!("of {}", parts.join(" and ")),
         }
     }
 }
 
-/// The newest chain that covers `until`, among the snapshots `filter`
+/// The history a backup belongs to: its host, engine and source.
+pub fn history_of(s: &Summary) -> (&str, &str, &str) {
+    (&s.begin.host, &s.begin.engine, s.begin.source.as_deref().unwrap_or(""))
+}
+
+/// The backups of `snapshots` in the history `key`, as chain members, in
+/// the order they started; those whose start time cannot be read are left out.
+pub fn history<'a>(snapshots: &'a [(String, Summary)], key: (&str, &str, &str)) -> Vec<Member<'a>> {
+    let mut members: Vec<Member<'a>> = snapshots
+        .iter()
+        .filter(|(_, s)| history_of(s) == key)
+        .filter_map(|(id, summary)| Some(Member { id, summary, started: parse_time(&summary.begin.started).ok()? }))
+        .collect();
+    members.sort_by_key(|m| (m.started, parse_time(&m.summary.stored).ok()));
+    // Times are whole seconds: of backups started in the same second, one a
+    // later one continues comes first.
+    let mut moved = true;
+    while moved {
+        moved = false;
+        for child in 0..members.len() {
+            let Some(parent) = members[child].summary.begin.parent.as_deref() else { continue };
+            let found = members.iter().position(|m| m.summary.stream_id == parent);
+            if let Some(at) = found.filter(|&at| at > child && members[at].started == members[child].started) {
+                let member = members.remove(at);
+                members.insert(child, member);
+                moved = true;
+                break;
+            }
+        }
+    }
+    members
+}
+
+/// The chain that restores to `until`, among the snapshots `filter`
 /// accepts; see [`Listing::chain_until`].
 pub fn chain_until(repo: &Repository, until: DateTime<Utc>, filter: &Filter) -> Result<Vec<String>> {
     list(repo)?.chain_until(until, filter)
+}
+
+/// The chains the snapshots `names` (IDs or `latest`) need, in order,
+/// each backup once; see [`Listing::chain_of`].
+pub fn chains_of(repo: &Repository, names: &[String], filter: &Filter) -> Result<Vec<String>> {
+    let listing = list(repo)?;
+    let mut ids: Vec<String> = Vec::new();
+    for name in names {
+        for id in listing.chain_of(&listing.select(name, filter)?)? {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// What the skeleton reader hands on, in stream order.

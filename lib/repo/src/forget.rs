@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::fetch::{Found, Listing};
+use super::fetch::{history, history_of, Found, Listing};
 use super::snapshot::Summary;
+use crate::chain;
 use crate::error::{Error, Result};
 use crate::units::parse_time;
 
@@ -118,15 +119,14 @@ pub fn decide(
         None => None,
     };
     let mut reasons: HashMap<&str, Vec<String>> = HashMap::new();
-    let mut groups: HashMap<(&str, &str), Vec<Dated>> = HashMap::new();
+    let mut groups: HashMap<(&str, &str, &str), Vec<Dated>> = HashMap::new();
     for (id, summary) in snapshots {
         let started = parse_time(&summary.begin.started)?;
         let stored = parse_time(&summary.stored).ok();
         let dated = Dated { id, summary, started, stored, received: received.get(id).copied().unwrap_or(started) };
-        groups.entry((&summary.begin.host, &summary.begin.engine)).or_default().push(dated);
+        groups.entry(history_of(summary)).or_default().push(dated);
     }
     for group in groups.values() {
-        let mut by_clock = Vec::new();
         for clock in [Clock::Source, Clock::Storage] {
             let mut newest_first: Vec<&Dated> = group.iter().collect();
             newest_first.sort_by_key(|d| std::cmp::Reverse((d.at(clock), d.started, d.stored, d.id)));
@@ -157,28 +157,8 @@ pub fn decide(
                     keep(dated.id, "within");
                 }
             }
-            by_clock.push(newest_first);
         }
-        // A kept backup needs its chain: back to and including the full
-        // before it, in either order, until nothing more is added.
-        let mut added = true;
-        while added {
-            added = false;
-            for newest_first in &by_clock {
-                let mut needed = false;
-                for dated in newest_first {
-                    if needed && !reasons.contains_key(dated.id) {
-                        reasons.entry(dated.id).or_default().push("needed by a newer kept backup".into());
-                        added = true;
-                    }
-                    if reasons.contains_key(dated.id) && dated.summary.begin.kind != "full" {
-                        needed = true;
-                    } else if dated.summary.begin.kind == "full" {
-                        needed = false;
-                    }
-                }
-            }
-        }
+        keep_chains(snapshots, history_of(&group[0].summary), window_start, &mut reasons);
     }
     Ok(snapshots
         .iter()
@@ -187,6 +167,39 @@ pub fn decide(
             Decision { id: id.clone(), keep: !why.is_empty(), reasons: why, damaged: None }
         })
         .collect())
+}
+
+/// Keeps what the kept backups of one history need to be restored (their
+/// bases and the links between, see [`crate::chain`]) until nothing more is
+/// added, and what a restore to the start of the point-in-time window needs.
+fn keep_chains<'a>(
+    snapshots: &'a [(String, Summary)],
+    key: (&str, &str, &str),
+    window_start: Option<DateTime<Utc>>,
+    reasons: &mut HashMap<&'a str, Vec<String>>,
+) {
+    let members = history(snapshots, key);
+    let mut needed: Vec<(&'a str, &str)> = Vec::new();
+    if let Some(chain) = window_start.and_then(|start| chain::to_instant(&members, start).ok()) {
+        needed
+            .extend(chain.ids.into_iter().map(|id| (id, "needed to restore to the start of the --keep-within window")));
+    }
+    loop {
+        for member in members.iter().filter(|m| reasons.contains_key(m.id)) {
+            if let Ok(chain) = chain::to_backup(&members, member) {
+                needed.extend(chain.ids.into_iter().map(|id| (id, "needed by a kept backup")));
+            }
+        }
+        let before = reasons.len();
+        for (id, why) in needed.drain(..) {
+            if !reasons.contains_key(id) {
+                reasons.insert(id, vec![why.to_string()]);
+            }
+        }
+        if reasons.len() == before {
+            return;
+        }
+    }
 }
 
 /// The snapshots `names` (full IDs or unambiguous ID prefixes) name, damaged
@@ -230,6 +243,39 @@ mod tests {
             skeleton_blake3: String::new(),
         };
         (id.into(), summary)
+    }
+
+    /// Like [`snap`], with the snapshot's ID as its stream ID and `parent` as its parent.
+    fn linked(id: &str, started: &str, kind: &str, parent: Option<&str>) -> (String, Summary) {
+        let (id, mut summary) = snap(id, started, kind);
+        summary.stream_id = id.clone();
+        summary.begin.parent = parent.map(str::to_string);
+        (id, summary)
+    }
+
+    #[test]
+    fn the_point_in_time_window_keeps_what_its_first_instant_needs() {
+        // A binary log archive that runs on across f2.
+        let all = vec![
+            linked("f1", "2026-11-01T01:00:00Z", "full", None),
+            linked("l1", "2026-11-01T02:00:00Z", "incremental", Some("f1")),
+            linked("l2", "2026-11-01T03:00:00Z", "incremental", Some("l1")),
+            linked("f2", "2026-11-01T04:00:00Z", "full", None),
+            linked("l3", "2026-11-01T05:00:00Z", "incremental", Some("l2")),
+            linked("l4", "2026-11-01T06:00:00Z", "incremental", Some("l3")),
+        ];
+        let now = parse_time("2026-11-01T06:30:00Z").unwrap();
+        let window = |within: &str| Policy { within: parse_duration(within).ok(), ..Policy::default() };
+        // From 04:30: f2, and l3 (the first log after 04:30) with l4.
+        assert_eq!(kept(&decide(&all, &HashMap::new(), &window("2h"), now).unwrap()), ["f2", "l3", "l4"]);
+        // From 03:30: that instant needs f1 and every log since.
+        assert_eq!(
+            kept(&decide(&all, &HashMap::new(), &window("3h"), now).unwrap()),
+            ["f1", "l1", "l2", "f2", "l3", "l4"]
+        );
+        // The newest alone keeps its chain from f2, not the logs before f2 it links to.
+        let last = Policy { last: 1, ..Policy::default() };
+        assert_eq!(kept(&decide(&all, &HashMap::new(), &last, now).unwrap()), ["f2", "l3", "l4"]);
     }
 
     fn kept(decisions: &[Decision]) -> Vec<&str> {

@@ -14,6 +14,7 @@
 pub mod address;
 pub mod cache;
 pub mod catalog;
+pub mod chain;
 pub mod check;
 pub mod fetch;
 pub mod forget;

@@ -24,9 +24,18 @@ pub struct Begin {
     /// The engine's positions at the start (log generation, LSN, binlog coordinates).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub positions: Map<String, Value>,
-    /// The backup this one continues (for incrementals), as an engine-defined reference.
+    /// The backup this one continues: the stream ID (hex) of its full for
+    /// a differential, of the previous backup in its log chain for a log or
+    /// incremental backup (log chains may run on across later fulls). None
+    /// for a full, and in streams written before parents were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// The instance backed up, as the engine names it (a MySQL server's
+    /// binary log sequence, a SQL Server database, a PostgreSQL cluster):
+    /// backups of one host and engine with different sources are separate
+    /// histories, never one chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Total content bytes the producer expects to send, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_bytes: Option<u64>,
@@ -44,8 +53,56 @@ impl Begin {
             started: now_rfc3339(),
             positions: Map::new(),
             parent: None,
+            source: None,
             expected_bytes: None,
         }
+    }
+
+    /// The backup kind, typed.
+    pub fn backup_kind(&self) -> BackupKind {
+        BackupKind::from_name(&self.kind)
+    }
+}
+
+/// What a backup holds, and so how it chains to others.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackupKind {
+    /// Everything: a base that needs no other backup.
+    Full,
+    /// A full taken outside the schedule (SQL Server's COPY_ONLY): a base for
+    /// restores, but not one later differentials build on.
+    CopyOnlyFull,
+    /// What changed since its full (`parent`).
+    Differential,
+    /// What changed since the previous backup of its chain (`parent`).
+    Incremental,
+    /// The logs written since the previous log backup (`parent`).
+    Log,
+    /// A kind a newer producer wrote: kept and listed, never a base.
+    Other(String),
+}
+
+impl BackupKind {
+    /// The kind a Begin frame's `kind` names.
+    pub fn from_name(name: &str) -> BackupKind {
+        match name {
+            "full" => BackupKind::Full,
+            "copy-only" | "copy-only-full" => BackupKind::CopyOnlyFull,
+            "differential" => BackupKind::Differential,
+            "incremental" => BackupKind::Incremental,
+            "log" => BackupKind::Log,
+            other => BackupKind::Other(other.to_string()),
+        }
+    }
+
+    /// True for a backup a restore can start from.
+    pub fn is_base(&self) -> bool {
+        matches!(self, BackupKind::Full | BackupKind::CopyOnlyFull)
+    }
+
+    /// True for a backup of a log chain (a log or incremental backup).
+    pub fn is_log(&self) -> bool {
+        matches!(self, BackupKind::Incremental | BackupKind::Log)
     }
 }
 

@@ -93,7 +93,7 @@ pub fn full_logical(client: &Client, output: impl Write) -> Result<()> {
         let gtid = Some(gtid).filter(|g| !g.is_empty());
         let positions =
             Positions { binlog_file: Some(file), binlog_pos: Some(pos), gtid, databases, ..server.positions(LOGICAL) };
-        begin_full(writer, &positions)?;
+        begin_full(writer, &server, &positions)?;
         let progress = Progress::for_stage(TOOL);
         let mut totals = End::default();
         if let Some(lock) = lock {
@@ -125,7 +125,7 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
     produce(TOOL, output, |writer| {
         let server = ServerInfo::query(client)?;
         server.require_binlog()?;
-        begin_full(writer, &server.positions(PHYSICAL))?;
+        begin_full(writer, &server, &server.positions(PHYSICAL))?;
         let scratch = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", e))?;
         let target = format!("--target-dir={}", scratch.path().display());
         let mut backup = client.spawn("mariadb-backup", &["--backup", "--stream=xbstream", &target], |c| {
@@ -161,8 +161,9 @@ pub fn full_physical(client: &Client, output: impl Write) -> Result<()> {
     })
 }
 
-fn begin_full<W: Write>(writer: &mut SourceWriter<W>, positions: &Positions) -> Result<()> {
-    let begin = Begin { positions: positions.to_map(), ..Begin::now(TOOL, ENGINE, "full") };
+fn begin_full<W: Write>(writer: &mut SourceWriter<W>, server: &ServerInfo, positions: &Positions) -> Result<()> {
+    let begin =
+        Begin { positions: positions.to_map(), source: Some(server.source()), ..Begin::now(TOOL, ENGINE, "full") };
     writer.write(&Frame::json(Kind::Begin, &begin))
 }
 

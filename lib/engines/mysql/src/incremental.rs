@@ -21,31 +21,39 @@ use crate::positions::{gtid_behind, sequence_of, Positions, BINLOG};
 use crate::progress::Progress;
 use crate::server::{binary_logs, BinaryLog, ServerInfo};
 
+/// A stored backup of the server: its stream ID (which an incremental names
+/// as its parent) and its positions.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The stream ID (hex).
+    pub stream: String,
+    /// Its merged positions.
+    pub positions: Positions,
+}
+
 /// What an incremental continues from: the newest backup of the server's
-/// binary log sequence, and the newest incremental's end.
+/// binary log sequence, and the newest incremental.
 #[derive(Debug, Clone)]
 pub struct Previous {
-    /// The newest backup's snapshot ID.
-    pub snapshot: String,
-    /// The newest backup's positions.
-    pub positions: Positions,
-    /// The newest incremental's positions, when there is one: after a full,
-    /// the next incremental still starts where it ended, so no binary log
-    /// between the two is left out of the archive.
-    pub last_incremental: Option<Positions>,
+    /// The newest backup.
+    pub newest: Stored,
+    /// The newest incremental, when there is one: after a full, the next
+    /// incremental still starts where it ended, so no binary log between the
+    /// two is left out of the archive.
+    pub last_incremental: Option<Stored>,
 }
 
 impl Previous {
     /// The newest backup, and the newest incremental, of `server`'s sequence among `backups` (oldest first).
-    fn choose(backups: impl IntoIterator<Item = (String, Positions)>, server: &ServerInfo) -> Option<Previous> {
+    fn choose(backups: impl IntoIterator<Item = Stored>, server: &ServerInfo) -> Option<Previous> {
         let mut found: Option<Previous> = None;
-        for (snapshot, positions) in backups.into_iter().filter(|(_, p)| server.same_sequence(p)) {
-            let last_incremental = match (&found, positions.is_incremental()) {
-                (_, true) => Some(positions.clone()),
+        for stored in backups.into_iter().filter(|b| server.same_sequence(&b.positions)) {
+            let last_incremental = match (&found, stored.positions.is_incremental()) {
+                (_, true) => Some(stored.clone()),
                 (Some(previous), false) => previous.last_incremental.clone(),
                 (None, false) => None,
             };
-            found = Some(Previous { snapshot, positions, last_incremental });
+            found = Some(Previous { newest: stored, last_incremental });
         }
         found
     }
@@ -59,6 +67,9 @@ pub struct ReceiptLine {
     pub snapshot: String,
     /// The engine ("mysql").
     pub engine: String,
+    /// The stream ID (hex); empty in receipts of older tools.
+    #[serde(default)]
+    pub stream_id: String,
     /// When the backup started (RFC 3339): receipts are appended as ships
     /// finish, so a long full may follow an incremental that started after it.
     #[serde(default)]
@@ -101,8 +112,10 @@ pub fn read_receipts(path: &Path) -> Result<Vec<ReceiptLine>> {
 pub fn previous_from_receipt(path: &Path, server: &ServerInfo) -> Result<Previous> {
     let mut lines = read_receipts(path)?;
     lines.sort_by_key(|line| chrono::DateTime::parse_from_rfc3339(&line.started).ok());
-    let backups =
-        lines.into_iter().map(|line| Ok((line.snapshot.clone(), line.positions()?))).collect::<Result<Vec<_>>>()?;
+    let backups = lines
+        .into_iter()
+        .map(|line| Ok(Stored { positions: line.positions()?, stream: line.stream_id }))
+        .collect::<Result<Vec<_>>>()?;
     Previous::choose(backups, server).ok_or_else(|| {
         Error::usage(format!(
             "receipt '{}' holds no backup of this server (binary logs {}, server_id {})",
@@ -119,9 +132,10 @@ pub fn previous_from_repo(repo: &crate::repo::Repository, server: &ServerInfo) -
     let listing = crate::repo::fetch::list(repo)?;
     // A snapshot that cannot be read could be the newest of this server's chain.
     listing.refuse_damaged("the newest backup of this server, which the incremental continues from")?;
-    for (id, summary) in listing.readable {
+    for (_, summary) in listing.readable {
         if summary.begin.engine == ENGINE {
-            backups.push((id, Positions::from_maps(&summary.begin.positions, &summary.end_positions)?));
+            let positions = Positions::from_maps(&summary.begin.positions, &summary.end_positions)?;
+            backups.push(Stored { stream: summary.stream_id, positions });
         }
     }
     Previous::choose(backups, server).ok_or_else(|| {
@@ -156,18 +170,24 @@ struct Start<'a> {
 /// archive has no gap.
 fn plan_start<'a>(previous: &'a Previous, logs: &[BinaryLog], restart_at_full: bool) -> Result<Start<'a>> {
     let newest = previous
+        .newest
         .positions
         .continues_from()
         .ok_or_else(|| Error::usage("the previous backup records no binary log position to continue from"))?;
     let at_newest = Start { file: newest, full_file: None };
-    let Some(last) = previous.last_incremental.as_ref().filter(|_| !previous.positions.is_incremental()) else {
+    let Some(last) = previous
+        .last_incremental
+        .as_ref()
+        .map(|l| &l.positions)
+        .filter(|_| !previous.newest.positions.is_incremental())
+    else {
         return Ok(at_newest);
     };
     let Some(earlier) = last.next_file.as_deref().filter(|e| *e != newest) else { return Ok(at_newest) };
     if restart_at_full || sequence_of(earlier)? > sequence_of(newest)? {
         return Ok(at_newest);
     }
-    let same_history = match (&previous.positions.gtid, &last.gtid) {
+    let same_history = match (&previous.newest.positions.gtid, &last.gtid) {
         (Some(full), Some(then)) => !gtid_behind(full, then)?,
         _ => false,
     };
@@ -194,23 +214,23 @@ fn check_not_reset(previous: &Previous, start: &Start, logs: &[BinaryLog], serve
             "{what}: the server's binary logs were reset since the previous backup; take a full backup (dump-mysql --full)"
         ))
     };
-    if let Some(then) = &previous.positions.gtid {
+    if let Some(then) = &previous.newest.positions.gtid {
         if gtid_behind(server_gtid, then)? {
             return Err(reset(format!(
                 "the server's GTID position {server_gtid} is behind the previous backup's {then}"
             )));
         }
     }
-    let mut recorded: Vec<&(String, u64)> = previous.positions.files.iter().collect();
+    let mut recorded: Vec<&(String, u64)> = previous.newest.positions.files.iter().collect();
     if start.full_file.is_some() {
-        recorded.extend(previous.last_incremental.iter().flat_map(|p| p.files.iter()));
+        recorded.extend(previous.last_incremental.iter().flat_map(|p| p.positions.files.iter()));
     }
     for (name, size) in recorded {
         if let Some(log) = logs.iter().find(|log| log.name == *name && log.size != *size) {
             return Err(reset(format!("binary log {name} has {} bytes, not the {size} a backup holds", log.size)));
         }
     }
-    if let (Some(file), Some(pos)) = (&previous.positions.binlog_file, previous.positions.binlog_pos) {
+    if let (Some(file), Some(pos)) = (&previous.newest.positions.binlog_file, previous.newest.positions.binlog_pos) {
         if let Some(log) = logs.iter().find(|log| log.name == *file && log.size < pos) {
             return Err(reset(format!(
                 "binary log {file} has {} bytes, fewer than the full's position {pos}",
@@ -267,7 +287,14 @@ pub fn incremental(
         };
         let begin = Begin {
             positions: positions.to_map(),
-            parent: Some(previous.snapshot.clone()),
+            // The backup whose end this one continues: the last incremental
+            // when it reaches back before the newest full, else the newest backup.
+            parent: Some(match (start.full_file, &previous.last_incremental) {
+                (Some(_), Some(last)) => last.stream.clone(),
+                _ => previous.newest.stream.clone(),
+            })
+            .filter(|stream| !stream.is_empty()),
+            source: Some(server.source()),
             expected_bytes: Some(files.iter().map(|f| f.size).sum()),
             ..Begin::now(TOOL, ENGINE, "incremental")
         };

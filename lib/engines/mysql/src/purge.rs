@@ -91,6 +91,7 @@ mod tests {
         ReceiptLine {
             snapshot: "s".into(),
             engine: "mysql".into(),
+            stream_id: String::new(),
             started: String::new(),
             positions: positions.to_map(),
             end_positions: Default::default(),

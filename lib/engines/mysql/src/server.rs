@@ -82,6 +82,13 @@ impl ServerInfo {
         }
     }
 
+    /// The source every backup of this server records: its binary log
+    /// sequence (`server ID BASENAME`), so backups of two servers of one
+    /// host are separate histories.
+    pub fn source(&self) -> String {
+        format!("server {} {}", self.server_id, self.binlog_basename)
+    }
+
     /// True when `positions` come from this server's binary log sequence.
     pub fn same_sequence(&self, positions: &Positions) -> bool {
         positions.binlog_basename == self.binlog_basename && positions.server_id == self.server_id

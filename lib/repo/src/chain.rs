@@ -1,0 +1,338 @@
+//! Chains: which stored backups a restore needs. Engine-blind: a backup's
+//! kind (full, differential, incremental, log) and its `parent` (the stream
+//! it continues) are all this reads. The backups of one host, engine and
+//! source form a history; a chain never leaves its history.
+//!
+//! To restore to an instant T a history needs its base, the newest full that
+//! started at or before T; the newest differential on that base (whose
+//! parent is the base) that started at or before T, if any; and the log
+//! chain after them: from the first log or incremental backup that started
+//! after T (it holds the logs written up to T), followed back by `parent`
+//! to the first one that started after the base (or the differential). A
+//! log chain may run on across later fulls (MySQL's binary log archive, SQL
+//! Server's log chain): it is followed by its links, never by time, so two
+//! chains of one history (a log chain restarted after a restore, say) are
+//! told apart. The first log backup after the base may continue one from
+//! before the base that is gone (forgotten once nothing needed it): that is
+//! no broken link, since the base holds what it held. A link missing further
+//! on is, and is named. (A log backup missing right after the base cannot be
+//! told from that case here; restores check the continuity of the logs
+//! themselves, as `restore-mysql` does of binary logs.) Where a backup
+//! records no parent, or only the snapshot ID
+//! older tools recorded, the chain goes on by time from there: every log or
+//! incremental backup started after the base, up to that one.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::meta::BackupKind;
+use crate::snapshot::Summary;
+
+/// One backup of a history.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    /// The snapshot ID.
+    pub id: &'a str,
+    /// Its summary.
+    pub summary: &'a Summary,
+    /// When it started.
+    pub started: DateTime<Utc>,
+}
+
+impl Member<'_> {
+    fn kind(&self) -> BackupKind {
+        self.summary.begin.backup_kind()
+    }
+
+    fn parent(&self) -> Option<&str> {
+        self.summary.begin.parent.as_deref()
+    }
+}
+
+/// A chain, oldest first, or where it breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain<'a> {
+    /// The snapshot IDs, base first.
+    pub ids: Vec<&'a str>,
+    /// The first broken link met: a backup whose parent the history does not
+    /// hold (forgotten, or never stored), as (its ID, the parent's stream ID).
+    pub broken: Option<(&'a str, String)>,
+}
+
+impl Chain<'_> {
+    /// Fails naming the broken link, if there is one.
+    pub fn whole(self) -> Result<Self> {
+        match &self.broken {
+            None => Ok(self),
+            Some((id, parent)) => Err(Error::integrity(format!(
+                "snapshot {id} continues stream {parent}, which the repository does not hold (forgotten, or never \
+                 stored): the chain through it is broken; restore from a later full, or take one"
+            ))),
+        }
+    }
+}
+
+/// The chain that restores `history` (one host, engine and source, in the
+/// order the backups started) to the instant `until`.
+pub fn to_instant<'a>(history: &[Member<'a>], until: DateTime<Utc>) -> Result<Chain<'a>> {
+    // Backups are ordered by start, then by storage: within one second, order
+    // decides, never the clock alone.
+    let covered = history.iter().take_while(|m| m.started <= until).count();
+    let reach = history[covered..].iter().position(|m| m.kind().is_log()).map(|at| covered + at);
+    assemble(history, covered, reach).map_err(|e| match e {
+        NoBase => Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")),
+    })
+}
+
+/// The chain that restores what backup `member` holds: itself, with its base
+/// and the links between.
+pub fn to_backup<'a>(history: &[Member<'a>], member: &Member<'a>) -> Result<Chain<'a>> {
+    let at = history.iter().position(|m| m.id == member.id).expect("a member of the history");
+    match member.kind() {
+        kind if kind.is_log() => assemble(history, at, Some(at)).map_err(|e| match e {
+            NoBase => Error::other(format!("no full backup before snapshot {} (see `repo snapshots`)", member.id)),
+        }),
+        BackupKind::Differential => {
+            let full = member.parent().and_then(|parent| find(history, parent));
+            Ok(match (full, member.parent()) {
+                (Some(full), _) => Chain { ids: vec![history[full].id, member.id], broken: None },
+                (None, parent) => Chain {
+                    ids: vec![member.id],
+                    broken: Some((member.id, parent.unwrap_or("(none recorded)").to_string())),
+                },
+            })
+        }
+        _ => Ok(Chain { ids: vec![member.id], broken: None }),
+    }
+}
+
+/// No base precedes the point asked for.
+struct NoBase;
+
+/// The newest base among the first `bases` members, the differential on it
+/// among them, and the log chain after them up to the member at `reach` (the
+/// log backup that holds the logs asked for, or, when there is none, the
+/// newest log backup after the base).
+fn assemble<'a>(history: &[Member<'a>], bases: usize, reach: Option<usize>) -> std::result::Result<Chain<'a>, NoBase> {
+    let base = (0..bases).rev().find(|&i| history[i].kind().is_base()).ok_or(NoBase)?;
+    let differential = (base + 1..bases).rev().find(|&i| {
+        history[i].kind() == BackupKind::Differential && history[i].parent() == Some(stream_id(&history[base]))
+    });
+    let after = differential.unwrap_or(base);
+    let mut chain = Chain { ids: vec![history[base].id], broken: None };
+    chain.ids.extend(differential.map(|i| history[i].id));
+    let reach = reach.or_else(|| (after + 1..history.len()).rev().find(|&i| history[i].kind().is_log()));
+    let Some(reach) = reach else { return Ok(chain) };
+    // The log backups after `after` up to `last` (inclusive), by order.
+    let by_order = |last: usize| -> Vec<&'a str> {
+        (after + 1..=last).filter(|&i| history[i].kind().is_log()).map(|i| history[i].id).collect()
+    };
+    let mut logs: Vec<&'a str> = Vec::new();
+    let mut at = Some(reach);
+    while let Some(index) = at.filter(|&i| i > after) {
+        let member = &history[index];
+        at = match member.parent() {
+            Some(parent) => match find(history, parent) {
+                Some(found) if found < index => Some(found),
+                // A parent that started later (wrong clocks, or a forged
+                // link): the order decides from here.
+                Some(_) => {
+                    logs.extend(by_order(index).into_iter().rev());
+                    break;
+                }
+                // Older tools named the newest snapshot, not the stream
+                // continued; from such a link (or none), the chain goes by order.
+                None if history.iter().any(|m| m.id == parent) => {
+                    logs.extend(by_order(index).into_iter().rev());
+                    break;
+                }
+                // The first log backup after the base continues one from before
+                // it (the log chain runs on across fulls): that one is not needed.
+                None if !(after + 1..index).any(|i| history[i].kind().is_log()) => {
+                    logs.push(member.id);
+                    break;
+                }
+                None => {
+                    chain.broken = Some((member.id, parent.to_string()));
+                    logs.push(member.id);
+                    break;
+                }
+            },
+            None => {
+                logs.extend(by_order(index).into_iter().rev());
+                break;
+            }
+        };
+        logs.push(member.id);
+        // A link to the base or the differential ends the walk there.
+        if at.is_some_and(|i| !history[i].kind().is_log()) {
+            break;
+        }
+    }
+    logs.reverse();
+    chain.ids.extend(logs);
+    Ok(chain)
+}
+
+/// The position of the member whose stream is `stream`.
+fn find(history: &[Member<'_>], stream: &str) -> Option<usize> {
+    history.iter().position(|m| m.summary.stream_id.eq_ignore_ascii_case(stream))
+}
+
+fn stream_id<'a>(member: &Member<'a>) -> &'a str {
+    &member.summary.stream_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Begin;
+
+    /// A summary of kind `kind` started at hour `hour` of 2026-11-01, with
+    /// stream ID `id` and parent `parent`.
+    fn summary(id: &str, hour: u32, kind: &str, parent: Option<&str>) -> Summary {
+        Summary {
+            stream_id: id.into(),
+            begin: Begin {
+                kind: kind.into(),
+                started: format!("2026-11-01T{hour:02}:00:00Z"),
+                parent: parent.map(str::to_string),
+                ..Begin::now("t", "e", "full")
+            },
+            end_positions: Default::default(),
+            entries: 0,
+            bytes: 0,
+            changed: 0,
+            stream_bytes: 0,
+            chunks: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            stored: format!("2026-11-01T{hour:02}:30:00Z"),
+            skeleton_blake3: String::new(),
+        }
+    }
+
+    fn members(summaries: &[Summary]) -> Vec<Member<'_>> {
+        summaries
+            .iter()
+            .map(|s| Member { id: &s.stream_id, summary: s, started: s.begin.started.parse().unwrap() })
+            .collect()
+    }
+
+    fn at(hour: u32) -> DateTime<Utc> {
+        format!("2026-11-01T{hour:02}:15:00Z").parse().unwrap()
+    }
+
+    #[test]
+    fn a_binary_log_archive_runs_on_across_a_full() {
+        // MySQL: f1, incrementals i1..i3; f2; i4 continues i3 (reaching back before f2).
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("i1", 2, "incremental", Some("f1")),
+            summary("i2", 3, "incremental", Some("i1")),
+            summary("f2", 4, "full", None),
+            summary("i3", 5, "incremental", Some("i2")),
+            summary("i4", 6, "incremental", Some("i3")),
+        ];
+        let history = members(&all);
+        assert_eq!(to_instant(&history, at(2)).unwrap().ids, ["f1", "i1", "i2"]);
+        assert_eq!(to_instant(&history, at(3)).unwrap().ids, ["f1", "i1", "i2", "i3"], "i3 holds the logs to 3:15");
+        assert_eq!(to_instant(&history, at(4)).unwrap().ids, ["f2", "i3"]);
+        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f2", "i3", "i4"]);
+        assert_eq!(to_backup(&history, &history[5]).unwrap().ids, ["f2", "i3", "i4"]);
+        assert_eq!(to_backup(&history, &history[1]).unwrap().ids, ["f1", "i1"]);
+        assert!(to_instant(&history, "2026-11-01T00:30:00Z".parse().unwrap()).is_err(), "no full before");
+    }
+
+    #[test]
+    fn differentials_build_on_their_full_and_logs_run_across_both() {
+        // SQL Server: full, log, differential, log, log; a new full; log.
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("l1", 2, "log", Some("f1")),
+            summary("d1", 3, "differential", Some("f1")),
+            summary("l2", 4, "log", Some("l1")),
+            summary("l3", 5, "log", Some("l2")),
+            summary("f2", 6, "full", None),
+            summary("l4", 7, "log", Some("l3")),
+        ];
+        let history = members(&all);
+        assert_eq!(to_instant(&history, at(1)).unwrap().ids, ["f1", "l1"]);
+        assert_eq!(to_instant(&history, at(3)).unwrap().ids, ["f1", "d1", "l2"]);
+        assert_eq!(to_instant(&history, at(4)).unwrap().ids, ["f1", "d1", "l2", "l3"]);
+        assert_eq!(to_instant(&history, at(6)).unwrap().ids, ["f2", "l4"]);
+        assert_eq!(to_backup(&history, &history[2]).unwrap().ids, ["f1", "d1"]);
+        assert_eq!(to_backup(&history, &history[5]).unwrap().ids, ["f2"]);
+    }
+
+    #[test]
+    fn interleaved_chains_are_told_apart_by_their_links() {
+        // A log chain restarted (b1 starts anew from f1 while a-chain goes on).
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("a1", 2, "log", Some("f1")),
+            summary("b1", 3, "log", Some("f1")),
+            summary("a2", 4, "log", Some("a1")),
+            summary("b2", 5, "log", Some("b1")),
+        ];
+        let history = members(&all);
+        assert_eq!(to_backup(&history, &history[4]).unwrap().ids, ["f1", "b1", "b2"]);
+        assert_eq!(to_backup(&history, &history[3]).unwrap().ids, ["f1", "a1", "a2"]);
+    }
+
+    #[test]
+    fn a_missing_link_is_named() {
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("i1", 2, "incremental", Some("i0")),
+            summary("i3", 4, "incremental", Some("i2")),
+            summary("i4", 5, "incremental", Some("i3")),
+        ];
+        let history = members(&all);
+        let chain = to_instant(&history, at(4)).unwrap();
+        assert_eq!(chain.broken, Some(("i3", "i2".to_string())));
+        let err = chain.whole().unwrap_err();
+        assert!(err.message().contains("snapshot i3 continues stream i2"), "{err}");
+        // The first after the full continues one from before it: no gap.
+        assert_eq!(to_backup(&history, &history[1]).unwrap().whole().unwrap().ids, ["f1", "i1"]);
+    }
+
+    #[test]
+    fn backups_started_in_one_second_chain_by_their_order() {
+        // A full and two incrementals that each continue it, all in one second.
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("i1", 1, "incremental", Some("f1")),
+            summary("i2", 1, "incremental", Some("f1")),
+        ];
+        let history = members(&all);
+        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f1", "i2"]);
+        assert_eq!(to_backup(&history, &history[1]).unwrap().ids, ["f1", "i1"]);
+    }
+
+    #[test]
+    fn links_that_loop_or_point_forward_never_hang() {
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("i1", 2, "incremental", Some("i2")),
+            summary("i2", 3, "incremental", Some("i1")),
+        ];
+        let history = members(&all);
+        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f1", "i1", "i2"]);
+    }
+
+    #[test]
+    fn streams_without_parents_chain_by_time() {
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("i1", 2, "incremental", None),
+            summary("f2", 3, "full", None),
+            summary("i2", 4, "incremental", None),
+            summary("i3", 5, "incremental", None),
+        ];
+        let history = members(&all);
+        assert_eq!(to_instant(&history, at(1)).unwrap().ids, ["f1", "i1"]);
+        assert_eq!(to_instant(&history, at(4)).unwrap().ids, ["f2", "i2", "i3"]);
+        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f2", "i2", "i3"]);
+    }
+}
