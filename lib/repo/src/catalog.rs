@@ -207,20 +207,8 @@ mod tests {
 
     /// A header as `ship` would write it, with a summary saying `host`.
     fn header(host: &str) -> Vec<u8> {
-        let summary = crate::snapshot::Summary {
-            stream_id: "00".repeat(16),
-            begin: crate::meta::Begin { host: host.into(), ..crate::meta::Begin::now("t", "files", "full") },
-            end_positions: Default::default(),
-            entries: 0,
-            bytes: 0,
-            changed: 0,
-            stream_bytes: 0,
-            chunks: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            stored: "2026-11-22T03:13:33Z".into(),
-            skeleton_blake3: "00".repeat(32),
-        };
+        let begin = crate::meta::Begin { host: host.into(), ..crate::meta::Begin::now("t", "files", "full") };
+        let summary = crate::snapshot::Summary::example(&"00".repeat(16), begin, "2026-11-22T03:13:33Z");
         let recipient = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7u8; 32]));
         crate::snapshot::header(&summary, &recipient, "0123456789abcdef0123456789abcdef")
     }

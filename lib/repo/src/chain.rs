@@ -191,25 +191,13 @@ mod tests {
     /// A summary of kind `kind` started at hour `hour` of 2026-11-01, with
     /// stream ID `id` and parent `parent`.
     fn summary(id: &str, hour: u32, kind: &str, parent: Option<&str>) -> Summary {
-        Summary {
-            stream_id: id.into(),
-            begin: Begin {
-                kind: kind.into(),
-                started: format!("2026-11-01T{hour:02}:00:00Z"),
-                parent: parent.map(str::to_string),
-                ..Begin::now("t", "e", "full")
-            },
-            end_positions: Default::default(),
-            entries: 0,
-            bytes: 0,
-            changed: 0,
-            stream_bytes: 0,
-            chunks: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            stored: format!("2026-11-01T{hour:02}:30:00Z"),
-            skeleton_blake3: String::new(),
-        }
+        let begin = Begin {
+            kind: kind.into(),
+            started: format!("2026-11-01T{hour:02}:00:00Z"),
+            parent: parent.map(str::to_string),
+            ..Begin::now("t", "e", "full")
+        };
+        Summary::example(id, begin, &format!("2026-11-01T{hour:02}:30:00Z"))
     }
 
     fn members(summaries: &[Summary]) -> Vec<Member<'_>> {

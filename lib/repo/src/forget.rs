@@ -228,21 +228,8 @@ mod tests {
     use crate::units::parse_duration;
 
     fn snap(id: &str, started: &str, kind: &str) -> (String, Summary) {
-        let summary = Summary {
-            stream_id: String::new(),
-            begin: Begin { kind: kind.into(), started: started.into(), ..Begin::now("t", "e", "full") },
-            end_positions: Default::default(),
-            entries: 0,
-            bytes: 0,
-            changed: 0,
-            stream_bytes: 0,
-            chunks: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            stored: started.into(),
-            skeleton_blake3: String::new(),
-        };
-        (id.into(), summary)
+        let begin = Begin { kind: kind.into(), started: started.into(), ..Begin::now("t", "e", "full") };
+        (id.into(), Summary::example("", begin, started))
     }
 
     /// Like [`snap`], with the snapshot's ID as its stream ID and `parent` as its parent.

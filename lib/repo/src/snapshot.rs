@@ -170,20 +170,50 @@ pub fn summary_time(value: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Checks what every reader relies on in a stream's Begin frame: `started`
-/// is an RFC 3339 time, and host, engine and kind are names (not empty, no
-/// control characters, at most 255 bytes). `ship` refuses a stream whose
+/// is an RFC 3339 time; host, engine, kind and source (when given) are names
+/// (not empty, no control characters, at most 255 bytes); a parent is a
+/// stream ID (32 hex digits). `ship` refuses a stream whose
 /// Begin fails this, and readers treat a snapshot whose summary does like a
 /// damaged one, so a forged stream cannot break listing or retention.
 pub fn check_begin(begin: &Begin) -> std::result::Result<(), String> {
     if summary_time(&begin.started).is_none() {
         return Err(format!("started {} is not an RFC 3339 time", quote(&begin.started)));
     }
-    for (field, value) in [("host", &begin.host), ("engine", &begin.engine), ("kind", &begin.kind)] {
+    let source = begin.source.as_ref().map(|source| ("source", source));
+    for (field, value) in
+        [("host", &begin.host), ("engine", &begin.engine), ("kind", &begin.kind)].into_iter().chain(source)
+    {
         if value.is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
             return Err(format!("{field} {} is not a name", quote(value)));
         }
     }
+    if let Some(parent) = &begin.parent {
+        if parent.len() != 32 || !parent.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("parent {} is not a stream ID", quote(parent)));
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+impl Summary {
+    /// A summary of a backup of `begin` stored with no content, for tests.
+    pub(crate) fn example(stream_id: &str, begin: crate::meta::Begin, stored: &str) -> Summary {
+        Summary {
+            stream_id: stream_id.into(),
+            begin,
+            end_positions: Default::default(),
+            entries: 0,
+            bytes: 0,
+            changed: 0,
+            stream_bytes: 0,
+            chunks: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            stored: stored.into(),
+            skeleton_blake3: "00".repeat(32),
+        }
+    }
 }
 
 impl Summary {
