@@ -1,7 +1,8 @@
 //! `fetch`: writes stored streams back out of a repository.
 
 use backpipe::cli::{self, KeyArgs, Selection};
-use backpipe::repo::fetch::{chain_until, chains_of, fetch, resolve};
+use backpipe::repo::fetch::fetch;
+use backpipe::repo::listing::{chain_until, chains_of, resolve};
 use backpipe::units::parse_time;
 use clap::Parser;
 

@@ -78,8 +78,8 @@ pub struct Selection {
 
 impl Selection {
     /// The repository's filter for it.
-    pub fn filter(&self) -> repo::fetch::Filter {
-        repo::fetch::Filter { host: self.host.clone(), engine: self.engine.clone(), source: self.source.clone() }
+    pub fn filter(&self) -> repo::listing::Filter {
+        repo::listing::Filter { host: self.host.clone(), engine: self.engine.clone(), source: self.source.clone() }
     }
 }
 

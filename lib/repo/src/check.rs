@@ -17,10 +17,10 @@ use super::Repository;
 use crate::chain::{self, Chain};
 use crate::crypt::Decryptor;
 use crate::error::Result;
-use crate::fetch::{history, history_of};
 use crate::filter::run_inline;
 use crate::format::Kind;
 use crate::keys::{MasterKey, Secret};
+use crate::listing::{history, history_of};
 use crate::reader::Item;
 
 /// What a check found.
@@ -230,7 +230,7 @@ fn quarantine_problems(
 /// Backups whose chain (see [`crate::chain`]) misses a link: the stream a
 /// backup continues is not in the repository, and restores through it fail.
 fn broken_links(repo: &Repository) -> Result<Vec<String>> {
-    let listing = crate::fetch::list(repo)?;
+    let listing = crate::listing::list(repo)?;
     let histories: HashSet<(&str, &str, &str)> = listing.readable.iter().map(|(_, s)| history_of(s)).collect();
     let mut problems = Vec::new();
     for key in histories {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::fetch::{history, history_of, Found, Listing};
+use super::listing::{history, history_of, Found, Listing};
 use super::snapshot::Summary;
 use crate::chain;
 use crate::error::{Error, Result};
@@ -91,7 +91,7 @@ fn keep_by<'a>(reasons: &mut HashMap<&'a str, Vec<String>>, id: &'a str, rule: &
     }
 }
 
-/// Decides which snapshots (oldest first, as [`super::fetch::list`] gives
+/// Decides which snapshots (oldest first, as [`super::listing::list`] gives
 /// them) to keep, per host and engine. Every snapshot a kept one builds on (its
 /// full backup and the backups between) is kept too.
 ///
@@ -315,7 +315,7 @@ mod tests {
     fn named_snapshots_include_damaged_ones_once() {
         let listing = Listing {
             readable: vec![snap("aa11", "2026-11-01T01:00:00Z", "full"), snap("ab22", "2026-11-02T01:00:00Z", "full")],
-            damaged: vec![crate::fetch::Damaged { id: "cc33".into(), reason: "truncated".into() }],
+            damaged: vec![crate::listing::Damaged { id: "cc33".into(), reason: "truncated".into() }],
             storage_times: HashMap::new(),
         };
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -19,6 +19,7 @@ pub mod check;
 pub mod fetch;
 pub mod forget;
 pub mod keyslot;
+pub mod listing;
 pub mod pack;
 pub mod prune;
 pub mod quarantine;

@@ -129,7 +129,7 @@ pub fn previous_from_receipt(path: &Path, server: &ServerInfo) -> Result<Previou
 /// What to continue from, according to the snapshots stored in `repo`.
 pub fn previous_from_repo(repo: &crate::repo::Repository, server: &ServerInfo) -> Result<Previous> {
     let mut backups = Vec::new();
-    let listing = crate::repo::fetch::list(repo)?;
+    let listing = crate::repo::listing::list(repo)?;
     // A snapshot that cannot be read could be the newest of this server's chain.
     listing.refuse_damaged("the newest backup of this server, which the incremental continues from")?;
     for (_, summary) in listing.readable {
