@@ -21,7 +21,10 @@ pub fn main(tool: &str, body: impl FnOnce() -> Result<()>) -> ! {
     prepare_process();
     let name = tool.to_string();
     crate::notice::set_sink(move |notice| say(&format!("{name}: {notice}")));
-    match body() {
+    let result = body();
+    // Interrupted (for the tools that catch signals): the signal's status, not this.
+    backpipe_kit::interrupt::wait_if_interrupted();
+    match result {
         Ok(()) => std::process::exit(0),
         Err(err) => {
             if !err.is_broken_pipe() {

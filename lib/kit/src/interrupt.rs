@@ -2,10 +2,11 @@
 //! directories or starts long-lived processes (a temporary database server)
 //! registers them here; once [`install`]ed, SIGTERM, SIGINT and SIGHUP
 //! (those not ignored when the tool started, as `nohup` does) are caught
-//! by a watcher thread that stops the registered processes (asking
-//! first, then killing those that do not stop in time), removes the
-//! registered directories, and then ends the tool with the signal itself,
-//! so its parent sees the status the signal gives.
+//! by a watcher thread that stops the registered processes (asking first,
+//! then killing those that do not stop in time), waits for any
+//! [`critical`] section to end, removes the registered directories, and then
+//! ends the tool with the signal itself, so its parent sees the status the
+//! signal gives. A process registered while that runs is stopped at once.
 //!
 //! A registration lasts as long as the value [`stop_on_signal`] or
 //! [`remove_on_signal`] returns: once the process is reaped or the directory
@@ -14,7 +15,7 @@
 use std::io::Read;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,14 +26,24 @@ use crate::error::{Error, Result};
 /// The signals that end a tool after cleaning up.
 const SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
+/// How long the watcher waits for a critical section to end.
+const CRITICAL_WAIT: Duration = Duration::from_secs(600);
+
 /// The write end of the pipe the handler wakes the watcher through.
 static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// The signal caught, once one is (0 before).
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+/// Critical sections running now.
+static CRITICAL: AtomicUsize = AtomicUsize::new(0);
 /// The next registration's number.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 /// What to clean up.
-static REGISTERED: Mutex<Registered> = Mutex::new(Registered { processes: Vec::new(), dirs: Vec::new() });
+static REGISTERED: Mutex<Registered> =
+    Mutex::new(Registered { stopping: false, processes: Vec::new(), dirs: Vec::new() });
 
 struct Registered {
+    /// Set once the watcher has taken the registrations to clean up.
+    stopping: bool,
     /// Process IDs, with how long each may take to stop once asked.
     processes: Vec<(u64, i32, Duration)>,
     dirs: Vec<(u64, PathBuf)>,
@@ -51,11 +62,16 @@ impl Drop for Registration {
 }
 
 /// Registers a child process to stop on a signal: asked with SIGTERM, then
-/// killed if it still runs after `grace`.
+/// killed if it still runs after `grace`. One registered while the tool is
+/// already stopping is asked to stop at once.
 pub fn stop_on_signal(pid: u32, grace: Duration) -> Registration {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    registered.processes.push((id, pid as i32, grace));
+    if registered.stopping {
+        let _ = signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
+    } else {
+        registered.processes.push((id, pid as i32, grace));
+    }
     Registration(id)
 }
 
@@ -67,10 +83,42 @@ pub fn remove_on_signal(dir: &Path) -> Registration {
     Registration(id)
 }
 
+/// A section of work that a signal must not cut short (renaming a restored
+/// copy into place): the watcher removes nothing while one runs.
+#[must_use = "the section ends when this is dropped"]
+pub struct Critical(());
+
+impl Drop for Critical {
+    fn drop(&mut self) {
+        CRITICAL.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts a critical section; it ends when the value is dropped.
+pub fn critical() -> Critical {
+    CRITICAL.fetch_add(1, Ordering::SeqCst);
+    Critical(())
+}
+
+/// When a signal was caught, waits (bounded) for the watcher to end the
+/// process with it, so the tool's exit status is the signal's, not that of
+/// an error the interruption caused. Returns at once otherwise.
+pub fn wait_if_interrupted() {
+    if CAUGHT.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    // The watcher's own bounds (a server's grace, a critical section) come first.
+    let started = Instant::now();
+    while started.elapsed() < CRITICAL_WAIT * 2 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Catches SIGTERM, SIGINT and SIGHUP from now on, cleaning up what is
 /// registered before the signal ends the process. Call once, early in `main`.
 pub fn install() -> Result<()> {
-    let (read, write) = nix::unistd::pipe().map_err(|e| Error::io("cannot create a pipe", e.into()))?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("cannot create a pipe", e.into()))?;
     WAKE.store(write.into_raw_fd(), Ordering::SeqCst);
     std::thread::Builder::new()
         .name("signals".into())
@@ -80,7 +128,8 @@ pub fn install() -> Result<()> {
         signal::SigAction::new(SigHandler::Handler(on_signal), signal::SaFlags::SA_RESTART, signal::SigSet::empty());
     for caught in SIGNALS {
         let failed = |e: nix::errno::Errno| Error::io(format!("cannot catch {caught}"), e.into());
-        // SAFETY: the handler only writes one byte to a pipe, which is async-signal-safe.
+        // SAFETY: the handler only stores a number and writes one byte to a
+        // pipe, which are async-signal-safe.
         let before = unsafe { signal::sigaction(caught, &action) }.map_err(failed)?;
         if before.handler() == SigHandler::SigIgn {
             // Ignored by whoever started us (nohup, a background job): it stays ignored.
@@ -92,12 +141,15 @@ pub fn install() -> Result<()> {
 }
 
 extern "C" fn on_signal(number: nix::libc::c_int) {
+    let saved = nix::errno::Errno::last_raw();
+    let _ = CAUGHT.compare_exchange(0, number, Ordering::SeqCst, Ordering::SeqCst);
     let fd = WAKE.load(Ordering::SeqCst);
     if fd >= 0 {
         let byte = number as u8;
         // SAFETY: write(2) on a pipe is async-signal-safe; the buffer is one valid byte.
         unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
+    nix::errno::Errno::set_raw(saved);
 }
 
 /// Waits for the first signal, cleans up, and ends the process with it.
@@ -107,15 +159,23 @@ fn watch(mut wake: std::fs::File) {
         return;
     }
     let Ok(caught) = Signal::try_from(i32::from(byte[0])) else { return };
-    // Taken for good: nothing registers or unregisters from here on.
-    let registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    for &(_, pid, grace) in &registered.processes {
+    // From here on, what registers is stopped at once (see stop_on_signal).
+    let (processes, dirs) = {
+        let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+        registered.stopping = true;
+        (registered.processes.clone(), registered.dirs.clone())
+    };
+    for (_, pid, grace) in processes {
         stop(nix::unistd::Pid::from_raw(pid), grace);
     }
-    for (_, dir) in &registered.dirs {
+    let asked = Instant::now();
+    while CRITICAL.load(Ordering::SeqCst) > 0 && asked.elapsed() < CRITICAL_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (_, dir) in dirs {
         // The main thread may still be writing into it: try a few times.
         for _ in 0..5 {
-            if crate::workdir::remove_tree(dir).is_ok() && !dir.exists() {
+            if crate::workdir::remove_tree(&dir).is_ok() && !dir.exists() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -22,11 +22,14 @@
 //! older tools recorded, the chain goes on by time from there: every log or
 //! incremental backup started after the base, up to that one.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::meta::BackupKind;
 use crate::snapshot::Summary;
+use crate::units::parse_time;
 
 /// One backup of a history.
 #[derive(Debug, Clone, Copy)]
@@ -72,116 +75,150 @@ impl Chain<'_> {
     }
 }
 
-/// The chain that restores `history` (one host, engine and source, in the
-/// order the backups started) to the instant `until`.
-pub fn to_instant<'a>(history: &[Member<'a>], until: DateTime<Utc>) -> Result<Chain<'a>> {
-    // Backups are ordered by start, then by storage: within one second, order
-    // decides, never the clock alone.
-    let covered = history.iter().take_while(|m| m.started <= until).count();
-    let reach = history[covered..].iter().position(|m| m.kind().is_log()).map(|at| covered + at);
-    assemble(history, covered, reach).map_err(|e| match e {
-        NoBase => Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")),
-    })
+/// The backups of one history (host, engine and source) in the order they
+/// started, with their streams indexed.
+#[derive(Debug)]
+pub struct History<'a> {
+    members: Vec<Member<'a>>,
+    /// Each member's position by its stream ID (lowercase).
+    streams: HashMap<String, usize>,
+    /// Each member's position by its snapshot ID.
+    ids: HashMap<&'a str, usize>,
 }
 
-/// The chain that restores what backup `member` holds: itself, with its base
-/// and the links between.
-pub fn to_backup<'a>(history: &[Member<'a>], member: &Member<'a>) -> Result<Chain<'a>> {
-    let at = history.iter().position(|m| m.id == member.id).expect("a member of the history");
-    match member.kind() {
-        kind if kind.is_log() => assemble(history, at, Some(at)).map_err(|e| match e {
-            NoBase => Error::other(format!("no full backup before snapshot {} (see `repo snapshots`)", member.id)),
-        }),
-        BackupKind::Differential => {
-            let full = member.parent().and_then(|parent| find(history, parent));
-            Ok(match (full, member.parent()) {
-                (Some(full), _) => Chain { ids: vec![history[full].id, member.id], broken: None },
-                (None, parent) => Chain {
-                    ids: vec![member.id],
-                    broken: Some((member.id, parent.unwrap_or("(none recorded)").to_string())),
-                },
-            })
+impl<'a> History<'a> {
+    /// The history of `members`, all of one host, engine and source. They
+    /// are ordered by start time, then storage time; times are whole
+    /// seconds, so of two started in the same second, one the other
+    /// continues comes first (forged links that loop change nothing).
+    pub fn new(mut members: Vec<Member<'a>>) -> History<'a> {
+        members.sort_by_key(|m| (m.started, parse_time(&m.summary.stored).ok()));
+        let mut moves = members.len();
+        let mut child = 0;
+        while child < members.len() && moves > 0 {
+            let parent = members[child].parent().map(str::to_ascii_lowercase);
+            let found = parent
+                .and_then(|parent| members.iter().position(|m| m.summary.stream_id.eq_ignore_ascii_case(&parent)));
+            match found.filter(|&at| at > child && members[at].started == members[child].started) {
+                Some(at) => {
+                    let member = members.remove(at);
+                    members.insert(child, member);
+                    moves -= 1;
+                }
+                None => child += 1,
+            }
         }
-        _ => Ok(Chain { ids: vec![member.id], broken: None }),
+        let streams = members.iter().enumerate().map(|(i, m)| (m.summary.stream_id.to_ascii_lowercase(), i)).collect();
+        let ids = members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        History { members, streams, ids }
+    }
+
+    /// The members, in order.
+    pub fn members(&self) -> &[Member<'a>] {
+        &self.members
+    }
+
+    /// The chain that restores to the instant `until`.
+    pub fn to_instant(&self, until: DateTime<Utc>) -> Result<Chain<'a>> {
+        let history = &self.members;
+        let covered = history.iter().take_while(|m| m.started <= until).count();
+        let reach = history[covered..].iter().position(|m| m.kind().is_log()).map(|at| covered + at);
+        self.assemble(covered, reach).map_err(|NoBase| {
+            Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)"))
+        })
+    }
+
+    /// The chain that restores what the backup with snapshot ID `id` holds:
+    /// itself, with its base and the links between.
+    pub fn to_backup(&self, id: &str) -> Result<Chain<'a>> {
+        let at = *self.ids.get(id).ok_or_else(|| Error::usage(format!("snapshot {id} is not in this history")))?;
+        let member = &self.members[at];
+        match member.kind() {
+            kind if kind.is_log() => self.assemble(at, Some(at)).map_err(|NoBase| {
+                Error::other(format!("no full backup before snapshot {} (see `repo snapshots`)", member.id))
+            }),
+            BackupKind::Differential => {
+                let full = member.parent().and_then(|parent| self.find(parent));
+                Ok(match (full, member.parent()) {
+                    (Some(full), _) => Chain { ids: vec![self.members[full].id, member.id], broken: None },
+                    (None, parent) => Chain {
+                        ids: vec![member.id],
+                        broken: Some((member.id, parent.unwrap_or("(none recorded)").to_string())),
+                    },
+                })
+            }
+            _ => Ok(Chain { ids: vec![member.id], broken: None }),
+        }
+    }
+
+    /// The position of the member whose stream is `stream`.
+    fn find(&self, stream: &str) -> Option<usize> {
+        self.streams.get(&stream.to_ascii_lowercase()).copied()
+    }
+
+    /// The newest base among the first `bases` members, the differential on
+    /// it among them, and the log chain after them up to the member at
+    /// `reach` (the log backup that holds the logs asked for, or, when there
+    /// is none, the newest log backup after the base).
+    fn assemble(&self, bases: usize, reach: Option<usize>) -> std::result::Result<Chain<'a>, NoBase> {
+        let history = &self.members;
+        let base = (0..bases).rev().find(|&i| history[i].kind().is_base()).ok_or(NoBase)?;
+        let differential = (base + 1..bases).rev().find(|&i| {
+            history[i].kind() == BackupKind::Differential
+                && history[i].parent().is_some_and(|p| p.eq_ignore_ascii_case(&history[base].summary.stream_id))
+        });
+        let after = differential.unwrap_or(base);
+        let mut chain = Chain { ids: vec![history[base].id], broken: None };
+        chain.ids.extend(differential.map(|i| history[i].id));
+        let reach = reach.or_else(|| (after + 1..history.len()).rev().find(|&i| history[i].kind().is_log()));
+        let Some(reach) = reach else { return Ok(chain) };
+        // The log backups after `after` up to `last` (inclusive), newest first.
+        let by_order = |last: usize| -> Vec<&'a str> {
+            (after + 1..=last).rev().filter(|&i| history[i].kind().is_log()).map(|i| history[i].id).collect()
+        };
+        let mut logs: Vec<&'a str> = Vec::new();
+        let mut index = reach;
+        while index > after {
+            let member = &history[index];
+            let Some(parent) = member.parent() else {
+                // No link recorded: by order from here.
+                logs.extend(by_order(index));
+                break;
+            };
+            logs.push(member.id);
+            match self.find(parent) {
+                // A link to the base or the differential ends the walk there.
+                Some(found) if found == base || Some(found) == differential => break,
+                Some(found) if found < index && history[found].kind().is_log() => index = found,
+                // A link to another full after the base (the log continued it,
+                // not the logs before it), to a later backup (wrong clocks, or
+                // a forged link), or to the snapshot ID older tools recorded:
+                // by order from here.
+                Some(_) => {
+                    logs.extend(by_order(index - 1));
+                    break;
+                }
+                None if self.ids.contains_key(parent) => {
+                    logs.extend(by_order(index - 1));
+                    break;
+                }
+                // The first log backup after the base continues one from before
+                // it (the log chain runs on across fulls): that one is not needed.
+                None if !(after + 1..index).any(|i| history[i].kind().is_log()) => break,
+                None => {
+                    chain.broken = Some((member.id, parent.to_string()));
+                    break;
+                }
+            }
+        }
+        logs.reverse();
+        chain.ids.extend(logs);
+        Ok(chain)
     }
 }
 
 /// No base precedes the point asked for.
 struct NoBase;
-
-/// The newest base among the first `bases` members, the differential on it
-/// among them, and the log chain after them up to the member at `reach` (the
-/// log backup that holds the logs asked for, or, when there is none, the
-/// newest log backup after the base).
-fn assemble<'a>(history: &[Member<'a>], bases: usize, reach: Option<usize>) -> std::result::Result<Chain<'a>, NoBase> {
-    let base = (0..bases).rev().find(|&i| history[i].kind().is_base()).ok_or(NoBase)?;
-    let differential = (base + 1..bases).rev().find(|&i| {
-        history[i].kind() == BackupKind::Differential && history[i].parent() == Some(stream_id(&history[base]))
-    });
-    let after = differential.unwrap_or(base);
-    let mut chain = Chain { ids: vec![history[base].id], broken: None };
-    chain.ids.extend(differential.map(|i| history[i].id));
-    let reach = reach.or_else(|| (after + 1..history.len()).rev().find(|&i| history[i].kind().is_log()));
-    let Some(reach) = reach else { return Ok(chain) };
-    // The log backups after `after` up to `last` (inclusive), by order.
-    let by_order = |last: usize| -> Vec<&'a str> {
-        (after + 1..=last).filter(|&i| history[i].kind().is_log()).map(|i| history[i].id).collect()
-    };
-    let mut logs: Vec<&'a str> = Vec::new();
-    let mut at = Some(reach);
-    while let Some(index) = at.filter(|&i| i > after) {
-        let member = &history[index];
-        at = match member.parent() {
-            Some(parent) => match find(history, parent) {
-                Some(found) if found < index => Some(found),
-                // A parent that started later (wrong clocks, or a forged
-                // link): the order decides from here.
-                Some(_) => {
-                    logs.extend(by_order(index).into_iter().rev());
-                    break;
-                }
-                // Older tools named the newest snapshot, not the stream
-                // continued; from such a link (or none), the chain goes by order.
-                None if history.iter().any(|m| m.id == parent) => {
-                    logs.extend(by_order(index).into_iter().rev());
-                    break;
-                }
-                // The first log backup after the base continues one from before
-                // it (the log chain runs on across fulls): that one is not needed.
-                None if !(after + 1..index).any(|i| history[i].kind().is_log()) => {
-                    logs.push(member.id);
-                    break;
-                }
-                None => {
-                    chain.broken = Some((member.id, parent.to_string()));
-                    logs.push(member.id);
-                    break;
-                }
-            },
-            None => {
-                logs.extend(by_order(index).into_iter().rev());
-                break;
-            }
-        };
-        logs.push(member.id);
-        // A link to the base or the differential ends the walk there.
-        if at.is_some_and(|i| !history[i].kind().is_log()) {
-            break;
-        }
-    }
-    logs.reverse();
-    chain.ids.extend(logs);
-    Ok(chain)
-}
-
-/// The position of the member whose stream is `stream`.
-fn find(history: &[Member<'_>], stream: &str) -> Option<usize> {
-    history.iter().position(|m| m.summary.stream_id.eq_ignore_ascii_case(stream))
-}
-
-fn stream_id<'a>(member: &Member<'a>) -> &'a str {
-    &member.summary.stream_id
-}
 
 #[cfg(test)]
 mod tests {
@@ -200,11 +237,13 @@ mod tests {
         Summary::example(id, begin, &format!("2026-11-01T{hour:02}:30:00Z"))
     }
 
-    fn members(summaries: &[Summary]) -> Vec<Member<'_>> {
-        summaries
-            .iter()
-            .map(|s| Member { id: &s.stream_id, summary: s, started: s.begin.started.parse().unwrap() })
-            .collect()
+    fn members(summaries: &[Summary]) -> History<'_> {
+        History::new(
+            summaries
+                .iter()
+                .map(|s| Member { id: &s.stream_id, summary: s, started: s.begin.started.parse().unwrap() })
+                .collect(),
+        )
     }
 
     fn at(hour: u32) -> DateTime<Utc> {
@@ -223,13 +262,40 @@ mod tests {
             summary("i4", 6, "incremental", Some("i3")),
         ];
         let history = members(&all);
-        assert_eq!(to_instant(&history, at(2)).unwrap().ids, ["f1", "i1", "i2"]);
-        assert_eq!(to_instant(&history, at(3)).unwrap().ids, ["f1", "i1", "i2", "i3"], "i3 holds the logs to 3:15");
-        assert_eq!(to_instant(&history, at(4)).unwrap().ids, ["f2", "i3"]);
-        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f2", "i3", "i4"]);
-        assert_eq!(to_backup(&history, &history[5]).unwrap().ids, ["f2", "i3", "i4"]);
-        assert_eq!(to_backup(&history, &history[1]).unwrap().ids, ["f1", "i1"]);
-        assert!(to_instant(&history, "2026-11-01T00:30:00Z".parse().unwrap()).is_err(), "no full before");
+        assert_eq!(history.to_instant(at(2)).unwrap().ids, ["f1", "i1", "i2"]);
+        assert_eq!(history.to_instant(at(3)).unwrap().ids, ["f1", "i1", "i2", "i3"], "i3 holds the logs to 3:15");
+        assert_eq!(history.to_instant(at(4)).unwrap().ids, ["f2", "i3"]);
+        assert_eq!(history.to_instant(at(9)).unwrap().ids, ["f2", "i3", "i4"]);
+        assert_eq!(history.to_backup(history.members()[5].id).unwrap().ids, ["f2", "i3", "i4"]);
+        assert_eq!(history.to_backup(history.members()[1].id).unwrap().ids, ["f1", "i1"]);
+        assert!(history.to_instant("2026-11-01T00:30:00Z".parse().unwrap()).is_err(), "no full before");
+    }
+
+    #[test]
+    fn a_log_that_names_a_later_full_still_brings_the_logs_before_it() {
+        // i2 continued f2 (it started at f2's file); a time before f2 needs i1 and i2.
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("i1", 2, "incremental", Some("f1")),
+            summary("f2", 3, "full", None),
+            summary("i2", 4, "incremental", Some("f2")),
+        ];
+        let history = members(&all);
+        assert_eq!(history.to_instant(at(2)).unwrap().ids, ["f1", "i1", "i2"]);
+        assert_eq!(history.to_instant(at(3)).unwrap().ids, ["f2", "i2"]);
+    }
+
+    #[test]
+    fn same_second_links_that_loop_never_hang() {
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("a", 2, "incremental", Some("b")),
+            summary("b", 2, "incremental", Some("a")),
+        ];
+        let history = members(&all);
+        assert_eq!(history.members().len(), 3);
+        let chain = history.to_instant(at(9)).unwrap();
+        assert_eq!(chain.ids.len(), 3, "{chain:?}");
     }
 
     #[test]
@@ -245,12 +311,12 @@ mod tests {
             summary("l4", 7, "log", Some("l3")),
         ];
         let history = members(&all);
-        assert_eq!(to_instant(&history, at(1)).unwrap().ids, ["f1", "l1"]);
-        assert_eq!(to_instant(&history, at(3)).unwrap().ids, ["f1", "d1", "l2"]);
-        assert_eq!(to_instant(&history, at(4)).unwrap().ids, ["f1", "d1", "l2", "l3"]);
-        assert_eq!(to_instant(&history, at(6)).unwrap().ids, ["f2", "l4"]);
-        assert_eq!(to_backup(&history, &history[2]).unwrap().ids, ["f1", "d1"]);
-        assert_eq!(to_backup(&history, &history[5]).unwrap().ids, ["f2"]);
+        assert_eq!(history.to_instant(at(1)).unwrap().ids, ["f1", "l1"]);
+        assert_eq!(history.to_instant(at(3)).unwrap().ids, ["f1", "d1", "l2"]);
+        assert_eq!(history.to_instant(at(4)).unwrap().ids, ["f1", "d1", "l2", "l3"]);
+        assert_eq!(history.to_instant(at(6)).unwrap().ids, ["f2", "l4"]);
+        assert_eq!(history.to_backup(history.members()[2].id).unwrap().ids, ["f1", "d1"]);
+        assert_eq!(history.to_backup(history.members()[5].id).unwrap().ids, ["f2"]);
     }
 
     #[test]
@@ -264,8 +330,8 @@ mod tests {
             summary("b2", 5, "log", Some("b1")),
         ];
         let history = members(&all);
-        assert_eq!(to_backup(&history, &history[4]).unwrap().ids, ["f1", "b1", "b2"]);
-        assert_eq!(to_backup(&history, &history[3]).unwrap().ids, ["f1", "a1", "a2"]);
+        assert_eq!(history.to_backup(history.members()[4].id).unwrap().ids, ["f1", "b1", "b2"]);
+        assert_eq!(history.to_backup(history.members()[3].id).unwrap().ids, ["f1", "a1", "a2"]);
     }
 
     #[test]
@@ -277,12 +343,12 @@ mod tests {
             summary("i4", 5, "incremental", Some("i3")),
         ];
         let history = members(&all);
-        let chain = to_instant(&history, at(4)).unwrap();
+        let chain = history.to_instant(at(4)).unwrap();
         assert_eq!(chain.broken, Some(("i3", "i2".to_string())));
         let err = chain.whole().unwrap_err();
         assert!(err.message().contains("snapshot i3 continues stream i2"), "{err}");
         // The first after the full continues one from before it: no gap.
-        assert_eq!(to_backup(&history, &history[1]).unwrap().whole().unwrap().ids, ["f1", "i1"]);
+        assert_eq!(history.to_backup(history.members()[1].id).unwrap().whole().unwrap().ids, ["f1", "i1"]);
     }
 
     #[test]
@@ -294,8 +360,8 @@ mod tests {
             summary("i2", 1, "incremental", Some("f1")),
         ];
         let history = members(&all);
-        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f1", "i2"]);
-        assert_eq!(to_backup(&history, &history[1]).unwrap().ids, ["f1", "i1"]);
+        assert_eq!(history.to_instant(at(9)).unwrap().ids, ["f1", "i2"]);
+        assert_eq!(history.to_backup(history.members()[1].id).unwrap().ids, ["f1", "i1"]);
     }
 
     #[test]
@@ -306,7 +372,7 @@ mod tests {
             summary("i2", 3, "incremental", Some("i1")),
         ];
         let history = members(&all);
-        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f1", "i1", "i2"]);
+        assert_eq!(history.to_instant(at(9)).unwrap().ids, ["f1", "i1", "i2"]);
     }
 
     #[test]
@@ -319,8 +385,8 @@ mod tests {
             summary("i3", 5, "incremental", None),
         ];
         let history = members(&all);
-        assert_eq!(to_instant(&history, at(1)).unwrap().ids, ["f1", "i1"]);
-        assert_eq!(to_instant(&history, at(4)).unwrap().ids, ["f2", "i2", "i3"]);
-        assert_eq!(to_instant(&history, at(9)).unwrap().ids, ["f2", "i2", "i3"]);
+        assert_eq!(history.to_instant(at(1)).unwrap().ids, ["f1", "i1"]);
+        assert_eq!(history.to_instant(at(4)).unwrap().ids, ["f2", "i2", "i3"]);
+        assert_eq!(history.to_instant(at(9)).unwrap().ids, ["f2", "i2", "i3"]);
     }
 }

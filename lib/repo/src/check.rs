@@ -14,7 +14,7 @@ use super::quarantine::{self, Quarantine};
 use super::storage::Storage;
 use super::verify::ChunkVerifier;
 use super::Repository;
-use crate::chain::{self, Chain};
+use crate::chain::Chain;
 use crate::crypt::Decryptor;
 use crate::error::Result;
 use crate::filter::run_inline;
@@ -234,9 +234,9 @@ fn broken_links(repo: &Repository) -> Result<Vec<String>> {
     let histories: HashSet<(&str, &str, &str)> = listing.readable.iter().map(|(_, s)| history_of(s)).collect();
     let mut problems = Vec::new();
     for key in histories {
-        let members = history(&listing.readable, key);
-        for member in &members {
-            if let Ok(Chain { broken: Some((id, parent)), .. }) = chain::to_backup(&members, member) {
+        let history = history(&listing.readable, key);
+        for member in history.members() {
+            if let Ok(Chain { broken: Some((id, parent)), .. }) = history.to_backup(member.id) {
                 if id == member.id {
                     problems.push(format!(
                         "snapshot {id} continues stream {parent}, which the repository does not hold (forgotten, \

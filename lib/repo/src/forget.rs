@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 
 use super::listing::{history, history_of, Found, Listing};
 use super::snapshot::Summary;
-use crate::chain;
 use crate::error::{Error, Result};
 use crate::units::parse_time;
 
@@ -170,34 +169,31 @@ pub fn decide(
 }
 
 /// Keeps what the kept backups of one history need to be restored (their
-/// bases and the links between, see [`crate::chain`]) until nothing more is
-/// added, and what a restore to the start of the point-in-time window needs.
+/// bases and the links between, see [`crate::chain`]), and what they need in
+/// turn, and what a restore to the start of the point-in-time window needs.
 fn keep_chains<'a>(
     snapshots: &'a [(String, Summary)],
     key: (&str, &str, &str),
     window_start: Option<DateTime<Utc>>,
     reasons: &mut HashMap<&'a str, Vec<String>>,
 ) {
-    let members = history(snapshots, key);
-    let mut needed: Vec<(&'a str, &str)> = Vec::new();
-    if let Some(chain) = window_start.and_then(|start| chain::to_instant(&members, start).ok()) {
-        needed
-            .extend(chain.ids.into_iter().map(|id| (id, "needed to restore to the start of the --keep-within window")));
-    }
-    loop {
-        for member in members.iter().filter(|m| reasons.contains_key(m.id)) {
-            if let Ok(chain) = chain::to_backup(&members, member) {
-                needed.extend(chain.ids.into_iter().map(|id| (id, "needed by a kept backup")));
-            }
-        }
-        let before = reasons.len();
-        for (id, why) in needed.drain(..) {
+    let history = history(snapshots, key);
+    let mut work: Vec<&'a str> = history.members().iter().map(|m| m.id).filter(|id| reasons.contains_key(id)).collect();
+    if let Some(chain) = window_start.and_then(|start| history.to_instant(start).ok()) {
+        for id in chain.ids {
             if !reasons.contains_key(id) {
-                reasons.insert(id, vec![why.to_string()]);
+                reasons.insert(id, vec!["needed to restore to the start of the --keep-within window".to_string()]);
+                work.push(id);
             }
         }
-        if reasons.len() == before {
-            return;
+    }
+    while let Some(kept) = work.pop() {
+        let Ok(chain) = history.to_backup(kept) else { continue };
+        for id in chain.ids {
+            if !reasons.contains_key(id) {
+                reasons.insert(id, vec!["needed by a kept backup".to_string()]);
+                work.push(id);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use super::catalog;
 use super::snapshot::{self, Summary};
 use super::storage::{concurrently, Listed};
 use super::Repository;
-use crate::chain::{self, Member};
+use crate::chain::{History, Member};
 use crate::error::{Error, ErrorKind, Result};
 use crate::units::parse_time;
 
@@ -288,8 +288,7 @@ impl Listing {
         let Some(key) = keys.into_iter().next() else {
             return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
         };
-        let members = history(&self.readable, key);
-        let chain = chain::to_instant(&members, until)?.whole()?;
+        let chain = history(&self.readable, key).to_instant(until)?.whole()?;
         Ok(chain.ids.into_iter().map(str::to_string).collect())
     }
 
@@ -302,14 +301,7 @@ impl Listing {
             .find(|(found, _)| found == id)
             .ok_or_else(|| Error::usage(format!("no readable snapshot '{id}'")))?;
         self.refuse_damaged(&format!("part of the chain snapshot {id} needs"))?;
-        let members = history(&self.readable, history_of(summary));
-        let member = members.iter().find(|m| m.id == id).ok_or_else(|| {
-            Error::integrity(format!(
-                "snapshot {id} records a start time that is not a time: {}",
-                summary.begin.started
-            ))
-        })?;
-        let chain = chain::to_backup(&members, member)?.whole()?;
+        let chain = history(&self.readable, history_of(summary)).to_backup(id)?.whole()?;
         Ok(chain.ids.into_iter().map(str::to_string).collect())
     }
 }
@@ -413,32 +405,15 @@ pub fn history_of(s: &Summary) -> (&str, &str, &str) {
     (&s.begin.host, &s.begin.engine, s.begin.source.as_deref().unwrap_or(""))
 }
 
-/// The backups of `snapshots` in the history `key`, as chain members, in
-/// the order they started; those whose start time cannot be read are left out.
-pub fn history<'a>(snapshots: &'a [(String, Summary)], key: (&str, &str, &str)) -> Vec<Member<'a>> {
-    let mut members: Vec<Member<'a>> = snapshots
+/// The backups of `snapshots` in the history `key`, in the order they
+/// started; those whose start time cannot be read are left out.
+pub fn history<'a>(snapshots: &'a [(String, Summary)], key: (&str, &str, &str)) -> History<'a> {
+    let members = snapshots
         .iter()
         .filter(|(_, s)| history_of(s) == key)
         .filter_map(|(id, summary)| Some(Member { id, summary, started: parse_time(&summary.begin.started).ok()? }))
         .collect();
-    members.sort_by_key(|m| (m.started, parse_time(&m.summary.stored).ok()));
-    // Times are whole seconds: of backups started in the same second, one a
-    // later one continues comes first.
-    let mut moved = true;
-    while moved {
-        moved = false;
-        for child in 0..members.len() {
-            let Some(parent) = members[child].summary.begin.parent.as_deref() else { continue };
-            let found = members.iter().position(|m| m.summary.stream_id == parent);
-            if let Some(at) = found.filter(|&at| at > child && members[at].started == members[child].started) {
-                let member = members.remove(at);
-                members.insert(child, member);
-                moved = true;
-                break;
-            }
-        }
-    }
-    members
+    History::new(members)
 }
 
 /// The chain that restores to `until`, among the snapshots `filter`

@@ -12,17 +12,28 @@ use crate::client::run_tool;
 use crate::error::{Error, Result};
 use crate::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
-/// Where the working directory of a physical restore into `datadir` goes:
-/// on the same file system, so the restored copy moves in by renaming.
-/// Beside it; inside it when it is a mount point (its own volume), whose
-/// contents are then moved in one by one.
-pub fn staging_parent(datadir: &Path) -> Result<PathBuf> {
+/// Where the working directory of a physical restore into `datadir` goes,
+/// and whether that is inside it: on the same file system, so the restored
+/// copy moves in by renaming. Beside it; inside it when it is a mount point
+/// (its own volume), whose contents are then moved in one by one, which a
+/// mount inside it would stop half-way, so that is refused now.
+pub fn staging_parent(datadir: &Path) -> Result<(PathBuf, bool)> {
     if is_mount_root(datadir)? {
-        return Ok(datadir.to_path_buf());
+        let real =
+            datadir.canonicalize().map_err(|e| Error::io(format!("cannot examine '{}'", datadir.display()), e))?;
+        let inside: Vec<PathBuf> = crate::workdir::mounts_under(&real).into_iter().filter(|m| *m != real).collect();
+        if !inside.is_empty() {
+            return Err(Error::usage(format!(
+                "data directory '{}' is a mount point with {} inside it; unmount them first",
+                datadir.display(),
+                crate::workdir::describe_mounts(&inside)
+            )));
+        }
+        return Ok((datadir.to_path_buf(), true));
     }
     let parent = datadir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("cannot create '{}'", parent.display()), e))?;
-    Ok(parent.to_path_buf())
+    Ok((parent.to_path_buf(), false))
 }
 
 /// True when `dir` is a directory at the root of a mount.
@@ -123,8 +134,10 @@ pub fn prepare_physical(extracted: &Path, staged: &Path, defaults: Option<&Path>
 /// Puts the restored `staged` directory in place of `datadir`: an empty or
 /// absent one is replaced, a non-empty one renamed aside first (only with
 /// `replace`, and never while a server holds it). A data directory that is
-/// a mount point stays; its contents are moved instead (`staged` is inside it).
-pub fn swap_in(staged: &Path, datadir: &Path, replace: bool) -> Result<()> {
+/// a mount point (`into_mount`: `staged` is inside it) stays; its contents
+/// are moved instead. A signal waits for this to end.
+pub fn swap_in(staged: &Path, datadir: &Path, replace: bool, into_mount: bool) -> Result<()> {
+    let _uninterrupted = crate::interrupt::critical();
     let present = data_entries(datadir)?;
     if !present.is_empty() {
         if !replace {
@@ -133,18 +146,21 @@ pub fn swap_in(staged: &Path, datadir: &Path, replace: bool) -> Result<()> {
         refuse_running_server(datadir)?;
     }
     let stamp = Utc::now().format("%Y%m%dT%H%M%S");
-    let moved = |from: &Path, to: &Path| {
+    let shown = datadir.display();
+    let moved = |from: &Path, to: &Path, state: &dyn Fn() -> String| {
         std::fs::rename(from, to).map_err(|e| {
-            Error::io(format!("cannot move '{}' to '{}'", from.display(), to.display()), e)
-                .with_note(format!("'{}' may be partly restored: restore again with --replace", datadir.display()))
+            Error::io(format!("cannot move '{}' to '{}'", from.display(), to.display()), e).with_note(state())
         })
     };
-    if staged.parent().and_then(Path::parent) == Some(datadir) {
+    let name = |entry: &Path| entry.file_name().expect("listed entries have names").to_owned();
+    if into_mount {
+        let aside = datadir.join(format!(".backpipe-replaced-{stamp}"));
         if !present.is_empty() {
-            let aside = datadir.join(format!(".backpipe-replaced-{stamp}"));
             std::fs::create_dir(&aside).map_err(|e| Error::io(format!("cannot create '{}'", aside.display()), e))?;
             for entry in &present {
-                moved(entry, &aside.join(entry.file_name().expect("listed entries have names")))?;
+                let state =
+                    || format!("'{shown}' is unchanged but for what was already moved into '{}'", aside.display());
+                moved(entry, &aside.join(name(entry)), &state)?;
             }
             crate::notice::notice(&format!(
                 "moved the old contents of the mount point to '{}' (--replace); the server lists it as a \
@@ -153,19 +169,31 @@ pub fn swap_in(staged: &Path, datadir: &Path, replace: bool) -> Result<()> {
             ));
         }
         for entry in data_entries(staged)? {
-            moved(&entry, &datadir.join(entry.file_name().expect("listed entries have names")))?;
+            let state = || {
+                format!(
+                    "'{shown}' holds part of the restored copy (its old contents are in '{}'): restore again with \
+                     --replace",
+                    aside.display()
+                )
+            };
+            moved(&entry, &datadir.join(name(&entry)), &state)?;
         }
         return Ok(());
     }
+    let aside = PathBuf::from(format!("{}.replaced-{stamp}", datadir.display()));
     if present.is_empty() {
         if datadir.exists() {
-            std::fs::remove_dir_all(datadir)
-                .map_err(|e| Error::io(format!("cannot replace '{}'", datadir.display()), e))?;
+            std::fs::remove_dir(datadir).map_err(|e| {
+                Error::io(format!("cannot replace '{shown}'",), e).with_note(format!("'{shown}' is unchanged"))
+            })?;
         }
     } else {
-        let aside = PathBuf::from(format!("{}.replaced-{stamp}", datadir.display()));
-        moved(datadir, &aside)?;
+        moved(datadir, &aside, &|| format!("'{shown}' is unchanged"))?;
         crate::notice::notice(&format!("moved the old data directory to '{}' (--replace)", aside.display()));
     }
-    moved(staged, datadir)
+    let state = || match present.is_empty() {
+        true => format!("'{shown}' is gone (it was empty): restore again"),
+        false => format!("the old data directory is at '{}': move it back, or restore again", aside.display()),
+    };
+    moved(staged, datadir, &state)
 }

@@ -288,9 +288,12 @@ pub fn incremental(
         let begin = Begin {
             positions: positions.to_map(),
             // The backup whose end this one continues: the last incremental
-            // when it reaches back before the newest full, else the newest backup.
-            parent: Some(match (start.full_file, &previous.last_incremental) {
-                (Some(_), Some(last)) => last.stream.clone(),
+            // when it starts where that one ended (reaching back before the
+            // newest full, or at the full's own file), else the newest backup.
+            parent: Some(match &previous.last_incremental {
+                Some(last) if start.full_file.is_some() || last.positions.next_file.as_deref() == Some(start.file) => {
+                    last.stream.clone()
+                }
                 _ => previous.newest.stream.clone(),
             })
             .filter(|stream| !stream.is_empty()),

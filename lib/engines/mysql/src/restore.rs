@@ -96,15 +96,22 @@ struct Restore<'a> {
     next_file: Option<String>,
     logs: Vec<ReceivedLog>,
     begin: Option<Begin>,
+    /// The data directory is a mount point; `work` is inside it.
+    into_mount: bool,
 }
 
 /// Restores the chain read from `input`; with `options.dry_run`, writes the plan to `plan` instead.
 pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut dyn Write) -> Result<()> {
+    let datadir = match options.datadir.as_deref().map(std::path::absolute).transpose() {
+        Ok(datadir) => datadir,
+        Err(e) => return Err(Error::io("cannot tell where the data directory is", e)),
+    };
+    let options = &Options { datadir, ..options.clone() };
     // On the data directory's file system, so the restored copy moves in by
     // renaming: beside it, or inside it when it is a mount point.
-    let work_parent = match options.datadir.as_deref() {
+    let (work_parent, into_mount) = match options.datadir.as_deref() {
         Some(datadir) if !options.dry_run => staging_parent(datadir)?,
-        _ => std::env::temp_dir(),
+        _ => (std::env::temp_dir(), false),
     };
     for parent in [&work_parent, &std::env::temp_dir()] {
         for note in crate::workdir::remove_stale(parent, WORK_PREFIX) {
@@ -126,6 +133,7 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
         next_file: None,
         logs: Vec::new(),
         begin: None,
+        into_mount,
     };
     state.read(input)?;
     state.finish(plan)
@@ -212,7 +220,7 @@ impl Restore<'_> {
                 replay(&server.client(), "FLUSH PRIVILEGES;\n", &files, start, &plan.until).map_err(unchanged)?;
                 server.stop().map_err(unchanged)?;
             }
-            return swap_in(&staged, datadir, self.options.replace);
+            return swap_in(&staged, datadir, self.options.replace, self.into_mount);
         }
         let databases = full.positions.databases.as_deref();
         let partly = |e: Error| {
@@ -222,7 +230,13 @@ impl Restore<'_> {
                 full.started
             ))
         };
-        prepare_target(self.client, self.options.replace, databases, self.options.drop_others).map_err(partly)?;
+        prepare_target(self.client, self.options.replace, databases, self.options.drop_others).map_err(|e| {
+            e.with_note(format!(
+                "nothing was loaded into {}; the databases named above as dropped are gone: restore again with \
+                 --replace",
+                self.client.target()
+            ))
+        })?;
         for dump in &self.dumps {
             load_dump(self.client, dump).map_err(partly)?;
         }
