@@ -271,3 +271,44 @@ mod secrets {
         }
     }
 }
+
+/// `scripts/install` into a temporary prefix: the tools run from there
+/// (stripped of debug information), `man -l` renders every page, and every
+/// completion loads in bash and completes the tool's options.
+#[test]
+fn install_puts_tools_manuals_and_completions_under_a_prefix() {
+    let dir = scratch();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = bin_dir();
+    let out =
+        sh(&root, &format!("BACKPIPE_BUILT='{}' scripts/install '{}/prefix'", built.display(), dir.path().display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prefix = dir.path().join("prefix");
+    let tools: Vec<String> = std::fs::read_dir(root.join("bins/src/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(tools.len() >= 12, "{tools:?}");
+    for tool in &tools {
+        let installed = prefix.join("bin").join(tool);
+        let version = std::process::Command::new(&installed).arg("--version").output().unwrap();
+        assert!(version.status.success() && String::from_utf8_lossy(&version.stdout).starts_with(tool.as_str()));
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        assert!(size(&installed) < size(&built.join(tool)), "{tool} is installed without its debug information");
+        let page = sh(dir.path(), &format!("MANWIDTH=100 man -l '{}/share/man/man1/{tool}.1'", prefix.display()));
+        let text = String::from_utf8_lossy(&page.stdout);
+        assert!(page.status.success() && text.contains("NAME") && text.contains(tool.as_str()), "{tool}: {text}");
+        let completion = prefix.join(format!("share/bash-completion/completions/{tool}"));
+        let words = sh(
+            dir.path(),
+            &format!(
+                "set +eu; source '{}'; COMP_WORDS=({tool} --); COMP_CWORD=1; COMP_LINE='{tool} --'; COMP_POINT=${{#COMP_LINE}}; \
+                 _{} {tool} -- {tool}; echo \"${{COMPREPLY[*]}}\"",
+                completion.display(),
+                tool.replace('-', "__")
+            ),
+        );
+        let words = String::from_utf8_lossy(&words.stdout);
+        assert!(words.contains("--help"), "{tool}: completion offers {words}");
+    }
+}

@@ -50,7 +50,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main(if args.decode { "chunk -d" } else { "chunk" }, || {
         let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
         // The write half of the key chunk IDs are made with: from the repository or the key file.

@@ -45,7 +45,7 @@ Exit status:
   6  complete, but the trees changed while read (warnings above; End counts them)";
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("dump-files", || {
         let report = backpipe::source::files::dump(&args.paths, cli::stream_stdout()?)?;
         if report.changed > 0 {

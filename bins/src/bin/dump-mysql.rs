@@ -137,7 +137,7 @@ Exit status: 0 success, 1 error, 2 usage, 4 damaged binary log (backup or verify
 unreachable, login refused, missing privilege, purged binary log).";
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("dump-mysql", || match args.command {
         Some(Command::Purge { receipt, dry_run, connect }) => run_purge(&receipt, dry_run, &connect),
         Some(Command::Verify { files, json }) => run_verify(&files, json),

@@ -41,7 +41,7 @@ Exit status: 0 success, 1 error, 2 usage or missing key, 3 incomplete input,
 4 integrity failure (wrong key, damaged or altered stream).";
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main(if args.decrypt { "encrypt -d" } else { "encrypt" }, || {
         let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
         match &args.repo {

@@ -85,7 +85,7 @@ engines or sources match, or the ID is of another one), 4 integrity failure
 );
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("fetch", || {
         let until = args.until.as_deref().map(parse_time).transpose()?;
         let repo = cli::open_repo(&args.repo, &args.keys)?;

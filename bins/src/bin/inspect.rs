@@ -28,7 +28,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("inspect", || {
         let options = InspectOptions { json: args.json, frames: args.frames };
         // Listing a repository skeleton is fine: references are shown, not resolved.

@@ -18,6 +18,6 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("keygen", || MasterKey::generate().write_new_file(&args.file))
 }

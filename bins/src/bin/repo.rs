@@ -250,7 +250,7 @@ snapshots or forget met a snapshot that cannot be read (damaged)."
 );
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("repo", || match args.command {
         Command::Init { repo, min_size, avg_size, max_size, keys } => {
             let sizes = ChunkSizes { min: min_size, avg: avg_size, max: max_size };

@@ -85,7 +85,7 @@ Exit status: 0 restored, 1 error, 2 usage (wrong input or options), 3 incomplete
 login refused, target not empty, a statement failed), 128+N ended by signal N.";
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("restore-mysql", || {
         backpipe::interrupt::install()?;
         let until = if let Some(time) = &args.until {

@@ -47,7 +47,7 @@ Exit status: 0 stored, 1 error, 2 usage or key, 3 incomplete or aborted stream (
 );
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("ship", || {
         let repo = cli::open_repo(&args.repo, &args.keys)?;
         let mut stdout = std::io::stdout().lock();

@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main(if args.decompress { "squeeze -d" } else { "squeeze" }, || {
         let (input, output) = (cli::stream_stdin()?, cli::stream_stdout()?);
         if args.decompress {

@@ -39,7 +39,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = cli::parse::<Args>();
     cli::main("unpack", || {
         let options =
             UnpackOptions { dir: args.dir.clone(), force: args.force, verbose: args.verbose, xattrs: !args.no_xattrs };

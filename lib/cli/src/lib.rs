@@ -1,7 +1,8 @@
-//! The command-line kit: what every tool's `main` shares: pipe sizing, the
-//! library's notices printed after the tool's name, key options, opening a
-//! repository, stdin and stdout set up for a stream, and turning an error
-//! into one line on stderr and a documented exit status.
+//! The command-line kit: what every tool's `main` shares: argument parsing
+//! (and the manual page and completion written from it), pipe sizing, the
+//! library's notices printed after the tool's name, key and selection
+//! options, opening a repository, stdin and stdout set up for a stream, and
+//! turning an error into one line on stderr and a documented exit status.
 
 #![deny(missing_docs)]
 
@@ -14,6 +15,42 @@ use backpipe_stream::{error, notice, pipe};
 
 use crate::error::Result;
 use crate::keys::SecretSource;
+
+/// The environment variable `scripts/install` sets to a directory: a tool
+/// started with it writes its manual page (`man1/TOOL.1`) and its bash
+/// completion (`bash-completion/TOOL`) there, from its own argument
+/// definitions, and exits.
+pub const MANUALS_ENV: &str = "BACKPIPE_INSTALL_MANUALS";
+
+/// Parses the tool's arguments (exiting with clap's message and status 2
+/// when they are wrong), or writes its manual and completion (see
+/// [`MANUALS_ENV`]) and exits.
+pub fn parse<A: clap::Parser>() -> A {
+    if let Some(dir) = std::env::var_os(MANUALS_ENV) {
+        let dir = PathBuf::from(dir);
+        match write_manuals(&mut A::command(), &dir) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                say(&format!("cannot write the manual into '{}': {e}", dir.display()));
+                std::process::exit(1)
+            }
+        }
+    }
+    A::parse()
+}
+
+/// Writes `command`'s manual page and bash completion under `dir`.
+fn write_manuals(command: &mut clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    let name = command.get_name().to_string();
+    std::fs::create_dir_all(dir.join("man1"))?;
+    std::fs::create_dir_all(dir.join("bash-completion"))?;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    std::fs::write(dir.join("man1").join(format!("{name}.1")), page)?;
+    let mut completion = Vec::new();
+    clap_complete::generate(clap_complete::Shell::Bash, command, name.clone(), &mut completion);
+    std::fs::write(dir.join("bash-completion").join(name), completion)
+}
 
 /// Runs a tool's body and exits: 0 on success, the error's class status otherwise.
 /// The library's notices go to stderr as they come, after the tool's name.
