@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use backpipe::cli::{self, KeyArgs};
 use backpipe::mysql::client::{Client, ConnectArgs};
-use backpipe::mysql::incremental::{
-    self, previous_from_receipt, previous_from_repo, read_receipts, IncrementalOptions,
-};
+use backpipe::mysql::dump::ENGINE;
+use backpipe::mysql::incremental::{self, previous, IncrementalOptions};
 use backpipe::mysql::server::ServerInfo;
 use backpipe::mysql::{binlog, dump, purge};
+use backpipe::repo::receipt::{stored, Origin};
 use clap::{Parser, Subcommand};
 
 /// Back up a MariaDB server as a stream on stdout.
@@ -159,8 +159,8 @@ fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
     }
     let options = IncrementalOptions { binlog_dir: args.binlog_dir.clone(), restart_at_full: args.restart_at_full };
     let find_previous = |server: &ServerInfo| match (&args.since_receipt, &args.repo) {
-        (Some(receipt), _) => previous_from_receipt(receipt, server),
-        (None, Some(repo)) => previous_from_repo(&cli::open_repo(repo, &args.keys)?, server),
+        (Some(receipt), _) => previous(Origin::Receipts(receipt), server),
+        (None, Some(repo)) => previous(Origin::Repository(&cli::open_repo(repo, &args.keys)?), server),
         (None, None) => {
             Err(backpipe::Error::usage("--incremental needs the previous backup: --since-receipt FILE or --repo REPO"))
         }
@@ -171,7 +171,7 @@ fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
 fn run_purge(receipts: &[PathBuf], dry_run: bool, connect: &ConnectArgs) -> backpipe::Result<()> {
     let mut lines = Vec::new();
     for path in receipts {
-        lines.extend(read_receipts(path)?);
+        lines.extend(stored(Origin::Receipts(path), ENGINE)?);
     }
     let client = Client::new(connect)?;
     let plan = purge::purge(&client, &lines, dry_run)?;

@@ -23,6 +23,7 @@ pub mod listing;
 pub mod pack;
 pub mod prune;
 pub mod quarantine;
+pub mod receipt;
 pub mod remote;
 pub mod ship;
 pub mod snapshot;

@@ -12,8 +12,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, Write};
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use super::pack::{pack_name, IndexEntry, PackWriter};
 use super::prune;
 use super::snapshot::{self, Summary};
@@ -27,17 +25,7 @@ use crate::progress::Progress;
 use crate::reader::{Item, StreamReader};
 use crate::writer::StreamWriter;
 
-/// What `ship` prints for each stored stream (one JSON line), for post-backup actions.
-#[derive(Debug, Clone, Serialize)]
-pub struct Receipt {
-    /// The new snapshot's ID.
-    pub snapshot: String,
-    /// The stored stream's summary: engine, kind, time, positions, sizes.
-    #[serde(flatten)]
-    pub summary: Summary,
-    /// Stored bytes of the stream's chunks that the repository already held.
-    pub deduplicated_bytes: u64,
-}
+use crate::receipt::Receipt;
 
 const NOT_ENCRYPTED: &str =
     "ship stores streams encrypted with the repository's key: put `encrypt --repo R` before `ship R` in the pipeline";

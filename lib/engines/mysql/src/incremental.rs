@@ -7,9 +7,6 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
-
 use crate::binlog::BackgroundCheck;
 use crate::client::Client;
 use crate::dump::{BINLOG_ROLE, ENGINE, TOOL};
@@ -19,12 +16,13 @@ use crate::format::{Frame, Kind};
 use crate::meta::{Begin, End};
 use crate::positions::{gtid_behind, sequence_of, Positions, BINLOG};
 use crate::progress::Progress;
+use crate::repo::receipt::{stored, Origin};
 use crate::server::{binary_logs, BinaryLog, ServerInfo};
 
-/// A stored backup of the server: its stream ID (which an incremental names
-/// as its parent) and its positions.
+/// A stored backup of the server, as an incremental continues it: its
+/// stream ID (which the incremental names as its parent) and its positions.
 #[derive(Debug, Clone)]
-pub struct Stored {
+pub struct Backup {
     /// The stream ID (hex).
     pub stream: String,
     /// Its merged positions.
@@ -36,16 +34,16 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct Previous {
     /// The newest backup.
-    pub newest: Stored,
+    pub newest: Backup,
     /// The newest incremental, when there is one: after a full, the next
     /// incremental still starts where it ended, so no binary log between the
     /// two is left out of the archive.
-    pub last_incremental: Option<Stored>,
+    pub last_incremental: Option<Backup>,
 }
 
 impl Previous {
     /// The newest backup, and the newest incremental, of `server`'s sequence among `backups` (oldest first).
-    fn choose(backups: impl IntoIterator<Item = Stored>, server: &ServerInfo) -> Option<Previous> {
+    fn choose(backups: impl IntoIterator<Item = Backup>, server: &ServerInfo) -> Option<Previous> {
         let mut found: Option<Previous> = None;
         for stored in backups.into_iter().filter(|b| server.same_sequence(&b.positions)) {
             let last_incremental = match (&found, stored.positions.is_incremental()) {
@@ -59,89 +57,26 @@ impl Previous {
     }
 }
 
-/// One stored MySQL backup as a ship receipt line (or `repo snapshots --json`) describes it.
-#[derive(Debug, Deserialize)]
-pub struct ReceiptLine {
-    /// The snapshot ID.
-    #[serde(alias = "id")]
-    pub snapshot: String,
-    /// The engine ("mysql").
-    pub engine: String,
-    /// The stream ID (hex); empty in receipts of older tools.
-    #[serde(default)]
-    pub stream_id: String,
-    /// When the backup started (RFC 3339): receipts are appended as ships
-    /// finish, so a long full may follow an incremental that started after it.
-    #[serde(default)]
-    pub started: String,
-    /// Begin's positions.
-    #[serde(default)]
-    pub positions: Map<String, Value>,
-    /// End's positions.
-    #[serde(default)]
-    pub end_positions: Map<String, Value>,
-}
-
-impl ReceiptLine {
-    /// The backup's merged positions.
-    pub fn positions(&self) -> Result<Positions> {
-        Positions::from_maps(&self.positions, &self.end_positions)
-    }
-}
-
-/// Every MySQL backup in a receipt file (the JSON lines `ship` prints).
-pub fn read_receipts(path: &Path) -> Result<Vec<ReceiptLine>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::io(format!("cannot read receipt '{}'", path.display()), e))?;
-    let mut lines = Vec::new();
-    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let parsed: ReceiptLine = serde_json::from_str(line).map_err(|e| {
-            Error::usage(format!("receipt '{}' line {} is not a ship receipt: {e}", path.display(), number + 1))
-        })?;
-        if parsed.engine == ENGINE {
-            lines.push(parsed);
-        }
-    }
-    Ok(lines)
-}
-
-/// What to continue from, according to the receipts in `path`, taken in
-/// the order the backups started (as the repository orders them): an
-/// incremental that ran while a full was still being taken continues the
-/// archive past the full's position, and the next one continues from it.
-pub fn previous_from_receipt(path: &Path, server: &ServerInfo) -> Result<Previous> {
-    let mut lines = read_receipts(path)?;
-    lines.sort_by_key(|line| chrono::DateTime::parse_from_rfc3339(&line.started).ok());
-    let backups = lines
+/// What to continue from, among the backups `origin` holds (a receipt file
+/// or the repository), taken in the order they started: an incremental that
+/// ran while a full was still being taken continues the archive past the
+/// full's position, and the next one continues from it.
+pub fn previous(origin: Origin<'_>, server: &ServerInfo) -> Result<Previous> {
+    let whence = match &origin {
+        Origin::Receipts(path) => format!("receipt '{}'", path.display()),
+        Origin::Repository(_) => "the repository".to_string(),
+    };
+    let backups = stored(origin, ENGINE)?
         .into_iter()
-        .map(|line| Ok(Stored { positions: line.positions()?, stream: line.stream_id }))
+        .map(|backup| {
+            let positions = Positions::from_maps(&backup.positions, &backup.end_positions)?;
+            Ok(Backup { positions, stream: backup.stream_id })
+        })
         .collect::<Result<Vec<_>>>()?;
     Previous::choose(backups, server).ok_or_else(|| {
         Error::usage(format!(
-            "receipt '{}' holds no backup of this server (binary logs {}, server_id {})",
-            path.display(),
-            server.binlog_basename,
-            server.server_id
-        ))
-    })
-}
-
-/// What to continue from, according to the snapshots stored in `repo`.
-pub fn previous_from_repo(repo: &crate::repo::Repository, server: &ServerInfo) -> Result<Previous> {
-    let mut backups = Vec::new();
-    let listing = crate::repo::listing::list(repo)?;
-    // A snapshot that cannot be read could be the newest of this server's chain.
-    listing.refuse_damaged("the newest backup of this server, which the incremental continues from")?;
-    for (_, summary) in listing.readable {
-        if summary.begin.engine == ENGINE {
-            let positions = Positions::from_maps(&summary.begin.positions, &summary.end_positions)?;
-            backups.push(Stored { stream: summary.stream_id, positions });
-        }
-    }
-    Previous::choose(backups, server).ok_or_else(|| {
-        Error::usage(format!(
-            "the repository holds no backup of this server (binary logs {}); take a full backup first",
-            server.binlog_basename
+            "{whence} holds no backup of this server (binary logs {}, server_id {}); take a full backup first",
+            server.binlog_basename, server.server_id
         ))
     })
 }

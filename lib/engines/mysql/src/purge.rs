@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::incremental::ReceiptLine;
+use crate::positions::Positions;
+use crate::repo::receipt::Stored;
 use crate::server::{binary_logs, sql_string, BinaryLog, ServerInfo};
 
 /// What a purge did, or would do.
@@ -21,12 +22,12 @@ pub struct Plan {
 }
 
 /// Works out which of the server's files `receipts` prove stored.
-pub fn plan(server: &ServerInfo, logs: &[BinaryLog], receipts: &[ReceiptLine]) -> Result<Plan> {
+pub fn plan(server: &ServerInfo, logs: &[BinaryLog], receipts: &[Stored]) -> Result<Plan> {
     // A file counts as stored when a stored incremental holds a file of its
     // name and size: after a reset, new files reuse old names.
     let mut covered = BTreeSet::new();
     for receipt in receipts {
-        let positions = receipt.positions()?;
+        let positions = Positions::from_maps(&receipt.positions, &receipt.end_positions)?;
         if server.same_sequence(&positions) && positions.is_incremental() {
             covered.extend(positions.files);
         }
@@ -49,7 +50,7 @@ pub fn plan(server: &ServerInfo, logs: &[BinaryLog], receipts: &[ReceiptLine]) -
 }
 
 /// Purges what `receipts` allow on the server; with `dry_run`, only says what it would purge.
-pub fn purge(client: &Client, receipts: &[ReceiptLine], dry_run: bool) -> Result<Plan> {
+pub fn purge(client: &Client, receipts: &[Stored], dry_run: bool) -> Result<Plan> {
     let server = ServerInfo::query(client)?;
     server.require_binlog()?;
     if receipts.is_empty() {
@@ -80,7 +81,7 @@ mod tests {
         ServerInfo { version: "10.11".into(), log_bin: true, binlog_basename: "/b/bin".into(), server_id: 1 }
     }
 
-    fn receipt(from: &str, to: &str, basename: &str) -> ReceiptLine {
+    fn receipt(from: &str, to: &str, basename: &str) -> Stored {
         let seq = |f: &str| f.rsplit_once('.').unwrap().1.parse::<u32>().unwrap();
         let positions = Positions {
             from_file: Some(from.into()),
@@ -88,14 +89,7 @@ mod tests {
             files: (seq(from)..=seq(to)).map(|n| (format!("bin.{n:06}"), 1)).collect(),
             ..ServerInfo { binlog_basename: basename.into(), ..server() }.positions(BINLOG)
         };
-        ReceiptLine {
-            snapshot: "s".into(),
-            engine: "mysql".into(),
-            stream_id: String::new(),
-            started: String::new(),
-            positions: positions.to_map(),
-            end_positions: Default::default(),
-        }
+        Stored { engine: "mysql".into(), positions: positions.to_map(), ..Stored::default() }
     }
 
     fn logs(range: std::ops::RangeInclusive<u32>) -> Vec<BinaryLog> {
