@@ -77,7 +77,7 @@ const AFTER_HELP: &str = "\
 Examples:
   fetch R --until '2026-11-21 10:00' --engine mysql | encrypt -d --repo R | squeeze -d | chunk -d \\
       | restore-mysql --until '2026-11-21 10:00' --defaults-file /etc/backpipe/admin.cnf
-  fetch R latest ... | restore-mysql --dry-run
+  fetch R --chain latest --engine mysql ... | restore-mysql --dry-run   # the latest state
   fetch R SNAPSHOT ... | restore-mysql --datadir /var/lib/mysql   # physical, server stopped
 
 Exit status: 0 restored, 1 error, 2 usage (wrong input or options), 3 incomplete input
