@@ -2109,3 +2109,31 @@ mod chains {
         assert!(err.contains("continues stream"), "{err}");
     }
 }
+
+/// `BACKPIPE_REPOSITORY` names the repository for every tool of a pipeline
+/// and the repository commands that take only it: a backup, a listing, a
+/// check and a restore without naming it, and a repository named on the
+/// command line still wins.
+#[test]
+fn the_repository_can_come_from_the_environment() {
+    let case = Case::new(Backend::Local);
+    let dir = case.path();
+    put(&dir.join("db/v"), b"from the environment", 0o644, 1_700_000_000);
+    let env = format!("export BACKPIPE_REPOSITORY='{}'", case.repo);
+    let receipt = case.ok(&format!(
+        "{env}; dump-files db | chunk --key-file k | squeeze | encrypt --key-file k | ship --key-file k"
+    ));
+    let receipt: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
+    let listed = String::from_utf8(case.ok(&format!("{env}; repo snapshots --key-file k"))).unwrap();
+    assert!(listed.starts_with(receipt["snapshot"].as_str().unwrap()), "{listed}");
+    case.ok(&format!("{env}; repo check --key-file k 2>/dev/null"));
+    case.ok(&format!(
+        "{env}; fetch latest --key-file k | encrypt -d --key-file k | squeeze -d | chunk -d --key-file k | unpack out"
+    ));
+    assert_eq!(std::fs::read(dir.join("out/db/v")).unwrap(), b"from the environment");
+    // Named on the command line, a repository is used instead; an unset variable and none named is a usage error.
+    let err = case.fails("BACKPIPE_REPOSITORY=/nonexistent fetch \"$R\" nosuch --key-file k", 2);
+    assert!(err.contains("no snapshot 'nosuch'"), "{err}");
+    let err = case.fails("unset BACKPIPE_REPOSITORY; fetch --until 2999-01-01 --key-file k", 2);
+    assert!(err.contains("BACKPIPE_REPOSITORY"), "{err}");
+}

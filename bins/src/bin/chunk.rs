@@ -34,7 +34,7 @@ struct Args {
     decode: bool,
     /// Use this repository's key and chunk sizes, and refer to chunks it already
     /// holds (with -d: check chunks against their IDs with its key).
-    #[arg(long, value_name = "REPO", conflicts_with_all = ["min_size", "avg_size", "max_size"])]
+    #[arg(long, value_name = "REPO", env = "BACKPIPE_REPOSITORY", conflicts_with_all = ["min_size", "avg_size", "max_size"])]
     repo: Option<String>,
     /// Smallest chunk (K, M suffixes allowed).
     #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = backpipe::units::parse_size)]

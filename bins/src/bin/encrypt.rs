@@ -24,7 +24,7 @@ struct Args {
     #[arg(short = 'd', long = "decrypt")]
     decrypt: bool,
     /// Use this repository's key (the key options then unlock the repository).
-    #[arg(long, value_name = "REPO")]
+    #[arg(long, value_name = "REPO", env = "BACKPIPE_REPOSITORY")]
     repo: Option<String>,
     #[command(flatten)]
     keys: KeyArgs,

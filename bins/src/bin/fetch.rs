@@ -48,11 +48,12 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "fetch", version, after_help = AFTER_HELP)]
 struct Args {
-    /// The repository.
-    repo: String,
-    /// Snapshots to write, in order.
-    #[arg(value_name = "SNAPSHOT", required_unless_present = "until", conflicts_with = "until")]
-    snapshots: Vec<String>,
+    /// The repository, then the snapshots to write, in order. The repository
+    /// may be left out when BACKPIPE_REPOSITORY names it (a first word that
+    /// is a path with a slash, a URL or an existing directory is taken for
+    /// the repository all the same).
+    #[arg(value_name = "REPO|SNAPSHOT")]
+    words: Vec<String>,
     /// Write the chain that restores to this time: `2026-11-21 10:00` (local time) or RFC 3339.
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
@@ -88,12 +89,20 @@ fn main() {
     let args = cli::parse::<Args>();
     cli::main("fetch", || {
         let until = args.until.as_deref().map(parse_time).transpose()?;
-        let repo = cli::open_repo(&args.repo, &args.keys)?;
+        let (repo, snapshots) = cli::split_repository(&args.words)?;
+        match (until.is_some(), snapshots.is_empty()) {
+            (true, false) => return Err(backpipe::Error::usage("give --until or snapshots to write, not both")),
+            (false, true) => {
+                return Err(backpipe::Error::usage("name the snapshots to write (`latest`, an ID), or --until TIME"))
+            }
+            _ => {}
+        }
+        let repo = cli::open_repo(&repo, &args.keys)?;
         let filter = args.select.filter();
         let ids = match until {
             Some(until) => chain_until(&repo, until, &filter)?,
-            None if args.chain => chains_of(&repo, &args.snapshots, &filter)?,
-            None => resolve(&repo, &args.snapshots, &filter)?,
+            None if args.chain => chains_of(&repo, &snapshots, &filter)?,
+            None => resolve(&repo, &snapshots, &filter)?,
         };
         for passed_over in fetch(&repo, &ids, cli::stream_stdout()?)? {
             cli::say(&format!("fetch: {passed_over}"));

@@ -32,6 +32,7 @@ enum Command {
         /// s3://bucket[/prefix][?endpoint=URL&region=NAME&addressing=path|virtual]
         /// (S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the
         /// shared credentials file; SSH from ~/.ssh/config or BACKPIPE_SFTP_IDENTITY).
+        #[arg(env = "BACKPIPE_REPOSITORY")]
         repo: String,
         /// Smallest chunk of every backup in this repository.
         #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = parse_size)]
@@ -58,6 +59,7 @@ enum Command {
     /// ~/.cache/backpipe (each checked against its name when used).
     Snapshots {
         /// The repository.
+        #[arg(env = "BACKPIPE_REPOSITORY")]
         repo: String,
         /// One JSON object per line.
         #[arg(long)]
@@ -152,6 +154,7 @@ enum Command {
     /// the grace period and needs a deleted pack fails and stores nothing.
     Prune {
         /// The repository.
+        #[arg(env = "BACKPIPE_REPOSITORY")]
         repo: String,
         /// How long a pack stays marked before it is deleted (90m, 24h, 7d),
         /// by the storage's clock. Longer than any backup runs, and than any
@@ -185,6 +188,7 @@ enum Command {
     /// not reported as missing.
     Check {
         /// The repository.
+        #[arg(env = "BACKPIPE_REPOSITORY")]
         repo: String,
         /// Read and verify every byte of every pack.
         #[arg(long)]
@@ -202,6 +206,7 @@ enum KeyAction {
     /// Add a key file or passphrase that opens the repository (open it with an existing one).
     Add {
         /// The repository.
+        #[arg(env = "BACKPIPE_REPOSITORY")]
         repo: String,
         /// The new key may only ship new backups (with deduplication): it
         /// cannot read, fetch, decrypt, check, forget, prune or manage keys.
@@ -216,6 +221,7 @@ enum KeyAction {
     /// List the key slots: name, kind and access (needs no key).
     List {
         /// The repository.
+        #[arg(env = "BACKPIPE_REPOSITORY")]
         repo: String,
     },
     /// Remove a key slot (open the repository with another, full key).

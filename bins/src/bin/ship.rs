@@ -27,6 +27,7 @@ use clap::Parser;
 struct Args {
     /// The repository made by `repo init`: a path, sftp://[user@]host[:port]/path,
     /// or s3://bucket[/prefix][?endpoint=URL&region=NAME&addressing=path|virtual].
+    #[arg(env = "BACKPIPE_REPOSITORY")]
     repo: String,
     #[command(flatten)]
     keys: KeyArgs,

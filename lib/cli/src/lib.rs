@@ -224,6 +224,25 @@ pub fn optional_secret(keys: &KeyArgs) -> Result<Option<crate::keys::Secret>> {
     source.map(|s| s.load()).transpose()
 }
 
+/// The environment variable that names the repository for every tool that
+/// takes one, so a pipeline need not repeat it.
+pub const REPOSITORY_ENV: &str = "BACKPIPE_REPOSITORY";
+
+/// Splits a command's words into the repository and the rest: the first
+/// word, or, when [`REPOSITORY_ENV`] is set, that repository unless the
+/// first word is one itself (a URL, a path with a slash, or an existing
+/// directory; snapshot IDs and `latest` are none of these).
+pub fn split_repository(words: &[String]) -> Result<(String, Vec<String>)> {
+    let from_env = std::env::var(REPOSITORY_ENV).ok().filter(|r| !r.is_empty());
+    let is_repository = |word: &str| word.contains("://") || word.contains('/') || std::path::Path::new(word).is_dir();
+    match (words.split_first(), from_env) {
+        (Some((first, rest)), Some(_)) if is_repository(first) => Ok((first.clone(), rest.to_vec())),
+        (_, Some(repository)) => Ok((repository, words.to_vec())),
+        (Some((first, rest)), None) => Ok((first.clone(), rest.to_vec())),
+        (None, None) => Err(crate::error::Error::usage(format!("name the repository (or set {REPOSITORY_ENV})"))),
+    }
+}
+
 /// Opens the repository at `location` with the key options given.
 pub fn open_repo(location: &str, keys: &KeyArgs) -> Result<crate::repo::Repository> {
     crate::repo::Repository::open(location, &require_secret(keys)?)
