@@ -2120,9 +2120,8 @@ fn the_repository_can_come_from_the_environment() {
     let dir = case.path();
     put(&dir.join("db/v"), b"from the environment", 0o644, 1_700_000_000);
     let env = format!("export BACKPIPE_REPOSITORY='{}'", case.repo);
-    let receipt = case.ok(&format!(
-        "{env}; dump-files db | chunk --key-file k | squeeze | encrypt --key-file k | ship --key-file k"
-    ));
+    let receipt = case
+        .ok(&format!("{env}; dump-files db | chunk --key-file k | squeeze | encrypt --key-file k | ship --key-file k"));
     let receipt: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
     let listed = String::from_utf8(case.ok(&format!("{env}; repo snapshots --key-file k"))).unwrap();
     assert!(listed.starts_with(receipt["snapshot"].as_str().unwrap()), "{listed}");

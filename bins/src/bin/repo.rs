@@ -102,15 +102,11 @@ enum Command {
     /// and index (catalog/), from which a machine with an empty cache lists
     /// and restores in a few requests.
     Forget {
-        /// The repository.
-        repo: String,
-        /// Remove exactly these snapshots (IDs or unambiguous ID prefixes, see
+        /// The repository (left out when BACKPIPE_REPOSITORY names it), then
+        /// the snapshots to remove exactly (IDs or unambiguous ID prefixes, see
         /// `repo snapshots`), damaged ones included, instead of applying rules.
-        #[arg(value_name = "ID", conflicts_with_all = [
-            "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
-            "keep_within", "host", "engine", "source",
-        ])]
-        ids: Vec<String>,
+        #[arg(value_name = "REPO|ID")]
+        words: Vec<String>,
         /// Keep the newest N.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_last: usize,
@@ -230,10 +226,10 @@ enum KeyAction {
     /// this run was removed meanwhile (by another `repo key remove`), the
     /// removed slot is put back and the command fails (exit 1).
     Remove {
-        /// The repository.
-        repo: String,
-        /// The slot's name, from `repo key list`.
-        slot: String,
+        /// The repository (left out when BACKPIPE_REPOSITORY names it), then
+        /// the slot's name, from `repo key list`.
+        #[arg(value_name = "REPO|SLOT", num_args = 1..=2, required = true)]
+        words: Vec<String>,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -317,8 +313,7 @@ fn main() {
             }
         }
         Command::Forget {
-            repo,
-            ids,
+            words,
             keep_last,
             keep_hourly,
             keep_daily,
@@ -340,6 +335,18 @@ fn main() {
                 yearly: keep_yearly,
                 within: keep_within.as_deref().map(parse_duration).transpose()?,
             };
+            let (repo, ids) = cli::split_repository(&words)?;
+            let rules = policy.last + policy.hourly + policy.daily + policy.weekly + policy.monthly + policy.yearly > 0
+                || policy.within.is_some()
+                || select.host.is_some()
+                || select.engine.is_some()
+                || select.source.is_some();
+            if !ids.is_empty() && rules {
+                return Err(backpipe::Error::usage(
+                    "snapshot IDs cannot be used with rules (--keep-*, --host, --engine, --source): name the \
+                     snapshots to remove, or give rules",
+                ));
+            }
             let repo = cli::open_repo(&repo, &keys)?;
             let listing = list(&repo)?;
             let (decisions, left_damaged) = if ids.is_empty() {
@@ -483,8 +490,12 @@ fn main() {
             }
             Ok(())
         }
-        Command::Key { action: KeyAction::Remove { repo, slot, keys } } => {
-            cli::open_repo(&repo, &keys)?.remove_key(&slot)?;
+        Command::Key { action: KeyAction::Remove { words, keys } } => {
+            let (repo, rest) = cli::split_repository(&words)?;
+            let [slot] = rest.as_slice() else {
+                return Err(backpipe::Error::usage("name the repository and the key slot to remove"));
+            };
+            cli::open_repo(&repo, &keys)?.remove_key(slot)?;
             cli::say(&format!("repo: removed key slot {slot}"));
             Ok(())
         }
