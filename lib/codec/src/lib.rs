@@ -12,6 +12,7 @@ pub mod crypt;
 pub mod envelope;
 pub mod keys;
 pub mod squeeze;
+mod stream_keys;
 
 // The stream core, under the names the codecs use.
 use backpipe_stream::{error, filter, format, random, reader};
