@@ -8,7 +8,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use backpipe::codec::chunk::Joiner;
+use backpipe::codec::chunk::{ChunkIdKey, Joiner};
 use backpipe::codec::crypt::Decryptor;
 use backpipe::codec::squeeze::Unsqueezer;
 use backpipe::inspect::{inspect, InspectOptions};
@@ -36,7 +36,9 @@ fn key() -> MasterKey {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = backpipe::filter::run("chunk -d", Joiner, data, io::sink());
+    let _ = backpipe::filter::run("chunk -d", Joiner::unchecked(), data, io::sink());
+    let checking = Joiner::checking(ChunkIdKey::for_key(&key().write_key()));
+    let _ = backpipe::filter::run("chunk -d", checking, data, io::sink());
     let _ = backpipe::filter::run("squeeze -d", Unsqueezer, data, io::sink());
     let _ = backpipe::filter::run("encrypt -d", Decryptor::new(Secret::Key(key())), data, io::sink());
     let listing = InspectOptions { json: false, frames: true };

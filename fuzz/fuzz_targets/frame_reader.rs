@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use backpipe::reader::StreamReader;
+use backpipe_stream::reader::StreamReader;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
