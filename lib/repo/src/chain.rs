@@ -96,10 +96,14 @@ impl<'a> History<'a> {
         let mut moves = members.len();
         let mut child = 0;
         while child < members.len() && moves > 0 {
-            let parent = members[child].parent().map(str::to_ascii_lowercase);
-            let found = parent
-                .and_then(|parent| members.iter().position(|m| m.summary.stream_id.eq_ignore_ascii_case(&parent)));
-            match found.filter(|&at| at > child && members[at].started == members[child].started) {
+            // Only the later members started in the same second can be moved
+            // before it: a short scan, not the whole history.
+            let started = members[child].started;
+            let mut same_second = members[child + 1..].iter().take_while(|m| m.started == started);
+            let found = members[child].parent().and_then(|parent| {
+                same_second.position(|m| m.summary.stream_id.eq_ignore_ascii_case(parent)).map(|at| child + 1 + at)
+            });
+            match found {
                 Some(at) => {
                     let member = members.remove(at);
                     members.insert(child, member);
