@@ -179,7 +179,7 @@ fn a_live_tree_is_read_to_the_end_and_its_changes_are_reported() {
         })
     };
     let (mut vanished, mut torn) = (false, false);
-    for run in 0..30 {
+    for run in 0..100 {
         let out = sh(&d, "dump-files tree > s.bp");
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         match out.status.code() {
@@ -208,7 +208,7 @@ fn a_live_tree_is_read_to_the_end_and_its_changes_are_reported() {
     }
     running.store(false, Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(vanished, "no file vanished between listing and reading in 30 runs");
+    assert!(vanished, "no file vanished between listing and reading in 100 runs");
     assert!(torn, "the file written during every read was never reported as changed");
 }
 
