@@ -5,11 +5,7 @@
 use std::path::PathBuf;
 
 use backpipe::cli::{self, KeyArgs};
-use backpipe::mysql::client::{Client, ConnectArgs};
-use backpipe::mysql::dump::ENGINE;
-use backpipe::mysql::incremental::{self, previous, IncrementalOptions};
-use backpipe::mysql::server::ServerInfo;
-use backpipe::mysql::{binlog, dump, purge};
+use backpipe::mysql::{self, previous, Client, ConnectArgs, IncrementalOptions, ServerInfo, ENGINE};
 use backpipe::repo::receipt::{stored, Origin};
 use clap::{Parser, Subcommand};
 
@@ -152,10 +148,10 @@ fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
     let client = Client::new(&args.connect)?;
     let output = cli::stream_stdout()?;
     if args.full && args.physical {
-        return dump::full_physical(&client, output);
+        return mysql::full_physical(&client, output);
     }
     if args.full {
-        return dump::full_logical(&client, output);
+        return mysql::full_logical(&client, output);
     }
     let options = IncrementalOptions { binlog_dir: args.binlog_dir.clone(), restart_at_full: args.restart_at_full };
     let find_previous = |server: &ServerInfo| match (&args.since_receipt, &args.repo) {
@@ -165,7 +161,7 @@ fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
             Err(backpipe::Error::usage("--incremental needs the previous backup: --since-receipt FILE or --repo REPO"))
         }
     };
-    incremental::incremental(&client, find_previous, &options, output)
+    mysql::incremental(&client, find_previous, &options, output)
 }
 
 fn run_purge(receipts: &[PathBuf], dry_run: bool, connect: &ConnectArgs) -> backpipe::Result<()> {
@@ -174,7 +170,7 @@ fn run_purge(receipts: &[PathBuf], dry_run: bool, connect: &ConnectArgs) -> back
         lines.extend(stored(Origin::Receipts(path), ENGINE)?);
     }
     let client = Client::new(connect)?;
-    let plan = purge::purge(&client, &lines, dry_run)?;
+    let plan = mysql::purge(&client, &lines, dry_run)?;
     let verb = if dry_run { "would purge" } else { "purged" };
     match (plan.purge.first(), plan.purge.last()) {
         (Some(first), Some(last)) => {
@@ -196,7 +192,7 @@ fn run_verify(files: &[PathBuf], json: bool) -> backpipe::Result<()> {
         let shown = path.display().to_string();
         let found = std::fs::File::open(path)
             .map_err(|e| backpipe::Error::io(format!("cannot open '{shown}'"), e))
-            .and_then(|file| binlog::check(std::io::BufReader::with_capacity(1 << 20, file), &shown));
+            .and_then(|file| mysql::check_binlog(std::io::BufReader::with_capacity(1 << 20, file), &shown));
         match &found {
             Err(e) if e.kind() == backpipe::ErrorKind::Integrity => damaged += 1,
             Err(_) => unreadable += 1,

@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 
 use backpipe::cli;
-use backpipe::mysql::client::{Client, ConnectArgs};
-use backpipe::mysql::replay::Until;
-use backpipe::mysql::restore::{restore, Options};
+use backpipe::mysql::{restore, Client, ConnectArgs, RestoreOptions as Options, Until};
 use clap::Parser;
 
 /// Restore a MariaDB backup read from stdin: a full backup, optionally

@@ -12,23 +12,23 @@
 #![deny(missing_docs)]
 
 pub mod address;
-pub mod cache;
+mod cache;
 pub mod catalog;
 pub mod chain;
 pub mod check;
 pub mod fetch;
 pub mod forget;
-pub mod keyslot;
+mod keyslot;
 pub mod listing;
 pub mod pack;
 pub mod prune;
-pub mod quarantine;
+mod quarantine;
 pub mod receipt;
 pub mod remote;
 pub mod ship;
 pub mod snapshot;
 pub mod storage;
-pub mod verify;
+mod verify;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};

@@ -2,30 +2,40 @@
 //! server's own client tools, and what they need to understand of the
 //! server's binary logs.
 //!
-//! The format code is [`binlog`] (checking binary log files) and
-//! [`positions`] (where a backup sits in the binary log); the server talk
-//! is [`client`], [`server`] and [`scratch`] (a temporary private server);
-//! the dump side is [`dump`] (full), [`locked`] and [`tail`] (its parts),
-//! [`incremental`] and [`purge`]; the restore side is [`restore`], with
-//! [`plan`], [`replay`], [`target`] and [`datadir`].
+//! Its modules are private; this facade is what the binaries use. Inside,
+//! the format code is `binlog` (checking binary log files) and `positions`
+//! (where a backup sits in the binary log); the server talk is `client`,
+//! `server` and `scratch` (a temporary private server); the dump side is
+//! `dump` (full), `locked` and `tail` (its parts), `incremental` and
+//! `purge`; the restore side is `restore`, with `plan`, `replay`, `target`
+//! and `datadir`.
 
 #![deny(missing_docs)]
 
-pub mod binlog;
-pub mod client;
-pub mod datadir;
-pub mod dump;
-pub mod incremental;
-pub mod locked;
-pub mod plan;
-pub mod positions;
-pub mod purge;
-pub mod replay;
-pub mod restore;
-pub mod scratch;
-pub mod server;
-pub mod tail;
-pub mod target;
+mod binlog;
+mod client;
+mod datadir;
+mod dump;
+mod incremental;
+mod locked;
+mod plan;
+mod positions;
+mod purge;
+mod replay;
+mod restore;
+mod scratch;
+mod server;
+mod tail;
+mod target;
+
+pub use binlog::{check as check_binlog, Checked as CheckedBinlog};
+pub use client::{Client, ConnectArgs};
+pub use dump::{full_logical, full_physical, ENGINE};
+pub use incremental::{incremental, previous, IncrementalOptions};
+pub use purge::purge;
+pub use replay::Until;
+pub use restore::{restore, Options as RestoreOptions};
+pub use server::ServerInfo;
 
 // The crates below, under the names the engine uses.
 use backpipe_kit::{emit, interrupt, sink, tool, workdir};

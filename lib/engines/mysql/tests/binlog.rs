@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use backpipe_mysql::binlog::{check, Checked};
+use backpipe_mysql::{check_binlog as check, CheckedBinlog as Checked};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/fixtures/binlog").join(name);
