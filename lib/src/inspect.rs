@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::codec::crypt::Decryptor;
 use crate::error::{Error, Result};
-use crate::filter::{describe_abort, run_inline, Output};
+use crate::filter::{aborted_upstream, describe_abort, run_inline, Output};
 use crate::format::{Encodings, Frame, Kind, StreamId};
 use crate::meta::{Begin, End, Entry, EntryEnd, EntryType};
 use crate::reader::{Item, StreamReader};
@@ -219,7 +219,7 @@ fn show_frame<W: Write>(
         Kind::Abort => {
             let reason = describe_abort(frame);
             printer.emit(json!({"type": "abort", "reason": reason}), || format!("  ABORTED: {reason}"))?;
-            Err(Error::incomplete(format!("the stream was aborted upstream: {reason}")))
+            Err(aborted_upstream(frame))
         }
         Kind::Begin | Kind::End | Kind::Unknown(_) => printer.emit(
             json!({"type": "hidden", "kind": frame.kind.name(), "length": frame.payload.len(),

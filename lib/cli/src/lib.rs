@@ -64,7 +64,7 @@ pub fn main(tool: &str, body: impl FnOnce() -> Result<()>) -> ! {
     match result {
         Ok(()) => std::process::exit(0),
         Err(err) => {
-            if !err.is_broken_pipe() {
+            if !err.is_quiet() {
                 say(&format!("{tool}: {err}"));
             }
             std::process::exit(err.kind().exit_code())
@@ -266,9 +266,11 @@ Exit status:
   0  success
   1  other error (I/O, permissions, unsupported input)
   2  usage error (bad option, missing or unusable key)
-  3  incomplete input (truncated, no End frame, or aborted upstream)
+  3  incomplete input (truncated, no End frame)
   4  integrity failure (checksum, digest, order or authentication)
-  6  complete, but the source changed while it was read (dump-files)";
+  5  database error, when an agent upstream met one
+  6  complete, but the source changed while it was read (dump-files)
+A stream aborted upstream exits with the status of the stage that failed.";
 
 /// The exit status table of the database agents (`dump-*`, `restore-*`).
 pub const ENGINE_EXIT_STATUS_HELP: &str = "\
@@ -276,7 +278,8 @@ Exit status:
   0  success
   1  other error (I/O, permissions, a client tool missing)
   2  usage error (bad option, unreadable password file)
-  3  incomplete input (truncated, no End frame, or aborted upstream)
+  3  incomplete input (truncated, no End frame)
   4  integrity failure (checksum, digest, a damaged binary log)
   5  database error (server unreachable, login refused, missing privilege,
-     purged binary log, restore target not empty)";
+     purged binary log, restore target not empty)
+A stream aborted upstream exits with the status of the stage that failed.";

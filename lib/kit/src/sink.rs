@@ -11,7 +11,7 @@
 use std::io::Read;
 
 use crate::error::{Error, Result};
-use crate::filter::describe_abort;
+use crate::filter::aborted_upstream;
 use crate::format::{require_plain, Kind, UNRESOLVED_REF};
 use crate::meta::{Begin, End, Entry, EntryEnd};
 use crate::progress::Progress;
@@ -80,12 +80,7 @@ pub fn consume(tool: &str, input: impl Read, consumer: &mut impl Consumer, abort
             Item::Frame(frame) => frame,
         };
         match frame.kind {
-            Kind::Abort => {
-                return Err(Error::incomplete(format!(
-                    "the stream was aborted upstream: {}; {aborted}",
-                    describe_abort(&frame)
-                )))
-            }
+            Kind::Abort => return Err(aborted_upstream(&frame).with_note(aborted)),
             Kind::Cipher => {
                 return Err(Error::other(format!("the stream is encrypted; run `encrypt -d` before {tool}")))
             }

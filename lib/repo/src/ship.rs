@@ -18,7 +18,7 @@ use super::snapshot::{self, Summary};
 use super::Repository;
 use crate::crypt::{CipherParams, Decryptor};
 use crate::error::{Error, Result};
-use crate::filter::{describe_abort, run_inline, Output};
+use crate::filter::{aborted_upstream, run_inline, Output};
 use crate::format::{Encodings, Frame, Kind, StreamId, CHUNK_ID_LEN};
 use crate::meta::{Begin, End};
 use crate::progress::Progress;
@@ -240,12 +240,7 @@ pub fn ship(repo: &Repository, input: impl Read, mut receipt: impl FnMut(&Receip
                     })?;
                     ship.begin = Some(begin);
                 }
-                Kind::Abort => {
-                    return Err(Error::incomplete(format!(
-                        "the stream was aborted upstream: {}; no snapshot was stored",
-                        describe_abort(&plain)
-                    )))
-                }
+                Kind::Abort => return Err(aborted_upstream(&plain).with_note("no snapshot was stored")),
                 Kind::End => {
                     let end: End = plain.parse_json()?;
                     let mut done = current.take().expect("a stream is open");

@@ -37,6 +37,20 @@ impl ErrorKind {
             ErrorKind::Changed => 6,
         }
     }
+
+    /// The class an exit status stands for, if it stands for one.
+    pub fn from_exit_code(code: i32) -> Option<ErrorKind> {
+        [
+            ErrorKind::Other,
+            ErrorKind::Usage,
+            ErrorKind::Incomplete,
+            ErrorKind::Integrity,
+            ErrorKind::Engine,
+            ErrorKind::Changed,
+        ]
+        .into_iter()
+        .find(|kind| kind.exit_code() == code)
+    }
 }
 
 /// A failure with its class and a one-line, human-readable cause.
@@ -45,12 +59,14 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     broken_pipe: bool,
+    /// The cause was already said by the stage that failed (a filter passing on an Abort).
+    said_upstream: bool,
 }
 
 impl Error {
     /// An error of the given class.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), broken_pipe: false }
+        Error { kind, message: message.into(), broken_pipe: false, said_upstream: false }
     }
 
     /// A general failure (exit status 1).
@@ -119,6 +135,18 @@ impl Error {
     /// True when the error is a closed downstream pipe, which is not worth a message.
     pub fn is_broken_pipe(&self) -> bool {
         self.broken_pipe
+    }
+
+    /// Marks the cause as already said by the stage that failed upstream: the
+    /// tool exits with its class and prints nothing.
+    pub fn said_upstream(self) -> Self {
+        Error { said_upstream: true, ..self }
+    }
+
+    /// True when the error needs no message of this tool's: a closed
+    /// downstream pipe, or a cause already said upstream.
+    pub fn is_quiet(&self) -> bool {
+        self.broken_pipe || self.said_upstream
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Frame, Kind, StreamId};
 use crate::meta::Abort;
 use crate::parallel;
@@ -80,12 +80,15 @@ pub fn split_item<J>(item: Item, out: &mut Vec<Step<J>>) -> Option<Frame> {
 ///
 /// On failure the output receives an Abort frame carrying the cause (unless
 /// the failure is a closed output pipe or an Abort that already came from
-/// upstream), then the error is returned for the exit status.
+/// upstream), then the error is returned for the exit status. An Abort from
+/// upstream is passed on and returned as an error of its cause's class that
+/// prints nothing: the stage that failed said why, and the last stage says
+/// what was not done.
 pub fn run<P: Planner>(tool: &str, mut planner: P, input: impl Read, output: impl Write + Send) -> Result<()> {
     let progress = Progress::for_stage(tool);
     let mut reader = StreamReader::new(BufReader::with_capacity(IO_BUFFER, input));
     let mut writer = StreamWriter::new(BufWriter::with_capacity(IO_BUFFER, output));
-    let mut upstream_abort: Option<String> = None;
+    let mut upstream_abort: Option<Error> = None;
     let result = parallel::run_ordered(
         parallel::default_threads(),
         |send| {
@@ -93,7 +96,7 @@ pub fn run<P: Planner>(tool: &str, mut planner: P, input: impl Read, output: imp
             while let Some(item) = reader.next_item()? {
                 if let Item::Frame(frame) = &item {
                     if frame.kind == Kind::Abort {
-                        upstream_abort = Some(describe_abort(frame));
+                        upstream_abort = Some(aborted_upstream(frame));
                     }
                 }
                 planner.plan(item, &mut steps)?;
@@ -116,7 +119,7 @@ pub fn run<P: Planner>(tool: &str, mut planner: P, input: impl Read, output: imp
     progress.finish();
     match (result, upstream_abort) {
         (Ok(()), None) => Ok(()),
-        (Ok(()), Some(reason)) => Err(Error::incomplete(format!("the stream was aborted upstream: {reason}"))),
+        (Ok(()), Some(aborted)) => Err(aborted.said_upstream()),
         (Err(err), abort) => {
             if abort.is_none() && !err.is_broken_pipe() {
                 send_abort(&mut writer, tool, &err);
@@ -137,10 +140,25 @@ pub fn describe_abort(frame: &Frame) -> String {
     }
 }
 
+/// The error a stage reading an Abort frame ends with: "aborted upstream by
+/// PRODUCER", of the class of the producer's failure (incomplete where the
+/// frame does not say, or is encrypted). Callers add what they did not do.
+pub fn aborted_upstream(frame: &Frame) -> Error {
+    let abort = if frame.encodings.0 == 0 { frame.parse_json::<Abort>().ok() } else { None };
+    let kind = abort.as_ref().and_then(|a| a.status).and_then(ErrorKind::from_exit_code);
+    match abort {
+        Some(abort) => {
+            Error::new(kind.unwrap_or(ErrorKind::Incomplete), format!("aborted upstream by {}", abort.producer))
+        }
+        None => Error::incomplete("aborted upstream"),
+    }
+}
+
 /// Ends `writer`'s output with an Abort frame describing `err` (in a new
 /// stream if none is open); best effort, since the output may itself be what failed.
 pub fn send_abort<W: Write>(writer: &mut StreamWriter<W>, tool: &str, err: &Error) {
-    let abort = Abort { producer: tool.to_string(), reason: err.message().to_string() };
+    let abort =
+        Abort { producer: tool.to_string(), reason: err.message().to_string(), status: Some(err.kind().exit_code()) };
     let _ = (|| -> Result<()> {
         if !writer.is_open() {
             writer.start(crate::format::new_stream_id())?;

@@ -255,6 +255,11 @@ pub struct Abort {
     pub producer: String,
     /// The one-line cause.
     pub reason: String,
+    /// The exit status of the cause's class (5 for a database error), so
+    /// the last stage of a pipeline exits as the stage that failed did.
+    /// Absent in streams of earlier versions: read as incomplete (3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i32>,
 }
 
 /// The current time as RFC 3339 in UTC, to the second.
