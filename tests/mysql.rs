@@ -509,7 +509,7 @@ fn purge_removes_only_binary_logs_that_stored_incrementals_hold() {
     case.backup(&source, "--full");
     std::fs::copy(case.path().join("receipts"), case.path().join("full-only")).unwrap();
     // A full alone proves no binary log stored.
-    let said = case.ok(&format!("dump-mysql purge --receipt full-only {admin} 2>&1"));
+    let said = case.ok(&format!("dump-mysql purge --verbose --receipt full-only {admin} 2>&1"));
     assert!(said.contains("nothing to purge"), "{said}");
 
     source.sql("INSERT INTO shop.orders (total) VALUES (1)");
@@ -536,7 +536,8 @@ fn purge_removes_only_binary_logs_that_stored_incrementals_hold() {
     assert!(held.iter().all(|f| before.contains(f)));
 
     // Another server's receipt allows nothing here; a dry run removes nothing.
-    let said = case.ok(&format!("dump-mysql purge --receipt receipts --defaults-file={} 2>&1", other.get("DEFAULTS")));
+    let said = case
+        .ok(&format!("dump-mysql purge --verbose --receipt receipts --defaults-file={} 2>&1", other.get("DEFAULTS")));
     assert!(said.contains("nothing to purge"), "{said}");
     let said = case.ok(&format!("dump-mysql purge --receipt receipts --dry-run {admin} 2>&1"));
     assert!(said.contains("would purge"), "{said}");
@@ -546,7 +547,9 @@ fn purge_removes_only_binary_logs_that_stored_incrementals_hold() {
     let err = case.fails(&format!("dump-mysql purge --receipt receipts {}", source.backup_login()), 5);
     assert!(err.contains("privilege"), "{err}");
     assert_eq!(source.binlogs(), before);
-    case.ok(&format!("dump-mysql purge --receipt receipts {admin}"));
+    // Quiet when all is well (cron mails every line).
+    let said = case.ok(&format!("dump-mysql purge --receipt receipts {admin} 2>&1"));
+    assert_eq!(said, "", "purge without --verbose");
     let after = source.binlogs();
     let expected: Vec<String> = before.iter().filter(|f| !held.contains(f)).cloned().collect();
     assert_eq!(after, expected, "exactly the held files are gone");
@@ -559,7 +562,7 @@ fn purge_removes_only_binary_logs_that_stored_incrementals_hold() {
          INSERT INTO shop.orders (total) VALUES (5); FLUSH BINARY LOGS",
     );
     let reset = source.binlogs();
-    let said = case.ok(&format!("dump-mysql purge --receipt receipts {admin} 2>&1"));
+    let said = case.ok(&format!("dump-mysql purge --verbose --receipt receipts {admin} 2>&1"));
     assert!(said.contains("nothing to purge"), "{said}");
     assert_eq!(source.binlogs(), reset);
     let err = case
@@ -703,7 +706,7 @@ fn purge_reports_what_the_server_removed_and_an_unreadable_directory_changes_not
     // purged is gone, what it says it kept is there.
     for _ in 0..3 {
         while_writing(&source, 2, || case.backup(&source, "--incremental --since-receipt receipts"));
-        let said = case.ok(&format!("dump-mysql purge --receipt receipts {admin} 2>&1"));
+        let said = case.ok(&format!("dump-mysql purge --verbose --receipt receipts {admin} 2>&1"));
         let left = source.binlogs();
         for line in said.lines() {
             if let Some(range) = line.split_once(" binary logs, ").map(|(_, r)| r) {

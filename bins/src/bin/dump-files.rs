@@ -31,6 +31,8 @@ struct Args {
     /// Files or directories to write.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+    #[command(flatten)]
+    recorded: cli::Recorded,
 }
 
 const AFTER_HELP: &str = "\
@@ -47,6 +49,7 @@ Exit status:
 fn main() {
     let args = cli::parse::<Args>();
     cli::main("dump-files", || {
+        args.recorded.apply()?;
         let report = backpipe::source::files::dump(&args.paths, cli::stream_stdout()?)?;
         if report.changed > 0 {
             return Err(backpipe::Error::changed(format!(

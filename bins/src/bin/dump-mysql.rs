@@ -70,6 +70,8 @@ struct BackupArgs {
     #[arg(long, requires = "incremental")]
     restart_at_full: bool,
     #[command(flatten)]
+    recorded: cli::Recorded,
+    #[command(flatten)]
     keys: KeyArgs,
     #[command(flatten)]
     connect: ConnectArgs,
@@ -105,6 +107,9 @@ enum Command {
     /// of a reset server, which reuse old names, are never taken for stored
     /// ones). Needs the BINLOG ADMIN and BINLOG MONITOR privileges (SUPER
     /// and REPLICATION CLIENT before MariaDB 10.5.2).
+    ///
+    /// Quiet when all is well (cron mails every line): --verbose says what was
+    /// purged and what kept; --dry-run always says what would be.
     Purge {
         /// A ship receipt file; give several, or one with many lines, to cover more files.
         #[arg(long, value_name = "FILE", required = true)]
@@ -112,6 +117,9 @@ enum Command {
         /// Only say what would be purged.
         #[arg(long)]
         dry_run: bool,
+        /// Say what was purged and what was kept, and why.
+        #[arg(long, short)]
+        verbose: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -135,7 +143,9 @@ unreachable, login refused, missing privilege, purged binary log).";
 fn main() {
     let args = cli::parse::<Args>();
     cli::main("dump-mysql", || match args.command {
-        Some(Command::Purge { receipt, dry_run, connect }) => run_purge(&receipt, dry_run, &connect),
+        Some(Command::Purge { receipt, dry_run, verbose, connect }) => {
+            run_purge(&receipt, dry_run, verbose || dry_run, &connect)
+        }
         Some(Command::Verify { files, json }) => run_verify(&files, json),
         None => run_backup(&args.backup),
     })
@@ -145,6 +155,7 @@ fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
     if !args.full && !args.incremental {
         return Err(backpipe::Error::usage("choose --full (optionally --physical) or --incremental"));
     }
+    args.recorded.apply()?;
     let client = Client::new(&args.connect)?;
     let output = cli::stream_stdout()?;
     if args.full && args.physical {
@@ -164,13 +175,16 @@ fn run_backup(args: &BackupArgs) -> backpipe::Result<()> {
     mysql::incremental(&client, find_previous, &options, output)
 }
 
-fn run_purge(receipts: &[PathBuf], dry_run: bool, connect: &ConnectArgs) -> backpipe::Result<()> {
+fn run_purge(receipts: &[PathBuf], dry_run: bool, verbose: bool, connect: &ConnectArgs) -> backpipe::Result<()> {
     let mut lines = Vec::new();
     for path in receipts {
         lines.extend(stored(Origin::Receipts(path), ENGINE)?);
     }
     let client = Client::new(connect)?;
     let plan = mysql::purge(&client, &lines, dry_run)?;
+    if !verbose {
+        return Ok(());
+    }
     let verb = if dry_run { "would purge" } else { "purged" };
     match (plan.purge.first(), plan.purge.last()) {
         (Some(first), Some(last)) => {

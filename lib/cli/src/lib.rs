@@ -100,6 +100,26 @@ fn prepare_process() {
     }
 }
 
+/// The host name a producer's backups record: the option every `dump-*` takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Recorded {
+    /// Record NAME as the backup's host instead of this machine's host name
+    /// (for a container or a renamed machine; `fetch --host` and `repo
+    /// snapshots` show it).
+    #[arg(long = "host-name", value_name = "NAME", env = "BACKPIPE_HOST_NAME")]
+    pub host_name: Option<String>,
+}
+
+impl Recorded {
+    /// Makes the backups this process writes record the name given, if any.
+    pub fn apply(&self) -> Result<()> {
+        match &self.host_name {
+            Some(name) => backpipe_stream::meta::record_host_as(name),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Which backups a command considers: the options `fetch` and `repo` share.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Selection {

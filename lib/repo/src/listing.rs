@@ -255,6 +255,7 @@ impl Listing {
                 });
             };
             refuse_several_groups(candidates.iter().map(|(_, s)| s))?;
+            self.note_newer_under_other_hosts(id);
             return Ok(id.clone());
         }
         match self.find(name)? {
@@ -289,6 +290,9 @@ impl Listing {
             return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
         };
         let chain = history(&self.readable, key).to_instant(until)?.whole()?;
+        if let Some(last) = chain.ids.last() {
+            self.note_newer_under_other_hosts(last);
+        }
         Ok(chain.ids.into_iter().map(str::to_string).collect())
     }
 
@@ -303,6 +307,31 @@ impl Listing {
         self.refuse_damaged(&format!("part of the chain snapshot {id} needs"))?;
         let chain = history(&self.readable, history_of(summary)).to_backup(id)?.whole()?;
         Ok(chain.ids.into_iter().map(str::to_string).collect())
+    }
+}
+
+impl Listing {
+    /// Says when backups of the same server (engine and source) that started
+    /// after snapshot `id` were recorded under another host name (a renamed
+    /// machine, a container's new name): `latest` and --until never cross
+    /// hosts, so the newest state may be there.
+    fn note_newer_under_other_hosts(&self, id: &str) {
+        let Some((_, chosen)) = self.readable.iter().find(|(found, _)| found == id) else { return };
+        let Some(source) = chosen.begin.source.as_deref() else { return };
+        let Ok(started) = parse_time(&chosen.begin.started) else { return };
+        let newer = self.readable.iter().filter(|(_, s)| {
+            s.begin.engine == chosen.begin.engine
+                && s.begin.source.as_deref() == Some(source)
+                && s.begin.host != chosen.begin.host
+                && parse_time(&s.begin.started).is_ok_and(|t| t > started)
+        });
+        if let Some((newest, s)) = newer.last() {
+            crate::notice::notice(&format!(
+                "note: newer backups of this server (source '{source}') were recorded under host '{}' (the newest \
+                 is {newest}, started {}); to restore those, select them with --host '{}'",
+                s.begin.host, s.begin.started, s.begin.host
+            ));
+        }
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Stored {
     pub snapshot: String,
     /// The engine.
     pub engine: String,
+    /// The host name the backup recorded; empty in receipts of older tools.
+    #[serde(default)]
+    pub host: String,
     /// The stream ID (hex); empty in receipts of older tools.
     #[serde(default)]
     pub stream_id: String,
@@ -55,6 +58,7 @@ impl Stored {
         Stored {
             snapshot: snapshot.to_string(),
             engine: summary.begin.engine.clone(),
+            host: summary.begin.host.clone(),
             stream_id: summary.stream_id.clone(),
             started: summary.begin.started.clone(),
             positions: summary.begin.positions.clone(),

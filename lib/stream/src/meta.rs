@@ -267,7 +267,26 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// This machine's host name, or "unknown".
+/// The host name the backups written by this process record, when set
+/// (`--host-name`, `BACKPIPE_HOST_NAME`): a container whose host name changes
+/// on every restart, or a renamed machine, keeps one name.
+static RECORDED_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the host name the backups written by this process record; refuses
+/// what is not a name (empty, over 255 bytes, control characters).
+pub fn record_host_as(name: &str) -> crate::Result<()> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(crate::Error::usage(format!("host name {name:?} is not a name")));
+    }
+    let _ = RECORDED_HOST.set(name.to_string());
+    Ok(())
+}
+
+/// The host name backups record: the one set by [`record_host_as`], else
+/// this machine's, or "unknown".
 pub fn host_name() -> String {
+    if let Some(name) = RECORDED_HOST.get() {
+        return name.clone();
+    }
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".to_string())
 }

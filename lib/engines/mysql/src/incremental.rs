@@ -18,6 +18,7 @@ use crate::positions::{gtid_behind, sequence_of, Positions, BINLOG};
 use crate::progress::Progress;
 use crate::repo::receipt::{stored, Origin};
 use crate::server::{binary_logs, BinaryLog, ServerInfo};
+use crate::session::Session;
 
 /// A stored backup of the server, as an incremental continues it: its
 /// stream ID (which the incremental names as its parent) and its positions.
@@ -66,14 +67,29 @@ pub fn previous(origin: Origin<'_>, server: &ServerInfo) -> Result<Previous> {
         Origin::Receipts(path) => format!("receipt '{}'", path.display()),
         Origin::Repository(_) => "the repository".to_string(),
     };
-    let backups = stored(origin, ENGINE)?
-        .into_iter()
-        .map(|backup| {
-            let positions = Positions::from_maps(&backup.positions, &backup.end_positions)?;
-            Ok(Backup { positions, stream: backup.stream_id })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Previous::choose(backups, server).ok_or_else(|| {
+    let host = crate::meta::host_name();
+    let mut other_hosts = std::collections::BTreeSet::new();
+    let mut backups = Vec::new();
+    for backup in stored(origin, ENGINE)? {
+        let positions = Positions::from_maps(&backup.positions, &backup.end_positions)?;
+        // Receipts of older tools record no host.
+        if backup.host.is_empty() || backup.host == host {
+            backups.push(Backup { positions, stream: backup.stream_id });
+        } else if server.same_sequence(&positions) {
+            other_hosts.insert(backup.host);
+        }
+    }
+    let found = Previous::choose(backups, server);
+    if let (None, Some(other)) = (&found, other_hosts.last()) {
+        // A renamed machine, or a container's new host name: never a silent new chain.
+        return Err(Error::usage(format!(
+            "{whence} holds backups of this server (binary logs {}, server_id {}) recorded under host '{other}', \
+             and none under this host '{host}': if this is the same server under a new name, pass --host-name \
+             '{other}' (or set BACKPIPE_HOST_NAME); if it is another server, take a full backup first",
+            server.binlog_basename, server.server_id
+        )));
+    }
+    found.ok_or_else(|| {
         Error::usage(format!(
             "{whence} holds no backup of this server (binary logs {}, server_id {}); take a full backup first",
             server.binlog_basename, server.server_id
@@ -176,6 +192,36 @@ fn check_not_reset(previous: &Previous, start: &Start, logs: &[BinaryLog], serve
     Ok(())
 }
 
+/// The server-side lock an incremental holds while it runs, so two runs at
+/// once (a slow hourly job and the next) never both continue one backup.
+/// Named locks live in the server, so this holds across hosts and users,
+/// and ends with the session if the agent dies.
+struct RunLock {
+    _session: Session,
+}
+
+/// The name of [`RunLock`]'s lock.
+const RUN_LOCK: &str = "backpipe.dump-mysql.incremental";
+
+impl RunLock {
+    /// Takes the lock without waiting; refuses when another run holds it.
+    fn take(client: &Client) -> Result<RunLock> {
+        let mut session = Session::open(client)?;
+        let doing = "cannot take the incremental's lock on the server";
+        match session.ask(&format!("SELECT GET_LOCK('{RUN_LOCK}', 0), IFNULL(IS_USED_LOCK('{RUN_LOCK}'), 0);")) {
+            Ok(answer) if answer.starts_with("1\t") => Ok(RunLock { _session: session }),
+            Ok(answer) if answer.starts_with("0\t") => Err(Error::other(format!(
+                "another dump-mysql --incremental is running against {} (server connection {}); this one changed \
+                 nothing and stored nothing, and the next run takes what it would have: run incrementals one after \
+                 another (the documented cron and systemd jobs do)",
+                client.target(),
+                answer.split('\t').nth(1).unwrap_or("?")
+            ))),
+            Ok(answer) | Err(answer) => Err(session.failed(doing, &answer, "1")),
+        }
+    }
+}
+
 /// Writes an incremental backup as a stream, continuing what `find_previous`
 /// returns for the server.
 pub fn incremental(
@@ -185,6 +231,7 @@ pub fn incremental(
     output: impl Write,
 ) -> Result<()> {
     produce(TOOL, output, |writer| {
+        let _one_at_a_time = RunLock::take(client)?;
         let server = ServerInfo::query(client)?;
         server.require_binlog()?;
         let previous = find_previous(&server)?;

@@ -25,6 +25,7 @@ mod replay;
 mod restore;
 mod scratch;
 mod server;
+mod session;
 mod tail;
 mod target;
 

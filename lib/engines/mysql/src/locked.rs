@@ -5,11 +5,12 @@
 //! of the backup's binary log position and the replay of later events never
 //! adds a row twice.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{ChildStdin, ChildStdout, Stdio};
+use std::io::Read;
+use std::process::{ChildStdout, Stdio};
 
 use crate::client::{Client, Running};
 use crate::error::{Error, Result};
+use crate::session::Session;
 use crate::tail::{TailReader, COMPLETED};
 
 /// The engines whose tables a consistent-snapshot transaction reads as of
@@ -82,62 +83,34 @@ fn quoted(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// A global read lock (FLUSH TABLES WITH READ LOCK) held by a `mariadb`
-/// session of ours: writes wait while it is held. Released by
-/// [`ReadLock::release`], or by the session ending if this process dies.
+/// A global read lock (FLUSH TABLES WITH READ LOCK) held by a session of
+/// ours: writes wait while it is held. Released by [`ReadLock::release`], or
+/// by the session ending if this process dies.
 pub struct ReadLock {
-    session: Running,
-    input: ChildStdin,
-    answers: BufReader<ChildStdout>,
+    session: Session,
 }
+
+/// What a failed lock exchange says first.
+const HOLDING: &str = "cannot hold writes while non-transactional tables are read";
 
 impl ReadLock {
     /// Takes the lock, waiting at most [`LOCK_WAIT_SECONDS`] for running statements.
     pub fn acquire(client: &Client) -> Result<ReadLock> {
-        let mut session = client.spawn("mariadb", &["--batch", "--skip-column-names", "--unbuffered"], |c| {
-            c.stdin(Stdio::piped()).stdout(Stdio::piped());
-        })?;
-        let input = session.child.stdin.take().expect("stdin is piped");
-        let answers = BufReader::new(session.child.stdout.take().expect("stdout is piped"));
-        let mut lock = ReadLock { session, input, answers };
+        let mut session = Session::open(client)?;
         let sql = format!(
             "SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}; FLUSH TABLES WITH READ LOCK; SELECT '{LOCKED}';"
         );
-        match lock.say(&sql, LOCKED) {
-            Ok(()) => Ok(lock),
-            Err(answer) => Err(lock.failed(&answer, LOCKED)),
+        match session.ask(&sql) {
+            Ok(answer) if answer == LOCKED => Ok(ReadLock { session }),
+            Ok(answer) | Err(answer) => Err(session.failed(HOLDING, &answer, LOCKED)),
         }
     }
 
     /// Lets writes go on.
     pub fn release(mut self) -> Result<()> {
-        if let Err(answer) = self.say(&format!("UNLOCK TABLES; SELECT '{UNLOCKED}';"), UNLOCKED) {
-            return Err(self.failed(&answer, UNLOCKED));
-        }
-        drop(self.input);
-        self.session.finish().map(|_| ())
-    }
-
-    /// Sends `sql` and waits for the line `expected` it ends by selecting;
-    /// on failure, returns what came instead.
-    fn say(&mut self, sql: &str, expected: &str) -> std::result::Result<(), String> {
-        let mut line = String::new();
-        let answered = writeln!(self.input, "{sql}")
-            .and_then(|()| self.input.flush())
-            .and_then(|()| self.answers.read_line(&mut line));
-        match answered {
-            Ok(_) if line.trim_end() == expected => Ok(()),
-            _ => Err(line.trim_end().to_string()),
-        }
-    }
-
-    /// The cause of a failed exchange: the session's own message when it
-    /// ended (a lock wait timeout, a missing privilege).
-    fn failed(self, answer: &str, expected: &str) -> Error {
-        drop(self.input);
-        match self.session.finish() {
-            Err(e) => e.context("cannot hold writes while non-transactional tables are read"),
-            Ok(_) => Error::engine(format!("the lock session answered '{answer}' instead of '{expected}'")),
+        match self.session.ask(&format!("UNLOCK TABLES; SELECT '{UNLOCKED}';")) {
+            Ok(answer) if answer == UNLOCKED => self.session.close(),
+            Ok(answer) | Err(answer) => Err(self.session.failed(HOLDING, &answer, UNLOCKED)),
         }
     }
 }
