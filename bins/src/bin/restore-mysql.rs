@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use backpipe::cli;
-use backpipe::mysql::{restore, Client, ConnectArgs, RestoreOptions as Options, Until};
+use backpipe::mysql::{restore, Client, ConnectArgs, Logging, RestoreOptions as Options, Until};
 use clap::Parser;
 
 /// Restore a MariaDB backup read from stdin: a full backup, optionally
@@ -21,7 +21,10 @@ use clap::Parser;
 /// A logical full is loaded into the running server the connection options
 /// name, which must hold no databases (besides mysql, sys and the schemas
 /// of information) unless --replace drops those the backup holds first.
-/// Accounts the dump holds are created unless they exist.
+/// Accounts the dump holds are created unless they exist. The load and the
+/// replay are kept out of the target's binary log (sql_log_bin=0, which
+/// needs BINLOG ADMIN), so a replica of the target does not replay them;
+/// --log-restore writes them there.
 ///
 /// A physical full is prepared in a staging directory on --datadir's file
 /// system (inside it, when it is a mount point); if incrementals follow,
@@ -36,6 +39,11 @@ use clap::Parser;
 /// --until-gtid. --dry-run prints the plan (backups, binary logs,
 /// positions, stopping point) and touches nothing. On SIGTERM, SIGINT or
 /// SIGHUP it stops the temporary server and removes what it made.
+///
+/// It ends with one line saying what was restored, to which stopping point,
+/// the GTID position reached and how long it took, and the statements that
+/// make the restored server a replica of the backed-up one (a physical
+/// restore also sets gtid_slave_pos in the restored data directory).
 #[derive(Parser)]
 #[command(name = "restore-mysql", version, after_help = AFTER_HELP)]
 struct Args {
@@ -67,20 +75,39 @@ struct Args {
     /// The server's option file, used by the temporary server of a physical restore.
     #[arg(long, value_name = "FILE", requires = "datadir")]
     server_defaults: Option<PathBuf>,
+    /// Write a logical restore's load and replay into the target's binary
+    /// log (by default they are kept out of it, so the target's replicas do
+    /// not replay them).
+    #[arg(long)]
+    log_restore: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
 
 const AFTER_HELP: &str = "\
-Examples:
-  fetch R --until '2026-11-21 10:00' --engine mysql | encrypt -d --repo R | squeeze -d | chunk -d \\
-      | restore-mysql --until '2026-11-21 10:00' --defaults-file /etc/backpipe/admin.cnf
-  fetch R --chain latest --engine mysql ... | restore-mysql --dry-run   # the latest state
-  fetch R SNAPSHOT ... | restore-mysql --datadir /var/lib/mysql   # physical, server stopped
+Examples (each line under 80 columns, so they paste whole):
+  export BACKPIPE_REPOSITORY=/backups
+  K=/etc/backpipe/key; A=/etc/backpipe/admin.cnf
+  # The latest state: the newest backup with the chain it needs
+  fetch --chain latest --engine mysql --key-file $K \\
+    | encrypt -d --key-file $K | squeeze -d | chunk -d --key-file $K \\
+    | restore-mysql --defaults-file $A
+  # A point in time (the same TIME for fetch and restore-mysql)
+  T='2026-11-21 10:00'
+  fetch --until \"$T\" --engine mysql --key-file $K \\
+    | encrypt -d --key-file $K | squeeze -d | chunk -d --key-file $K \\
+    | restore-mysql --until \"$T\" --defaults-file $A
+  # Physical: the server stopped, its data directory named
+  fetch --chain latest --engine mysql --key-file $K \\
+    | encrypt -d --key-file $K | squeeze -d | chunk -d --key-file $K \\
+    | restore-mysql --datadir /var/lib/mysql
 
-Exit status: 0 restored, 1 error, 2 usage (wrong input or options), 3 incomplete input
-(or a chain that ends before the stopping point), 4 integrity failure (digest, binary log checksum), 5 database error (server unreachable,
-login refused, target not empty, a statement failed), 128+N ended by signal N.";
+Exit status: 0 restored, 1 error, 2 usage (wrong input or options),
+3 incomplete input (or a chain that ends before the stopping point),
+4 integrity failure (digest, binary log checksum), 5 database error
+(server unreachable, login refused, target not empty, a statement
+failed), 128+N ended by signal N. A stream aborted upstream exits with
+the status of the stage that failed.";
 
 fn main() {
     let args = cli::parse::<Args>();
@@ -102,6 +129,7 @@ fn main() {
             datadir: args.datadir.clone(),
             server_defaults: args.server_defaults.clone(),
             drop_others: args.drop_other_databases,
+            logging: if args.log_restore { Logging::On } else { Logging::Off },
         };
         let client = Client::new(&args.connect)?;
         restore(&client, cli::stream_stdin()?, &options, &mut std::io::stdout().lock())

@@ -312,7 +312,7 @@ impl Listing {
 
 impl Listing {
     /// Says when backups of the same server (engine and source) that started
-    /// after snapshot `id` were recorded under another host name (a renamed
+    /// no earlier than snapshot `id` (times are whole seconds) were recorded under another host name (a renamed
     /// machine, a container's new name): `latest` and --until never cross
     /// hosts, so the newest state may be there.
     fn note_newer_under_other_hosts(&self, id: &str) {
@@ -323,7 +323,7 @@ impl Listing {
             s.begin.engine == chosen.begin.engine
                 && s.begin.source.as_deref() == Some(source)
                 && s.begin.host != chosen.begin.host
-                && parse_time(&s.begin.started).is_ok_and(|t| t > started)
+                && parse_time(&s.begin.started).is_ok_and(|t| t >= started)
         });
         if let Some((newest, s)) = newer.last() {
             crate::notice::notice(&format!(

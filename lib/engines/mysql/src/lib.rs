@@ -34,7 +34,7 @@ pub use client::{Client, ConnectArgs};
 pub use dump::{full_logical, full_physical, ENGINE};
 pub use incremental::{incremental, previous, IncrementalOptions};
 pub use purge::purge;
-pub use replay::Until;
+pub use replay::{Logging, Until};
 pub use restore::{restore, Options as RestoreOptions};
 pub use server::ServerInfo;
 

@@ -1,7 +1,7 @@
 //! Replaying binary logs into a server with `mariadb-binlog | mariadb`, from
 //! a full backup's coordinates up to a stopping point.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -83,12 +83,102 @@ fn raise_packet_limit(client: &Client) -> Result<Option<u64>> {
     Ok(Some(current))
 }
 
+/// The GTID position a replay reached: `gtid` (the full's) with each
+/// domain's last transaction replayed after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// Domain -> (server, sequence), in domain order.
+    gtids: std::collections::BTreeMap<u32, (u32, u64)>,
+}
+
+impl Reached {
+    /// Starts from a GTID list (`0-1-100,1-2-7`); unreadable members are left out.
+    pub fn from_list(list: &str) -> Reached {
+        let mut reached = Reached::default();
+        for gtid in list.split(',') {
+            reached.note(gtid.trim());
+        }
+        reached
+    }
+
+    /// Takes one GTID (`domain-server-sequence`) as replayed.
+    fn note(&mut self, gtid: &str) {
+        let mut parts = gtid.splitn(3, '-').map(str::parse::<u64>);
+        if let (Some(Ok(domain)), Some(Ok(server)), Some(Ok(sequence))) = (parts.next(), parts.next(), parts.next()) {
+            if let (Ok(domain), Ok(server)) = (u32::try_from(domain), u32::try_from(server)) {
+                self.gtids.insert(domain, (server, sequence));
+            }
+        }
+    }
+
+    /// Reads a line of `mariadb-binlog`'s output: an event header comment
+    /// of a GTID event names the transaction that follows.
+    fn scan(&mut self, line: &[u8]) {
+        // An event header: `#YYMMDD HH:MM:SS server id …` (never SQL text).
+        let header = line.len() > 7 && line[0] == b'#' && line[1..7].iter().all(u8::is_ascii_digit) && line[7] == b' ';
+        if !header {
+            return;
+        }
+        let text = String::from_utf8_lossy(line);
+        if let Some(after) = text.split_once("\tGTID ").or_else(|| text.split_once(" GTID ")).map(|(_, a)| a) {
+            if let Some(gtid) = after.split_whitespace().next() {
+                self.note(gtid);
+            }
+        }
+    }
+
+    /// The position as a GTID list, as `gtid_slave_pos` takes it; empty when unknown.
+    pub fn list(&self) -> String {
+        let members: Vec<String> =
+            self.gtids.iter().map(|(domain, (server, sequence))| format!("{domain}-{server}-{sequence}")).collect();
+        members.join(",")
+    }
+}
+
+/// How a replay's session writes to the target's own binary log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logging {
+    /// Not at all (`sql_log_bin=0`): a replica of the target does not
+    /// replay the restore, and its binary log does not grow by it.
+    Off,
+    /// As any session does.
+    On,
+}
+
+impl Logging {
+    /// What a statement run through [`Client::query`] starts with, so its
+    /// session logs as asked.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Logging::Off => "SET SESSION sql_log_bin = 0; ",
+            Logging::On => "",
+        }
+    }
+
+    /// The client option that makes a session log as asked, if any.
+    pub fn client_option(self) -> Option<&'static str> {
+        match self {
+            Logging::Off => Some("--init-command=SET SESSION sql_log_bin=0"),
+            Logging::On => None,
+        }
+    }
+}
+
 /// Runs `mariadb-binlog` over `files` (from `start` in the first) up to
-/// `until`, piping its SQL into `mariadb` on `client`, after `prelude`. The
-/// server's `max_allowed_packet` is raised to [`MAX_PACKET`] while it runs.
-pub fn replay(client: &Client, prelude: &str, files: &[PathBuf], start: u64, until: &Until) -> Result<()> {
+/// `until`, piping its SQL into `mariadb` on `client`, after `prelude`, and
+/// adds each domain's last replayed GTID to `reached`. The server's
+/// `max_allowed_packet` is raised to [`MAX_PACKET`] while it runs.
+pub fn replay(
+    client: &Client,
+    prelude: &str,
+    files: &[PathBuf],
+    start: u64,
+    until: &Until,
+    logging: Logging,
+    reached: &mut Reached,
+) -> Result<()> {
     let lowered = raise_packet_limit(client)?;
-    let replayed = run_replay(client, prelude, files, start, until);
+    let replayed = run_replay(client, prelude, files, start, until, logging, reached);
     let restored = match lowered {
         Some(value) => client.query(&format!("SET GLOBAL max_allowed_packet = {value}")).map(drop),
         None => Ok(()),
@@ -96,7 +186,15 @@ pub fn replay(client: &Client, prelude: &str, files: &[PathBuf], start: u64, unt
     replayed.and(restored)
 }
 
-fn run_replay(client: &Client, prelude: &str, files: &[PathBuf], start: u64, until: &Until) -> Result<()> {
+fn run_replay(
+    client: &Client,
+    prelude: &str,
+    files: &[PathBuf],
+    start: u64,
+    until: &Until,
+    logging: Logging,
+    reached: &mut Reached,
+) -> Result<()> {
     let mut command = Command::new("mariadb-binlog");
     // Times in the stop option are read in the local time zone; make it UTC.
     command.env("TZ", "UTC").arg(format!("--start-position={start}"));
@@ -115,12 +213,23 @@ fn run_replay(client: &Client, prelude: &str, files: &[PathBuf], start: u64, unt
     command.args(files).stdin(Stdio::null()).stdout(Stdio::piped());
     let mut decoder = run_tool("mariadb-binlog", command)?;
     let packet = format!("--max-allowed-packet={MAX_PACKET}");
-    let mut loader = client.spawn("mariadb", &["--binary-mode", &packet], |c| {
+    let mut args = vec!["--binary-mode", &packet];
+    args.extend(logging.client_option());
+    let mut loader = client.spawn("mariadb", &args, |c| {
         c.stdin(Stdio::piped());
     })?;
-    let mut sql = decoder.child.stdout.take().expect("stdout is piped");
+    let mut sql = BufReader::with_capacity(1 << 20, decoder.child.stdout.take().expect("stdout is piped"));
     let mut input = loader.child.stdin.take().expect("stdin is piped");
-    let copied = input.write_all(prelude.as_bytes()).and_then(|()| std::io::copy(&mut sql, &mut input));
+    let copied = input.write_all(prelude.as_bytes()).and_then(|()| {
+        // Line by line, to read the GTID of each transaction as it passes.
+        let mut line = Vec::new();
+        while sql.read_until(b'\n', &mut line)? > 0 {
+            reached.scan(&line);
+            input.write_all(&line)?;
+            line.clear();
+        }
+        Ok(())
+    });
     drop(input);
     drop(sql);
     // The loader's error explains a broken pipe; the decoder's explains a short read.

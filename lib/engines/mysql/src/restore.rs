@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::meta::{Begin, End, Entry, EntryEnd};
 use crate::plan::{holds, keep_log, plan_replay, ReceivedLog};
 use crate::positions::{sequence_of, Positions, PHYSICAL};
-use crate::replay::{replay, Until, MAX_PACKET, UTC_FORMAT};
+use crate::replay::{replay, Logging, Reached, Until, MAX_PACKET, UTC_FORMAT};
 use crate::scratch::ScratchServer;
 use crate::sink::{consume, Consumer};
 use crate::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
@@ -55,6 +55,8 @@ pub struct Options {
     pub server_defaults: Option<PathBuf>,
     /// With `replace`, also drop the target's databases the backup does not hold.
     pub drop_others: bool,
+    /// Whether a logical restore's load and replay go into the target's own binary log.
+    pub logging: Logging,
 }
 
 /// The full backup at the head of the chain.
@@ -98,6 +100,8 @@ struct Restore<'a> {
     begin: Option<Begin>,
     /// The data directory is a mount point; `work` is inside it.
     into_mount: bool,
+    /// When the restore began, for its summary.
+    began: std::time::Instant,
 }
 
 /// Restores the chain read from `input`; with `options.dry_run`, writes the plan to `plan` instead.
@@ -134,6 +138,7 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
         logs: Vec::new(),
         begin: None,
         into_mount,
+        began: std::time::Instant::now(),
     };
     state.read(input)?;
     state.finish(plan)
@@ -207,6 +212,7 @@ impl Restore<'_> {
         }
         let files: Vec<PathBuf> = plan.logs.iter().map(|log| log.path.clone().expect("kept when not dry")).collect();
         let start = full.positions.binlog_pos.unwrap_or(4);
+        let mut reached = Reached::from_list(full.positions.gtid.as_deref().unwrap_or(""));
         if physical {
             // Everything happens in a staging directory on the data
             // directory's file system, which changes only once it all succeeded.
@@ -217,10 +223,22 @@ impl Restore<'_> {
             prepare_physical(&self.work.path().join("full"), &staged, defaults).map_err(unchanged)?;
             if !files.is_empty() {
                 let server = ScratchServer::start(&staged, defaults).map_err(unchanged)?;
-                replay(&server.client(), "FLUSH PRIVILEGES;\n", &files, start, &plan.until).map_err(unchanged)?;
+                let client = server.client();
+                replay(&client, "FLUSH PRIVILEGES;\n", &files, start, &plan.until, Logging::On, &mut reached)
+                    .map_err(unchanged)?;
+                // The restored server knows where it stands, for replication.
+                client.query(&format!("SET GLOBAL gtid_slave_pos = '{}'", reached.list())).map_err(unchanged)?;
                 server.stop().map_err(unchanged)?;
             }
-            return swap_in(&staged, datadir, self.options.replace, self.into_mount);
+            swap_in(&staged, datadir, self.options.replace, self.into_mount)?;
+            self.summarize(&reached);
+            let owner = nix::unistd::Uid::effective();
+            crate::notice::notice(&format!(
+                "owner        the restored files belong to user ID {owner}: start the server as that user, or first \
+                 run `chown -R mysql: {}` as root",
+                datadir.display()
+            ));
+            return Ok(());
         }
         let databases = full.positions.databases.as_deref();
         let partly = |e: Error| {
@@ -230,18 +248,31 @@ impl Restore<'_> {
                 full.started
             ))
         };
-        prepare_target(self.client, self.options.replace, databases, self.options.drop_others).map_err(|e| {
-            e.with_note(format!(
-                "nothing was loaded into {}; the databases named above as dropped are gone: restore again with \
+        let logging = self.options.logging;
+        if logging == Logging::Off {
+            // Checked before anything changes: the load's sessions need it too.
+            self.client.query("SET SESSION sql_log_bin = 0").map_err(|e| {
+                e.context(
+                    "cannot keep the restore out of the target's binary log (needs the BINLOG ADMIN or SUPER \
+                     privilege); grant it, or pass --log-restore to write the restore into the binary log; nothing \
+                     changed",
+                )
+            })?;
+        }
+        prepare_target(self.client, self.options.replace, databases, self.options.drop_others, logging).map_err(
+            |e| {
+                e.with_note(format!(
+                    "nothing was loaded into {}; the databases named above as dropped are gone: restore again with \
                  --replace",
-                self.client.target()
-            ))
-        })?;
+                    self.client.target()
+                ))
+            },
+        )?;
         for dump in &self.dumps {
-            load_dump(self.client, dump).map_err(partly)?;
+            load_dump(self.client, dump, logging).map_err(partly)?;
         }
         if !files.is_empty() {
-            replay(self.client, "", &files, start, &plan.until).map_err(|e| {
+            replay(self.client, "", &files, start, &plan.until, logging, &mut reached).map_err(|e| {
                 e.with_note(format!(
                     "{} holds the full backup of {} and part of the binary logs after it: restore again with \
                      --replace (to this stopping point or an earlier one)",
@@ -250,7 +281,36 @@ impl Restore<'_> {
                 ))
             })?;
         }
+        self.summarize(&reached);
         Ok(())
+    }
+
+    /// The restore's last lines: what was restored, to where, the GTID
+    /// position reached, in how long; and how to make the server a replica.
+    fn summarize(&self, reached: &Reached) {
+        let full = self.full.as_ref().expect("read checked");
+        let incrementals = self.backups.len().saturating_sub(1);
+        let gtid = reached.list();
+        crate::notice::notice(&format!(
+            "restored     the {} full of {}{} {}: GTID position {}, in {:.1} s",
+            full.positions.method,
+            full.started,
+            match incrementals {
+                0 => String::new(),
+                1 => " and 1 incremental".to_string(),
+                n => format!(" and {n} incrementals"),
+            },
+            self.options.until.describe(),
+            if gtid.is_empty() { "unknown" } else { &gtid },
+            self.began.elapsed().as_secs_f64()
+        ));
+        if !gtid.is_empty() {
+            crate::notice::notice(&format!(
+                "replica      to make it a replica of the backed-up server: SET GLOBAL gtid_slave_pos = '{gtid}'; \
+                 CHANGE MASTER TO MASTER_HOST = 'source', MASTER_USER = 'repl', MASTER_PASSWORD = '...', \
+                 MASTER_USE_GTID = slave_pos; START SLAVE;"
+            ));
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::replay::Logging;
 use crate::server::{user_databases, SYSTEM_SCHEMAS};
 
 /// The role mariadb-dump's account statements create and drop around
@@ -38,8 +39,16 @@ pub fn refuse_nonempty_target(client: &Client, databases: &[String]) -> Result<(
 /// Makes the target ready for a logical load: refuses one that holds
 /// databases unless `replace`, which drops those the backup recreates
 /// (`recreated`; every one when the backup does not record them) and, with
-/// `drop_others`, the rest too. System schemas are never dropped.
-pub fn prepare_target(client: &Client, replace: bool, recreated: Option<&[String]>, drop_others: bool) -> Result<()> {
+/// `drop_others`, the rest too. System schemas are never dropped. The drops
+/// go into the target's binary log as `logging` says.
+pub fn prepare_target(
+    client: &Client,
+    replace: bool,
+    recreated: Option<&[String]>,
+    drop_others: bool,
+    logging: Logging,
+) -> Result<()> {
+    let unlogged = logging.prefix();
     let databases = target_databases(client)?;
     if !replace {
         refuse_nonempty_target(client, &databases)?;
@@ -54,20 +63,22 @@ pub fn prepare_target(client: &Client, replace: bool, recreated: Option<&[String
             }
             _ => {
                 crate::notice::notice(&format!("dropping database {shown} (--replace)"));
-                client.query(&format!("DROP DATABASE `{}`", db.replace('`', "``")))?;
+                client.query(&format!("{unlogged}DROP DATABASE `{}`", db.replace('`', "``")))?;
             }
         }
     }
-    client.query(&format!("DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
+    client.query(&format!("{unlogged}DROP ROLE IF EXISTS {DUMP_IMPORT_ROLE}"))?;
     Ok(())
 }
 
-/// Loads a verified logical dump, spooled at `path`, into the server, then
-/// removes the file.
-pub fn load_dump(client: &Client, path: &Path) -> Result<()> {
+/// Loads a verified logical dump, spooled at `path`, into the server
+/// (written to its binary log as `logging` says), then removes the file.
+pub fn load_dump(client: &Client, path: &Path, logging: Logging) -> Result<()> {
     let dump = File::open(path).map_err(|e| Error::io(format!("cannot read '{}'", path.display()), e))?;
+    let mut args = vec!["--binary-mode"];
+    args.extend(logging.client_option());
     client
-        .spawn("mariadb", &["--binary-mode"], |c| {
+        .spawn("mariadb", &args, |c| {
             c.stdin(dump);
         })?
         .finish()?;
