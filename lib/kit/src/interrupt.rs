@@ -160,10 +160,10 @@ fn watch(mut wake: std::fs::File) {
     }
     let Ok(caught) = Signal::try_from(i32::from(byte[0])) else { return };
     // From here on, what registers is stopped at once (see stop_on_signal).
-    let (processes, dirs) = {
+    let processes = {
         let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
         registered.stopping = true;
-        (registered.processes.clone(), registered.dirs.clone())
+        registered.processes.clone()
     };
     for (_, pid, grace) in processes {
         stop(nix::unistd::Pid::from_raw(pid), grace);
@@ -172,14 +172,19 @@ fn watch(mut wake: std::fs::File) {
     while CRITICAL.load(Ordering::SeqCst) > 0 && asked.elapsed() < CRITICAL_WAIT {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for (_, dir) in dirs {
-        // The main thread may still be writing into it: try a few times.
-        for _ in 0..5 {
-            if crate::workdir::remove_tree(&dir).is_ok() && !dir.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    // The main thread may still be writing into a directory, or making and
+    // registering one (a temporary server's, as the signal came): each round
+    // takes the registrations as they are now.
+    for _ in 0..5 {
+        let dirs = REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).dirs.clone();
+        let mut left = false;
+        for (_, dir) in dirs {
+            left |= crate::workdir::remove_tree(&dir).is_err() || dir.exists();
         }
+        if !left {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: restoring the default action of a signal is always sound.
     let _ = unsafe { signal::signal(caught, SigHandler::SigDfl) };
