@@ -113,7 +113,7 @@ impl Reached {
 
     /// Reads a line of `mariadb-binlog`'s output: an event header comment
     /// of a GTID event names the transaction that follows.
-    fn scan(&mut self, line: &[u8]) {
+    fn read_line(&mut self, line: &[u8]) {
         // An event header: `#YYMMDD HH:MM:SS server id …` (never SQL text).
         let header = line.len() > 7 && line[0] == b'#' && line[1..7].iter().all(u8::is_ascii_digit) && line[7] == b' ';
         if !header {
@@ -133,6 +133,56 @@ impl Reached {
             self.gtids.iter().map(|(domain, (server, sequence))| format!("{domain}-{server}-{sequence}")).collect();
         members.join(",")
     }
+}
+
+/// The longest event header line kept (they are under 200 bytes).
+const HEADER_MAX: usize = 512;
+
+/// Reads `mariadb-binlog`'s output block by block as it passes to the
+/// server, handing each line that starts with `#` (the event headers) to
+/// [`Reached::read_line`]; the SQL itself is never copied.
+struct HeaderLines<'a> {
+    reached: &'a mut Reached,
+    /// The current line so far, when it is one to read.
+    line: Vec<u8>,
+    /// What the current line is: not begun yet (`None`), to read, or to skip.
+    reading: Option<bool>,
+}
+
+impl HeaderLines<'_> {
+    fn feed(&mut self, mut block: &[u8]) {
+        while !block.is_empty() {
+            let end = block.iter().position(|&b| b == b'\n');
+            let part = &block[..end.unwrap_or(block.len())];
+            let reading = *self.reading.get_or_insert(block[0] == b'#');
+            if reading {
+                let room = HEADER_MAX.saturating_sub(self.line.len());
+                self.line.extend_from_slice(&part[..part.len().min(room)]);
+            }
+            let Some(at) = end else { return };
+            if reading {
+                self.reached.read_line(&self.line);
+                self.line.clear();
+            }
+            self.reading = None;
+            block = &block[at + 1..];
+        }
+    }
+}
+
+/// What a replay applies: `files` (from `start` in the first) up to
+/// `until`, after `prelude`, logged as `logging` says.
+pub struct Replay<'a> {
+    /// SQL sent before the binary logs' (e.g. `FLUSH PRIVILEGES;`).
+    pub prelude: &'a str,
+    /// The binary log files, in order.
+    pub files: &'a [PathBuf],
+    /// Where the first file's replay starts.
+    pub start: u64,
+    /// Where the replay stops.
+    pub until: &'a Until,
+    /// Whether the replay goes into the target's binary log.
+    pub logging: Logging,
 }
 
 /// How a replay's session writes to the target's own binary log.
@@ -164,21 +214,13 @@ impl Logging {
     }
 }
 
-/// Runs `mariadb-binlog` over `files` (from `start` in the first) up to
-/// `until`, piping its SQL into `mariadb` on `client`, after `prelude`, and
-/// adds each domain's last replayed GTID to `reached`. The server's
-/// `max_allowed_packet` is raised to [`MAX_PACKET`] while it runs.
-pub fn replay(
-    client: &Client,
-    prelude: &str,
-    files: &[PathBuf],
-    start: u64,
-    until: &Until,
-    logging: Logging,
-    reached: &mut Reached,
-) -> Result<()> {
+/// Runs `mariadb-binlog` over the replay's files, piping its SQL into
+/// `mariadb` on `client`, and adds each domain's last replayed GTID to
+/// `reached`. The server's `max_allowed_packet` is raised to
+/// [`MAX_PACKET`] while it runs.
+pub fn replay(client: &Client, job: &Replay, reached: &mut Reached) -> Result<()> {
     let lowered = raise_packet_limit(client)?;
-    let replayed = run_replay(client, prelude, files, start, until, logging, reached);
+    let replayed = run_replay(client, job, reached);
     let restored = match lowered {
         Some(value) => client.query(&format!("SET GLOBAL max_allowed_packet = {value}")).map(drop),
         None => Ok(()),
@@ -186,15 +228,8 @@ pub fn replay(
     replayed.and(restored)
 }
 
-fn run_replay(
-    client: &Client,
-    prelude: &str,
-    files: &[PathBuf],
-    start: u64,
-    until: &Until,
-    logging: Logging,
-    reached: &mut Reached,
-) -> Result<()> {
+fn run_replay(client: &Client, job: &Replay, reached: &mut Reached) -> Result<()> {
+    let Replay { prelude, files, start, until, logging } = *job;
     let mut command = Command::new("mariadb-binlog");
     // Times in the stop option are read in the local time zone; make it UTC.
     command.env("TZ", "UTC").arg(format!("--start-position={start}"));
@@ -220,15 +255,16 @@ fn run_replay(
     })?;
     let mut sql = BufReader::with_capacity(1 << 20, decoder.child.stdout.take().expect("stdout is piped"));
     let mut input = loader.child.stdin.take().expect("stdin is piped");
-    let copied = input.write_all(prelude.as_bytes()).and_then(|()| {
-        // Line by line, to read the GTID of each transaction as it passes.
-        let mut line = Vec::new();
-        while sql.read_until(b'\n', &mut line)? > 0 {
-            reached.scan(&line);
-            input.write_all(&line)?;
-            line.clear();
+    let mut headers = HeaderLines { reached, line: Vec::new(), reading: None };
+    let copied = input.write_all(prelude.as_bytes()).and_then(|()| loop {
+        let block = sql.fill_buf()?;
+        if block.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        headers.feed(block);
+        input.write_all(block)?;
+        let passed = block.len();
+        sql.consume(passed);
     });
     drop(input);
     drop(sql);
@@ -247,4 +283,33 @@ fn run_replay(
     decoder.finish()?;
     copied.map_err(|e| Error::io("cannot pass the binary logs to mariadb", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `mariadb-binlog` output as it prints it: event headers, SQL, a
+    /// statement that only looks like a header, and base64 row images.
+    const OUTPUT: &str = "/*!50530 SET @@SESSION.PSEUDO_SLAVE_MODE=1*/;\n\
+        # at 4\n\
+        #261128 13:11:13 server id 1  end_log_pos 256 CRC32 0x1f2e3d4c \tStart: binlog v 4\n\
+        #261128 13:11:13 server id 1  end_log_pos 300 CRC32 0x0a0b0c0d \tGTID 0-1-626 trans\n\
+        /*!100001 SET @@session.gtid_seq_no=626*//*!*/;\n\
+        # GTID 0-9-999 is not a header: no time\n\
+        INSERT INTO t VALUES ('#261128 13:11:13 x GTID 0-9-998');\n\
+        BINLOG '\nAAAAAAAAAAAAAAAAAAAA\n'/*!*/;\n\
+        #261128 13:11:14 server id 2  end_log_pos 900 CRC32 0x0a0b0c0e \tGTID 1-2-7 ddl\n";
+
+    #[test]
+    fn gtids_are_read_from_event_headers_whatever_the_block_boundaries() {
+        for block in [1, 2, 3, 7, 64, OUTPUT.len()] {
+            let mut reached = Reached::from_list("0-1-625");
+            let mut headers = HeaderLines { reached: &mut reached, line: Vec::new(), reading: None };
+            for chunk in OUTPUT.as_bytes().chunks(block) {
+                headers.feed(chunk);
+            }
+            assert_eq!(reached.list(), "0-1-626,1-2-7", "blocks of {block}");
+        }
+    }
 }

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::meta::{Begin, End, Entry, EntryEnd};
 use crate::plan::{holds, keep_log, plan_replay, ReceivedLog};
 use crate::positions::{sequence_of, Positions, PHYSICAL};
-use crate::replay::{replay, Logging, Reached, Until, MAX_PACKET, UTC_FORMAT};
+use crate::replay::{replay, Logging, Reached, Replay, Until, MAX_PACKET, UTC_FORMAT};
 use crate::scratch::ScratchServer;
 use crate::sink::{consume, Consumer};
 use crate::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
@@ -213,6 +213,7 @@ impl Restore<'_> {
         let files: Vec<PathBuf> = plan.logs.iter().map(|log| log.path.clone().expect("kept when not dry")).collect();
         let start = full.positions.binlog_pos.unwrap_or(4);
         let mut reached = Reached::from_list(full.positions.gtid.as_deref().unwrap_or(""));
+        let job = |prelude, logging| Replay { prelude, files: &files, start, until: &plan.until, logging };
         if physical {
             // Everything happens in a staging directory on the data
             // directory's file system, which changes only once it all succeeded.
@@ -224,10 +225,12 @@ impl Restore<'_> {
             if !files.is_empty() {
                 let server = ScratchServer::start(&staged, defaults).map_err(unchanged)?;
                 let client = server.client();
-                replay(&client, "FLUSH PRIVILEGES;\n", &files, start, &plan.until, Logging::On, &mut reached)
-                    .map_err(unchanged)?;
+                replay(&client, &job("FLUSH PRIVILEGES;\n", Logging::On), &mut reached).map_err(unchanged)?;
                 // The restored server knows where it stands, for replication.
-                client.query(&format!("SET GLOBAL gtid_slave_pos = '{}'", reached.list())).map_err(unchanged)?;
+                let gtid = reached.list();
+                if !gtid.is_empty() {
+                    client.query(&format!("SET GLOBAL gtid_slave_pos = '{gtid}'")).map_err(unchanged)?;
+                }
                 server.stop().map_err(unchanged)?;
             }
             swap_in(&staged, datadir, self.options.replace, self.into_mount)?;
@@ -272,7 +275,7 @@ impl Restore<'_> {
             load_dump(self.client, dump, logging).map_err(partly)?;
         }
         if !files.is_empty() {
-            replay(self.client, "", &files, start, &plan.until, logging, &mut reached).map_err(|e| {
+            replay(self.client, &job("", logging), &mut reached).map_err(|e| {
                 e.with_note(format!(
                     "{} holds the full backup of {} and part of the binary logs after it: restore again with \
                      --replace (to this stopping point or an earlier one)",
