@@ -171,6 +171,9 @@ pub fn decide(
 /// Keeps what the kept backups of one history need to be restored (their
 /// bases and the links between, see [`crate::chain`]), and what they need in
 /// turn, and what a restore to the start of the point-in-time window needs.
+/// A kept backup with no base in its history (its chain was begun in another
+/// one, by older tools) keeps the backup it names as its parent, wherever
+/// that is.
 fn keep_chains<'a>(
     snapshots: &'a [(String, Summary)],
     key: (&str, &str, &str),
@@ -188,14 +191,24 @@ fn keep_chains<'a>(
         }
     }
     while let Some(kept) = work.pop() {
-        let Ok(chain) = history.to_backup(kept) else { continue };
-        for id in chain.ids {
+        let needed = match history.to_backup(kept) {
+            Ok(chain) => chain.ids,
+            Err(_) => parent_snapshot(snapshots, kept).into_iter().collect(),
+        };
+        for id in needed {
             if !reasons.contains_key(id) {
                 reasons.insert(id, vec!["needed by a kept backup".to_string()]);
                 work.push(id);
             }
         }
     }
+}
+
+/// The snapshot holding the stream that snapshot `id` names as its parent, in any history.
+fn parent_snapshot<'a>(snapshots: &'a [(String, Summary)], id: &str) -> Option<&'a str> {
+    let (_, summary) = snapshots.iter().find(|(found, _)| found == id)?;
+    let parent = summary.begin.parent.as_deref()?;
+    snapshots.iter().find(|(_, s)| s.stream_id.eq_ignore_ascii_case(parent)).map(|(found, _)| found.as_str())
 }
 
 /// The snapshots `names` (full IDs or unambiguous ID prefixes) name, damaged
