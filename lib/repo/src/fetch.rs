@@ -92,7 +92,14 @@ pub fn fetch(repo: &Repository, ids: &[String], output: impl Write + Send) -> Re
             writer.write(&frame)
         }
     };
-    crate::parallel::run_ordered(repo.storage().concurrency(), produce, work, write)?;
+    if let Err(err) = crate::parallel::run_ordered(repo.storage().concurrency(), produce, work, write) {
+        // What was written is marked incomplete, with this failure's status,
+        // so the stages after say only that it was aborted, and exit as this did.
+        if !err.is_broken_pipe() {
+            crate::filter::send_abort(&mut writer, "fetch", &err);
+        }
+        return Err(err);
+    }
     writer.flush()?;
     progress.finish();
     Ok(passed_over.into_inner().expect("no panics while locked"))
