@@ -39,6 +39,10 @@ pub struct Stored {
     /// The host name the backup recorded; empty in receipts of older tools.
     #[serde(default)]
     pub host: String,
+    /// The instance backed up, as the engine names it; absent in backups of
+    /// older tools.
+    #[serde(default)]
+    pub source: Option<String>,
     /// The stream ID (hex); empty in receipts of older tools.
     #[serde(default)]
     pub stream_id: String,
@@ -59,6 +63,7 @@ impl Stored {
             snapshot: snapshot.to_string(),
             engine: summary.begin.engine.clone(),
             host: summary.begin.host.clone(),
+            source: summary.begin.source.clone(),
             stream_id: summary.stream_id.clone(),
             started: summary.begin.started.clone(),
             positions: summary.begin.positions.clone(),

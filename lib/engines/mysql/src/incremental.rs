@@ -26,6 +26,8 @@ use crate::session::Session;
 pub struct Backup {
     /// The stream ID (hex).
     pub stream: String,
+    /// The source it recorded (none in backups of older tools).
+    pub source: Option<String>,
     /// Its merged positions.
     pub positions: Positions,
 }
@@ -74,7 +76,7 @@ pub fn previous(origin: Origin<'_>, server: &ServerInfo) -> Result<Previous> {
         let positions = Positions::from_maps(&backup.positions, &backup.end_positions)?;
         // Receipts of older tools record no host.
         if backup.host.is_empty() || backup.host == host {
-            backups.push(Backup { positions, stream: backup.stream_id });
+            backups.push(Backup { positions, stream: backup.stream_id, source: backup.source });
         } else if server.same_sequence(&positions) {
             other_hosts.insert(backup.host);
         }
@@ -279,7 +281,9 @@ pub fn incremental(
                 _ => previous.newest.stream.clone(),
             })
             .filter(|stream| !stream.is_empty()),
-            source: Some(server.source()),
+            // The history of the backup it continues: a chain begun by older
+            // tools (no source recorded) goes on in theirs until the next full.
+            source: previous.newest.source.clone(),
             expected_bytes: Some(files.iter().map(|f| f.size).sum()),
             ..Begin::now(TOOL, ENGINE, "incremental")
         };
