@@ -165,3 +165,37 @@ fn backups_recorded_under_another_host_name_are_never_a_silent_new_chain() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("newer backups of this server") && err.contains("--host 'db1-new'"), "{err}");
 }
+
+#[test]
+fn a_chain_begun_by_older_tools_goes_on_and_restores_after_the_upgrade() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    // A full as the tools before `source` wrote it: no source in its Begin frame.
+    case.ok(&format!("dump-mysql --full {} > full.bp", source.backup_login()));
+    let full = std::fs::read(case.path().join("full.bp")).unwrap();
+    let older = forge(&full, |frames| {
+        let begin = frames.iter_mut().find(|f| f.kind == backpipe::format::Kind::Begin).unwrap();
+        let mut payload: backpipe::meta::Begin = begin.parse_json().unwrap();
+        assert!(payload.source.take().is_some());
+        *begin = backpipe::format::Frame::json(backpipe::format::Kind::Begin, &payload);
+    });
+    std::fs::write(case.path().join("older.bp"), older).unwrap();
+    case.ok(&format!("cat older.bp | {BACKUP} >> receipts"));
+    while_writing(&source, 3, || case.backup(&source, "--incremental --since-receipt receipts"));
+    case.backup(&source, "--incremental --since-receipt receipts");
+    let expected = source.checksums();
+    // The incrementals continue the older full's history, so every way of
+    // choosing the chain finds them, and forget keeps what they need.
+    case.ok("repo forget \"$R\" --keep-last 1 --key-file k > /dev/null 2>&1");
+    assert_eq!(case.snapshot_count(), 3);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for selection in ["--chain latest".to_string(), format!("--until {now}")] {
+        let target = case.server(&format!("target{}", selection.len()));
+        case.ok(&format!(
+            "fetch \"$R\" {selection} --key-file k | {RESTORE} | restore-mysql {} 2>/dev/null",
+            target.root_login()
+        ));
+        assert_eq!(target.checksums(), expected, "fetch {selection}");
+    }
+}
