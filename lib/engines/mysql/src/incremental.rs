@@ -197,10 +197,15 @@ fn check_not_reset(previous: &Previous, start: &Start, logs: &[BinaryLog], serve
 /// The server-side lock an incremental holds while it runs, so two runs at
 /// once (a slow hourly job and the next) never both continue one backup.
 /// Named locks live in the server, so this holds across hosts and users,
-/// and ends with the session if the agent dies.
+/// and ends with the session if the agent dies. Held until the stream is
+/// written whole; checked still held before its End frame.
 struct RunLock {
-    _session: Session,
+    session: Session,
 }
+
+/// Seconds the lock's idle session may wait (MariaDB's longest), so a
+/// server's short `wait_timeout` never ends it during a long copy.
+const LOCK_SESSION_TIMEOUT: u32 = 31_536_000;
 
 /// The name of [`RunLock`]'s lock.
 const RUN_LOCK: &str = "backpipe.dump-mysql.incremental";
@@ -210,8 +215,12 @@ impl RunLock {
     fn take(client: &Client) -> Result<RunLock> {
         let mut session = Session::open(client)?;
         let doing = "cannot take the incremental's lock on the server";
-        match session.ask(&format!("SELECT GET_LOCK('{RUN_LOCK}', 0), IFNULL(IS_USED_LOCK('{RUN_LOCK}'), 0);")) {
-            Ok(answer) if answer.starts_with("1\t") => Ok(RunLock { _session: session }),
+        let sql = format!(
+            "SET SESSION wait_timeout = {LOCK_SESSION_TIMEOUT}; \
+             SELECT GET_LOCK('{RUN_LOCK}', 0), IFNULL(IS_USED_LOCK('{RUN_LOCK}'), 0);"
+        );
+        match session.ask(&sql) {
+            Ok(answer) if answer.starts_with("1\t") => Ok(RunLock { session }),
             Ok(answer) if answer.starts_with("0\t") => Err(Error::other(format!(
                 "another dump-mysql --incremental is running against {} (server connection {}); this one changed \
                  nothing and stored nothing, and the next run takes what it would have: run incrementals one after \
@@ -220,6 +229,18 @@ impl RunLock {
                 answer.split('\t').nth(1).unwrap_or("?")
             ))),
             Ok(answer) | Err(answer) => Err(session.failed(doing, &answer, "1")),
+        }
+    }
+
+    /// Fails unless the lock is still this session's (it ends with the
+    /// session, which the server may have closed).
+    fn check(&mut self) -> Result<()> {
+        match self.session.ask(&format!("SELECT IS_USED_LOCK('{RUN_LOCK}') = CONNECTION_ID();")) {
+            Ok(answer) if answer == "1" => Ok(()),
+            _ => Err(Error::engine(
+                "the incremental's lock on the server was lost while it ran (its session ended); nothing was \
+                 stored: run the incremental again",
+            )),
         }
     }
 }
@@ -232,8 +253,10 @@ pub fn incremental(
     options: &IncrementalOptions,
     output: impl Write,
 ) -> Result<()> {
+    // Outside the body, so it is held until the stream is flushed whole.
+    let mut held: Option<RunLock> = None;
     produce(TOOL, output, |writer| {
-        let _one_at_a_time = RunLock::take(client)?;
+        let lock = held.insert(RunLock::take(client)?);
         let server = ServerInfo::query(client)?;
         server.require_binlog()?;
         let previous = find_previous(&server)?;
@@ -313,6 +336,7 @@ pub fn incremental(
             totals.entries += 1;
         }
         progress.finish();
+        lock.check()?;
         writer.write(&Frame::json(Kind::End, &totals))
     })
 }

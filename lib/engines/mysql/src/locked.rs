@@ -96,22 +96,15 @@ const HOLDING: &str = "cannot hold writes while non-transactional tables are rea
 impl ReadLock {
     /// Takes the lock, waiting at most [`LOCK_WAIT_SECONDS`] for running statements.
     pub fn acquire(client: &Client) -> Result<ReadLock> {
-        let mut session = Session::open(client)?;
         let sql = format!(
             "SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}; FLUSH TABLES WITH READ LOCK; SELECT '{LOCKED}';"
         );
-        match session.ask(&sql) {
-            Ok(answer) if answer == LOCKED => Ok(ReadLock { session }),
-            Ok(answer) | Err(answer) => Err(session.failed(HOLDING, &answer, LOCKED)),
-        }
+        Ok(ReadLock { session: Session::open(client)?.expect(&sql, LOCKED, HOLDING)? })
     }
 
     /// Lets writes go on.
-    pub fn release(mut self) -> Result<()> {
-        match self.session.ask(&format!("UNLOCK TABLES; SELECT '{UNLOCKED}';")) {
-            Ok(answer) if answer == UNLOCKED => self.session.close(),
-            Ok(answer) | Err(answer) => Err(self.session.failed(HOLDING, &answer, UNLOCKED)),
-        }
+    pub fn release(self) -> Result<()> {
+        self.session.expect(&format!("UNLOCK TABLES; SELECT '{UNLOCKED}';"), UNLOCKED, HOLDING)?.close()
     }
 }
 

@@ -40,6 +40,15 @@ impl Session {
         }
     }
 
+    /// Sends `sql`, which must end by selecting the line `expected`, and
+    /// gives the session back; otherwise its failure, said after `doing`.
+    pub fn expect(mut self, sql: &str, expected: &str, doing: &str) -> Result<Session> {
+        match self.ask(sql) {
+            Ok(answer) if answer == expected => Ok(self),
+            Ok(answer) | Err(answer) => Err(self.failed(doing, &answer, expected)),
+        }
+    }
+
     /// Ends the session; its failure (the server's message) is the error.
     pub fn close(self) -> Result<()> {
         drop(self.input);
