@@ -23,8 +23,8 @@ use clap::Parser;
 /// of information) unless --replace drops those the backup holds first.
 /// Accounts the dump holds are created unless they exist. The load and the
 /// replay are kept out of the target's binary log (sql_log_bin=0, which
-/// needs BINLOG ADMIN), so a replica of the target does not replay them;
-/// --log-restore writes them there.
+/// needs BINLOG ADMIN, checked before the input is read), so a replica of
+/// the target does not replay them; --log-restore writes them there.
 ///
 /// A physical full is prepared in a staging directory on --datadir's file
 /// system (inside it, when it is a mount point); if incrementals follow,
@@ -43,7 +43,8 @@ use clap::Parser;
 /// It ends with one line saying what was restored, to which stopping point,
 /// the GTID position reached and how long it took, and the statements that
 /// make the restored server a replica of the backed-up one (a physical
-/// restore also sets gtid_slave_pos in the restored data directory).
+/// restore that replayed binary logs also sets gtid_slave_pos in the
+/// restored data directory).
 #[derive(Parser)]
 #[command(name = "restore-mysql", version, after_help = AFTER_HELP)]
 struct Args {

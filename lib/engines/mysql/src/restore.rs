@@ -100,6 +100,8 @@ struct Restore<'a> {
     begin: Option<Begin>,
     /// The data directory is a mount point; `work` is inside it.
     into_mount: bool,
+    /// How a logical restore logs (the option, unless the target keeps no binary log).
+    logging: Logging,
     /// When the restore began, for its summary.
     began: std::time::Instant,
 }
@@ -138,6 +140,7 @@ pub fn restore(client: &Client, input: impl Read, options: &Options, plan: &mut 
         logs: Vec::new(),
         begin: None,
         into_mount,
+        logging: options.logging,
         began: std::time::Instant::now(),
     };
     state.read(input)?;
@@ -171,9 +174,12 @@ impl Restore<'_> {
                     )
                 })?;
                 check_datadir(datadir, self.options.replace)?;
-            } else if !self.options.replace {
-                // Refused now, before the input is read; with --replace, dropped once it all verified.
-                refuse_nonempty_target(self.client, &target_databases(self.client)?)?;
+            } else {
+                if !self.options.replace {
+                    // Refused now, before the input is read; with --replace, dropped once it all verified.
+                    refuse_nonempty_target(self.client, &target_databases(self.client)?)?;
+                }
+                self.logging = logging_possible(self.client, self.logging)?;
             }
         }
         self.full = Some(Full { positions, started: begin.started.clone() });
@@ -226,10 +232,17 @@ impl Restore<'_> {
                 let server = ScratchServer::start(&staged, defaults).map_err(unchanged)?;
                 let client = server.client();
                 replay(&client, &job("FLUSH PRIVILEGES;\n", Logging::On), &mut reached).map_err(unchanged)?;
-                // The restored server knows where it stands, for replication.
+                // The restored server knows where it stands, for replication;
+                // a login this refuses (the restored grants apply from the
+                // replay's FLUSH PRIVILEGES on) is said, and loses no restore.
                 let gtid = reached.list();
                 if !gtid.is_empty() {
-                    client.query(&format!("SET GLOBAL gtid_slave_pos = '{gtid}'")).map_err(unchanged)?;
+                    if let Err(e) = client.query(&format!("SET GLOBAL gtid_slave_pos = '{gtid}'")) {
+                        crate::notice::notice(&format!(
+                            "warning: could not set gtid_slave_pos in the restored data ({e}); set it once the \
+                             server runs, with the statements below"
+                        ));
+                    }
                 }
                 server.stop().map_err(unchanged)?;
             }
@@ -251,17 +264,7 @@ impl Restore<'_> {
                 full.started
             ))
         };
-        let logging = self.options.logging;
-        if logging == Logging::Off {
-            // Checked before anything changes: the load's sessions need it too.
-            self.client.query("SET SESSION sql_log_bin = 0").map_err(|e| {
-                e.context(
-                    "cannot keep the restore out of the target's binary log (needs the BINLOG ADMIN or SUPER \
-                     privilege); grant it, or pass --log-restore to write the restore into the binary log; nothing \
-                     changed",
-                )
-            })?;
-        }
+        let logging = self.logging;
         prepare_target(self.client, self.options.replace, databases, self.options.drop_others, logging).map_err(
             |e| {
                 e.with_note(format!(
@@ -482,6 +485,23 @@ impl Consumer for Restore<'_> {
         }
         Ok(())
     }
+}
+
+/// How a logical restore can log: as asked, when the target lets this user
+/// keep a session out of its binary log (checked before the input is read);
+/// as any session when the target keeps no binary log (nothing to keep out
+/// of, and no privilege needed).
+fn logging_possible(client: &Client, asked: Logging) -> Result<Logging> {
+    if asked == Logging::On || client.value("SELECT @@log_bin")? == "0" {
+        return Ok(Logging::On);
+    }
+    client.query(&format!("{}SELECT 1", asked.prefix())).map_err(|e| {
+        e.context(
+            "cannot keep the restore out of the target's binary log (needs the BINLOG ADMIN or SUPER privilege); \
+             grant it, or pass --log-restore to write the restore into the binary log; nothing changed",
+        )
+    })?;
+    Ok(asked)
 }
 
 /// Creates (or empties) a file in the private working directory that only
