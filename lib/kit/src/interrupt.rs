@@ -75,10 +75,15 @@ pub fn stop_on_signal(pid: u32, grace: Duration) -> Registration {
     Registration(id)
 }
 
-/// Registers a directory (and everything in it) to remove on a signal.
+/// Registers a directory (and everything in it) to remove on a signal. One
+/// registered while the tool is already stopping is removed at once (the
+/// watcher may have made its last round).
 pub fn remove_on_signal(dir: &Path) -> Registration {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    if registered.stopping {
+        let _ = crate::workdir::remove_tree(dir);
+    }
     registered.dirs.push((id, dir.to_path_buf()));
     Registration(id)
 }
