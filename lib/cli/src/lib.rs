@@ -106,8 +106,17 @@ pub struct Recorded {
     /// Record NAME as the backup's host instead of this machine's host name
     /// (for a container or a renamed machine; `fetch --host` and `repo
     /// snapshots` show it).
-    #[arg(long = "host-name", value_name = "NAME", env = "BACKPIPE_HOST_NAME")]
+    #[arg(long = "host-name", value_name = "NAME", env = "BACKPIPE_HOST_NAME", value_parser = host_name)]
     pub host_name: Option<String>,
+}
+
+/// Refuses, as clap reads the options (before any stream is started), a
+/// host name a Begin frame cannot carry.
+fn host_name(text: &str) -> std::result::Result<String, String> {
+    match backpipe_stream::meta::is_name(text) {
+        true => Ok(text.to_string()),
+        false => Err("a host name is 1 to 255 bytes without control characters".to_string()),
+    }
 }
 
 impl Recorded {

@@ -183,7 +183,7 @@ pub fn check_begin(begin: &Begin) -> std::result::Result<(), String> {
     for (field, value) in
         [("host", &begin.host), ("engine", &begin.engine), ("kind", &begin.kind)].into_iter().chain(source)
     {
-        if value.is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
+        if !crate::meta::is_name(value) {
             return Err(format!("{field} {} is not a name", quote(value)));
         }
     }

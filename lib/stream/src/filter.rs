@@ -145,7 +145,12 @@ pub fn describe_abort(frame: &Frame) -> String {
 /// frame does not say, or is encrypted). Callers add what they did not do.
 pub fn aborted_upstream(frame: &Frame) -> Error {
     let abort = if frame.encodings.0 == 0 { frame.parse_json::<Abort>().ok() } else { None };
-    let kind = abort.as_ref().and_then(|a| a.status).and_then(ErrorKind::from_exit_code);
+    // Only the classes of failures: 6 (changed) stands for a whole stream.
+    let kind = abort
+        .as_ref()
+        .and_then(|a| a.status)
+        .and_then(ErrorKind::from_exit_code)
+        .filter(|kind| *kind != ErrorKind::Changed);
     match abort {
         Some(abort) => {
             Error::new(kind.unwrap_or(ErrorKind::Incomplete), format!("aborted upstream by {}", abort.producer))

@@ -272,10 +272,17 @@ pub fn now_rfc3339() -> String {
 /// on every restart, or a renamed machine, keeps one name.
 static RECORDED_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// True when `text` can be a host, engine, kind or source name in a Begin
+/// frame: 1 to 255 bytes, no control characters (so a listing line can
+/// never be forged with one).
+pub fn is_name(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 255 && !text.chars().any(char::is_control)
+}
+
 /// Sets the host name the backups written by this process record; refuses
-/// what is not a name (empty, over 255 bytes, control characters).
+/// what is not a name (see [`is_name`]).
 pub fn record_host_as(name: &str) -> crate::Result<()> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+    if !is_name(name) {
         return Err(crate::Error::usage(format!("host name {name:?} is not a name")));
     }
     let _ = RECORDED_HOST.set(name.to_string());
