@@ -17,16 +17,18 @@ use crate::error::Result;
 use crate::keys::SecretSource;
 
 /// The environment variable `scripts/install` sets to a directory: a tool
-/// started with it writes its manual page (`man1/TOOL.1`) and its bash
-/// completion (`bash-completion/TOOL`) there, from its own argument
-/// definitions, and exits.
+/// started with it and no arguments writes its manual page (`man1/TOOL.1`)
+/// and its bash completion (`bash-completion/TOOL`) there, from its own
+/// argument definitions, and exits. With arguments it is ignored, so the
+/// variable leaking into a job's environment never turns a backup or a
+/// purge into a silent success.
 pub const MANUALS_ENV: &str = "BACKPIPE_INSTALL_MANUALS";
 
 /// Parses the tool's arguments (exiting with clap's message and status 2
 /// when they are wrong), or writes its manual and completion (see
 /// [`MANUALS_ENV`]) and exits.
 pub fn parse<A: clap::Parser>() -> A {
-    if let Some(dir) = std::env::var_os(MANUALS_ENV) {
+    if let Some(dir) = std::env::var_os(MANUALS_ENV).filter(|_| std::env::args_os().len() == 1) {
         let dir = PathBuf::from(dir);
         match write_manuals(&mut A::command(), &dir) {
             Ok(()) => std::process::exit(0),
