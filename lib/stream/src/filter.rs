@@ -94,11 +94,6 @@ pub fn run<P: Planner>(tool: &str, mut planner: P, input: impl Read, output: imp
         |send| {
             let mut steps = Vec::new();
             while let Some(item) = reader.next_item()? {
-                if let Item::Frame(frame) = &item {
-                    if frame.kind == Kind::Abort {
-                        upstream_abort = Some(aborted_upstream(frame));
-                    }
-                }
                 planner.plan(item, &mut steps)?;
                 for step in steps.drain(..) {
                     if !send(step) {
@@ -112,7 +107,13 @@ pub fn run<P: Planner>(tool: &str, mut planner: P, input: impl Read, output: imp
         Step::run,
         |output| match output {
             Output::Start(id) => writer.start(id),
-            Output::Frame(frame) => writer.write(&frame),
+            Output::Frame(frame) => {
+                // As passed on (decrypted by `encrypt -d`), so its status is readable.
+                if frame.kind == Kind::Abort {
+                    upstream_abort = Some(aborted_upstream(&frame));
+                }
+                writer.write(&frame)
+            }
         },
     )
     .and_then(|()| writer.flush());
