@@ -10,8 +10,8 @@ use backpipe::repo::forget::{decide, named, Decision, Policy};
 use backpipe::repo::listing::list;
 use backpipe::repo::prune::{prune, storage_now};
 use backpipe::repo::remote::describe_duration;
-use backpipe::repo::snapshot::summary_time;
 use backpipe::repo::Repository;
+use backpipe::units::stored_time;
 use backpipe::units::{parse_duration, parse_size, parse_time};
 use clap::{Parser, Subcommand};
 
@@ -273,7 +273,7 @@ fn main() {
             let mut out = std::io::stdout().lock();
             for (id, s) in &listing.readable {
                 // Listed summaries have a valid start time (a snapshot whose has not is damaged).
-                let started = summary_time(&s.begin.started);
+                let started = stored_time(&s.begin.started);
                 let wanted = filter.matches(s)
                     && kind.as_ref().is_none_or(|k| *k == s.begin.kind)
                     && since.is_none_or(|t| started.is_some_and(|started| started >= t))

@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::meta::BackupKind;
 use crate::snapshot::Summary;
-use crate::units::parse_time;
+use crate::units::stored_time;
 
 /// One backup of a history.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +92,7 @@ impl<'a> History<'a> {
     /// seconds, so of two started in the same second, one the other
     /// continues comes first (forged links that loop change nothing).
     pub fn new(mut members: Vec<Member<'a>>) -> History<'a> {
-        members.sort_by_key(|m| (m.started, parse_time(&m.summary.stored).ok()));
+        members.sort_by_cached_key(|m| (m.started, stored_time(&m.summary.stored)));
         let mut moves = members.len();
         let mut child = 0;
         while child < members.len() && moves > 0 {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::listing::{history, history_of, Found, Listing};
 use super::snapshot::Summary;
 use crate::error::{Error, Result};
-use crate::units::parse_time;
+use crate::units::stored_time;
 
 /// Retention rules; a snapshot is kept if any rule keeps it.
 #[derive(Debug, Default, Clone)]
@@ -120,8 +120,10 @@ pub fn decide(
     let mut reasons: HashMap<&str, Vec<String>> = HashMap::new();
     let mut groups: HashMap<(&str, &str, &str), Vec<Dated>> = HashMap::new();
     for (id, summary) in snapshots {
-        let started = parse_time(&summary.begin.started)?;
-        let stored = parse_time(&summary.stored).ok();
+        let started = stored_time(&summary.begin.started).ok_or_else(|| {
+            Error::integrity(format!("snapshot {id}: started {:?} is not an RFC 3339 time", summary.begin.started))
+        })?;
+        let stored = stored_time(&summary.stored);
         let dated = Dated { id, summary, started, stored, received: received.get(id).copied().unwrap_or(started) };
         groups.entry(history_of(summary)).or_default().push(dated);
     }
@@ -234,7 +236,7 @@ pub fn named(listing: &Listing, names: &[String]) -> Result<Vec<Decision>> {
 mod tests {
     use super::*;
     use crate::meta::Begin;
-    use crate::units::parse_duration;
+    use crate::units::{parse_duration, parse_time};
 
     fn snap(id: &str, started: &str, kind: &str) -> (String, Summary) {
         let begin = Begin { kind: kind.into(), started: started.into(), ..Begin::now("t", "e", "full") };

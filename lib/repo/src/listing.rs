@@ -14,7 +14,7 @@ use super::storage::{concurrently, Listed};
 use super::Repository;
 use crate::chain::{History, Member};
 use crate::error::{Error, ErrorKind, Result};
-use crate::units::parse_time;
+use crate::units::stored_time;
 
 /// Every snapshot in a repository: those whose summary opens, and those
 /// whose summary does not (damaged, or forged), which are never left out
@@ -132,8 +132,7 @@ fn open_listed(repo: &Repository, objects: Vec<Listed>) -> Result<Listing> {
         }
         Ok(())
     })?;
-    let when = |s: &Summary| (parse_time(&s.begin.started).ok(), parse_time(&s.stored).ok());
-    listing.readable.sort_by(|(a_id, a), (b_id, b)| when(a).cmp(&when(b)).then_with(|| a_id.cmp(b_id)));
+    listing.readable.sort_by_cached_key(|(id, s)| (stored_time(&s.begin.started), stored_time(&s.stored), id.clone()));
     listing.damaged.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(listing)
 }
@@ -182,9 +181,7 @@ impl Listing {
         for (id, s) in &self.readable {
             let Some(&received) = self.storage_times.get(id) else { continue };
             storage_ahead = storage_ahead.max(received - now);
-            let (Some(started), Some(stored)) =
-                (snapshot::summary_time(&s.begin.started), snapshot::summary_time(&s.stored))
-            else {
+            let (Some(started), Some(stored)) = (stored_time(&s.begin.started), stored_time(&s.stored)) else {
                 continue;
             };
             let (ahead, by) = match started.max(stored) - received {
@@ -283,7 +280,7 @@ impl Listing {
         let bases = matching
             .iter()
             .map(|(_, s)| s)
-            .filter(|s| s.begin.backup_kind().is_base() && parse_time(&s.begin.started).is_ok_and(|t| t <= until));
+            .filter(|s| s.begin.backup_kind().is_base() && stored_time(&s.begin.started).is_some_and(|t| t <= until));
         let keys: BTreeSet<(&str, &str, &str)> = bases.clone().map(history_of).collect();
         refuse_several_groups(bases)?;
         let Some(key) = keys.into_iter().next() else {
@@ -318,12 +315,12 @@ impl Listing {
     fn note_newer_under_other_hosts(&self, id: &str) {
         let Some((_, chosen)) = self.readable.iter().find(|(found, _)| found == id) else { return };
         let Some(source) = chosen.begin.source.as_deref() else { return };
-        let Ok(started) = parse_time(&chosen.begin.started) else { return };
+        let Some(started) = stored_time(&chosen.begin.started) else { return };
         let newer = self.readable.iter().filter(|(_, s)| {
             s.begin.engine == chosen.begin.engine
                 && s.begin.source.as_deref() == Some(source)
                 && s.begin.host != chosen.begin.host
-                && parse_time(&s.begin.started).is_ok_and(|t| t >= started)
+                && stored_time(&s.begin.started).is_some_and(|t| t >= started)
         });
         if let Some((newest, s)) = newer.last() {
             crate::notice::notice(&format!(
@@ -440,7 +437,7 @@ pub fn history<'a>(snapshots: &'a [(String, Summary)], key: (&str, &str, &str)) 
     let members = snapshots
         .iter()
         .filter(|(_, s)| history_of(s) == key)
-        .filter_map(|(id, summary)| Some(Member { id, summary, started: parse_time(&summary.begin.started).ok()? }))
+        .filter_map(|(id, summary)| Some(Member { id, summary, started: stored_time(&summary.begin.started)? }))
         .collect();
     History::new(members)
 }

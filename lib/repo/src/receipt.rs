@@ -94,7 +94,7 @@ pub fn stored(origin: Origin<'_>, engine: &str) -> Result<Vec<Stored>> {
         }
     };
     found.retain(|backup| backup.engine == engine);
-    found.sort_by_key(|backup| chrono::DateTime::parse_from_rfc3339(&backup.started).ok());
+    found.sort_by_cached_key(|backup| crate::units::stored_time(&backup.started));
     Ok(found)
 }
 

@@ -4,7 +4,6 @@
 
 use std::io::Read;
 
-use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -164,11 +163,6 @@ fn quote(value: &str) -> String {
     format!("{short:?}{more}")
 }
 
-/// Parses an RFC 3339 time of a summary in the years 0000 to 9999.
-pub fn summary_time(value: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc)).filter(|t| (0..=9999).contains(&t.year()))
-}
-
 /// Checks what every reader relies on in a stream's Begin frame: `started`
 /// is an RFC 3339 time; host, engine, kind and source (when given) are names
 /// (not empty, no control characters, at most 255 bytes); a parent is a
@@ -176,7 +170,7 @@ pub fn summary_time(value: &str) -> Option<DateTime<Utc>> {
 /// Begin fails this, and readers treat a snapshot whose summary does like a
 /// damaged one, so a forged stream cannot break listing or retention.
 pub fn check_begin(begin: &Begin) -> std::result::Result<(), String> {
-    if summary_time(&begin.started).is_none() {
+    if crate::units::stored_time(&begin.started).is_none() {
         return Err(format!("started {} is not an RFC 3339 time", quote(&begin.started)));
     }
     let source = begin.source.as_ref().map(|source| ("source", source));
@@ -221,7 +215,7 @@ impl Summary {
     /// fields ([`check_begin`]), its `stored` time and its stream ID.
     pub fn check(&self) -> std::result::Result<(), String> {
         check_begin(&self.begin)?;
-        if summary_time(&self.stored).is_none() {
+        if crate::units::stored_time(&self.stored).is_none() {
             return Err(format!("stored {} is not an RFC 3339 time", quote(&self.stored)));
         }
         if self.stream_id.len() != 32 || !self.stream_id.bytes().all(|b| b.is_ascii_hexdigit()) {

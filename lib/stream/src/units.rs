@@ -13,6 +13,16 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>> {
     parse_time_in(text, &Local)
 }
 
+/// A time as the tools store it in Begin frames, summaries and receipts:
+/// RFC 3339, years 0000 to 9999, never a local-time form as people type
+/// them ([`parse_time`] is for those).
+pub fn stored_time(text: &str) -> Option<DateTime<Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| (0..=9999).contains(&t.year()))
+}
+
 /// [`parse_time`] with local times in `zone`.
 fn parse_time_in<Tz: TimeZone<Offset = FixedOffset>>(text: &str, zone: &Tz) -> Result<DateTime<Utc>> {
     use chrono::{LocalResult, NaiveDate, NaiveDateTime, SecondsFormat};

@@ -33,7 +33,7 @@ use crate::replay::{replay, Logging, Reached, Replay, Until, MAX_PACKET, UTC_FOR
 use crate::scratch::ScratchServer;
 use crate::sink::{consume, Consumer};
 use crate::target::{load_dump, prepare_target, refuse_nonempty_target, target_databases};
-use crate::units::parse_time;
+use crate::units::stored_time;
 use crate::RESTORE_WORK_PREFIX as WORK_PREFIX;
 
 /// The tool name in messages.
@@ -158,7 +158,7 @@ impl Restore<'_> {
 
     fn begin_full(&mut self, begin: &Begin, positions: Positions) -> Result<()> {
         if let Until::Time(until) = self.options.until {
-            if parse_time(&begin.started).is_ok_and(|started| started > until) {
+            if stored_time(&begin.started).is_some_and(|started| started > until) {
                 return Err(Error::usage(format!(
                     "the full backup started at {}, after --until {}; fetch an older chain",
                     begin.started,
@@ -190,8 +190,7 @@ impl Restore<'_> {
     /// Nothing on the target changes before the plan is made.
     fn finish(self, out: &mut dyn Write) -> Result<()> {
         let full = self.full.as_ref().expect("read checked");
-        let full_time =
-            full.positions.consistent_at.as_deref().or(Some(&full.started)).and_then(|t| parse_time(t).ok());
+        let full_time = full.positions.consistent_at.as_deref().or(Some(&full.started)).and_then(stored_time);
         let plan = plan_replay(&full.positions, full_time, &self.logs, &self.options.until)?;
         let mut lines = self.backups.clone();
         lines.push(plan.describe(&full.positions));
@@ -464,7 +463,7 @@ impl Consumer for Restore<'_> {
                 _ => return Err(Error::integrity("the full backup records no binary log position")),
             };
             if let (Until::Time(until), Some(consistent)) = (&self.options.until, &p.consistent_at) {
-                if parse_time(consistent).is_ok_and(|at| at > *until) {
+                if stored_time(consistent).is_some_and(|at| at > *until) {
                     return Err(Error::usage(format!(
                         "the physical full backup is consistent only from {consistent}, when its copy ended, after \
                          --until {}; fetch an older chain",
