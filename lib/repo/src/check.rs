@@ -236,12 +236,14 @@ fn broken_links(repo: &Repository) -> Result<Vec<String>> {
     for key in histories {
         let history = history(&listing.readable, key);
         for member in history.members() {
-            if let Ok(Chain { broken: Some((id, parent)), .. }) = history.to_backup(member.id) {
-                if id == member.id {
-                    problems.push(format!(
-                        "snapshot {id} continues stream {parent}, which the repository does not hold (forgotten, \
-                         or never stored): restores through it fail; take a full backup"
-                    ));
+            match history.to_backup(member.id) {
+                Ok(Chain { broken: Some((id, parent)), .. }) if id == member.id => problems.push(format!(
+                    "snapshot {id} continues stream {parent}, which the repository does not hold (forgotten, or \
+                     never stored): restores through it fail; take a full backup"
+                )),
+                Ok(_) => {}
+                Err(e) => {
+                    problems.push(format!("snapshot {}: {e}: it cannot be restored; take a full backup", member.id))
                 }
             }
         }
