@@ -94,20 +94,23 @@ impl Positions {
     }
 }
 
+/// Parses one GTID `domain-server-sequence` into its three numbers.
+pub fn parse_gtid(text: &str) -> Result<(u32, u32, u64)> {
+    let parts: Vec<&str> = text.split('-').collect();
+    if let [domain, server, sequence] = parts[..] {
+        if let (Ok(domain), Ok(server), Ok(sequence)) = (domain.parse(), server.parse(), sequence.parse()) {
+            return Ok((domain, server, sequence));
+        }
+    }
+    Err(Error::usage(format!("'{text}' is not a GTID (domain-server-sequence, e.g. 0-1-1234)")))
+}
+
 /// Parses a GTID list `d-s-n,d-s-n` into (domain, sequence) pairs.
 pub fn parse_gtids(text: &str) -> Result<Vec<(u32, u64)>> {
     text.split(',')
         .map(str::trim)
         .filter(|g| !g.is_empty())
-        .map(|g| {
-            let parts: Vec<&str> = g.split('-').collect();
-            let domain = parts.first().and_then(|d| d.parse().ok());
-            let sequence = parts.last().and_then(|n| n.parse().ok());
-            match (parts.len(), domain, sequence) {
-                (3, Some(domain), Some(sequence)) => Ok((domain, sequence)),
-                _ => Err(Error::usage(format!("'{g}' is not a GTID (domain-server-sequence, e.g. 0-1-1234)"))),
-            }
-        })
+        .map(|g| parse_gtid(g).map(|(domain, _, sequence)| (domain, sequence)))
         .collect()
 }
 

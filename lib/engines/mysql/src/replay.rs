@@ -103,11 +103,8 @@ impl Reached {
 
     /// Takes one GTID (`domain-server-sequence`) as replayed.
     fn note(&mut self, gtid: &str) {
-        let mut parts = gtid.splitn(3, '-').map(str::parse::<u64>);
-        if let (Some(Ok(domain)), Some(Ok(server)), Some(Ok(sequence))) = (parts.next(), parts.next(), parts.next()) {
-            if let (Ok(domain), Ok(server)) = (u32::try_from(domain), u32::try_from(server)) {
-                self.gtids.insert(domain, (server, sequence));
-            }
+        if let Ok((domain, server, sequence)) = crate::positions::parse_gtid(gtid) {
+            self.gtids.insert(domain, (server, sequence));
         }
     }
 
