@@ -199,3 +199,40 @@ fn a_chain_begun_by_older_tools_goes_on_and_restores_after_the_upgrade() {
         assert_eq!(target.checksums(), expected, "fetch {selection}");
     }
 }
+
+#[test]
+fn a_time_during_a_physical_copy_restores_from_the_full_before_it() {
+    let case = Case::new();
+    let source = case.server("source");
+    source.load_sample();
+    source.large_table(32);
+    case.backup(&source, "--full");
+    while_writing(&source, 3, || case.backup(&source, "--incremental --since-receipt receipts"));
+    let physical = while_writing(&source, 4, || case.backup(&source, "--full --physical"));
+    case.backup(&source, "--incremental --since-receipt receipts");
+    let receipts = std::fs::read_to_string(case.path().join("receipts")).unwrap();
+    let receipt: serde_json::Value = receipts
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["snapshot"] == physical.as_str())
+        .unwrap();
+    let started = receipt["started"].as_str().unwrap().to_string();
+    let consistent = receipt["end_positions"]["consistent_at"].as_str().unwrap();
+    assert!(consistent > started.as_str(), "the copy took under a second ({started}, {consistent}): make it larger");
+    // A time during the copy: fetch --until takes the logical full before it.
+    let plan = case.ok(&format!(
+        "fetch \"$R\" --until {started} --key-file k | {RESTORE} | restore-mysql --until {started} --dry-run"
+    ));
+    assert!(plan.starts_with("full         logical"), "{plan}");
+    let target = case.server("target");
+    case.ok(&format!(
+        "fetch \"$R\" --until {started} --key-file k | {RESTORE} | restore-mysql --until {started} {} 2>/dev/null",
+        target.root_login()
+    ));
+    // Given the physical full's chain itself, the refusal names the command that works.
+    let err = case.fails(
+        &format!("fetch \"$R\" --chain latest --key-file k | {RESTORE} | restore-mysql --until {started} --dry-run"),
+        2,
+    );
+    assert!(err.contains(&format!("fetch REPO --until '{started}' --engine mysql")), "{err}");
+}

@@ -4,8 +4,10 @@
 //! source form a history; a chain never leaves its history.
 //!
 //! To restore to an instant T a history needs its base, the newest full that
-//! started at or before T; the newest differential on that base (whose
-//! parent is the base) that started at or before T, if any; and the log
+//! is consistent at or before T (see [`consistent_time`]: when it started,
+//! or, for a hot copy that records it, when its copy ended); the newest
+//! differential on that base (whose parent is the base) consistent by T,
+//! if any; and the log
 //! chain after them: from the first log or incremental backup that started
 //! after T (it holds the logs written up to T), followed back by `parent`
 //! to the first one that started after the base (or the differential). A
@@ -40,6 +42,20 @@ pub struct Member<'a> {
     pub summary: &'a Summary,
     /// When it started.
     pub started: DateTime<Utc>,
+    /// When its data is consistent (see [`consistent_time`]).
+    pub consistent: DateTime<Utc>,
+}
+
+/// The positions key under which an engine records, in a backup's End
+/// frame, the instant its data is consistent at, where that is not when it
+/// started (a hot physical copy is consistent only once its copy ends).
+pub const CONSISTENT_AT: &str = "consistent_at";
+
+/// When a backup's data is consistent: [`CONSISTENT_AT`] in its End frame's
+/// positions where the engine recorded it, else when it started.
+pub fn consistent_time(summary: &Summary) -> Option<DateTime<Utc>> {
+    let recorded = summary.end_positions.get(CONSISTENT_AT).and_then(|v| v.as_str()).and_then(stored_time);
+    recorded.or_else(|| stored_time(&summary.begin.started))
 }
 
 impl Member<'_> {
@@ -127,8 +143,8 @@ impl<'a> History<'a> {
         let history = &self.members;
         let covered = history.iter().take_while(|m| m.started <= until).count();
         let reach = history[covered..].iter().position(|m| m.kind().is_log()).map(|at| covered + at);
-        self.assemble(covered, reach).map_err(|NoBase| {
-            Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)"))
+        self.assemble(covered, reach, |m| m.consistent <= until).map_err(|NoBase| {
+            Error::other(format!("no full backup consistent at or before {until} (see `repo snapshots`)"))
         })
     }
 
@@ -138,9 +154,11 @@ impl<'a> History<'a> {
         let at = *self.ids.get(id).ok_or_else(|| Error::usage(format!("snapshot {id} is not in this history")))?;
         let member = &self.members[at];
         match member.kind() {
-            kind if kind.is_log() => self.assemble(at, Some(at)).map_err(|NoBase| {
-                Error::other(format!("no full backup before snapshot {} (see `repo snapshots`)", member.id))
-            }),
+            kind if kind.is_log() => {
+                self.assemble(at, Some(at), |base| base.consistent <= member.started).map_err(|NoBase| {
+                    Error::other(format!("no full backup before snapshot {} (see `repo snapshots`)", member.id))
+                })
+            }
             BackupKind::Differential => {
                 let full = member.parent().and_then(|parent| self.find(parent));
                 Ok(match (full, member.parent()) {
@@ -160,15 +178,22 @@ impl<'a> History<'a> {
         self.streams.get(&stream.to_ascii_lowercase()).copied()
     }
 
-    /// The newest base among the first `bases` members, the differential on
-    /// it among them, and the log chain after them up to the member at
-    /// `reach` (the log backup that holds the logs asked for, or, when there
-    /// is none, the newest log backup after the base).
-    fn assemble(&self, bases: usize, reach: Option<usize>) -> std::result::Result<Chain<'a>, NoBase> {
+    /// The newest base among the first `bases` members that `usable`
+    /// accepts, the differential on it among them that it accepts too, and
+    /// the log chain after them up to the member at `reach` (the log backup
+    /// that holds the logs asked for, or, when there is none, the newest log
+    /// backup after the base).
+    fn assemble(
+        &self,
+        bases: usize,
+        reach: Option<usize>,
+        usable: impl Fn(&Member) -> bool,
+    ) -> std::result::Result<Chain<'a>, NoBase> {
         let history = &self.members;
-        let base = (0..bases).rev().find(|&i| history[i].kind().is_base()).ok_or(NoBase)?;
+        let base = (0..bases).rev().find(|&i| history[i].kind().is_base() && usable(&history[i])).ok_or(NoBase)?;
         let differential = (base + 1..bases).rev().find(|&i| {
             history[i].kind() == BackupKind::Differential
+                && usable(&history[i])
                 && history[i].parent().is_some_and(|p| p.eq_ignore_ascii_case(&history[base].summary.stream_id))
         });
         let after = differential.unwrap_or(base);
@@ -176,13 +201,18 @@ impl<'a> History<'a> {
         chain.ids.extend(differential.map(|i| history[i].id));
         let reach = reach.or_else(|| (after + 1..history.len()).rev().find(|&i| history[i].kind().is_log()));
         let Some(reach) = reach else { return Ok(chain) };
-        // The log backups after `after` up to `last` (inclusive), newest first.
+        // A log backup that started before the base (or differential) was
+        // consistent holds only what that holds (a hot copy's logs end at
+        // its copy's end): it is not needed, and the chain starts after it.
+        let since = history[after].consistent;
+        let needed = |i: usize| i > after && history[i].kind().is_log() && history[i].started >= since;
+        // The needed log backups up to `last` (inclusive), newest first.
         let by_order = |last: usize| -> Vec<&'a str> {
-            (after + 1..=last).rev().filter(|&i| history[i].kind().is_log()).map(|i| history[i].id).collect()
+            (after + 1..=last).rev().filter(|&i| needed(i)).map(|i| history[i].id).collect()
         };
         let mut logs: Vec<&'a str> = Vec::new();
         let mut index = reach;
-        while index > after {
+        while needed(index) {
             let member = &history[index];
             let Some(parent) = member.parent() else {
                 // No link recorded: by order from here.
@@ -208,7 +238,7 @@ impl<'a> History<'a> {
                 }
                 // The first log backup after the base continues one from before
                 // it (the log chain runs on across fulls): that one is not needed.
-                None if !(after + 1..index).any(|i| history[i].kind().is_log()) => break,
+                None if !(after + 1..index).any(needed) => break,
                 None => {
                     chain.broken = Some((member.id, parent.to_string()));
                     break;
@@ -245,13 +275,38 @@ mod tests {
         History::new(
             summaries
                 .iter()
-                .map(|s| Member { id: &s.stream_id, summary: s, started: s.begin.started.parse().unwrap() })
+                .map(|s| {
+                    let started = s.begin.started.parse().unwrap();
+                    Member { id: &s.stream_id, summary: s, started, consistent: consistent_time(s).unwrap() }
+                })
                 .collect(),
         )
     }
 
     fn at(hour: u32) -> DateTime<Utc> {
         format!("2026-11-01T{hour:02}:15:00Z").parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_is_chosen_by_when_it_is_consistent() {
+        // f2 is a hot copy that started at 4:00 and became consistent at 6:00.
+        let mut f2 = summary("f2", 4, "full", None);
+        f2.end_positions.insert(CONSISTENT_AT.into(), "2026-11-01T06:00:00Z".into());
+        let all = [
+            summary("f1", 1, "full", None),
+            summary("i1", 2, "incremental", Some("f1")),
+            f2,
+            summary("i2", 5, "incremental", Some("i1")),
+            summary("i3", 7, "incremental", Some("i2")),
+        ];
+        let history = members(&all);
+        // 4:15 and 5:15 fall during f2's copy: f1 and the logs after it.
+        assert_eq!(history.to_instant(at(4)).unwrap().ids, ["f1", "i1", "i2"]);
+        assert_eq!(history.to_instant(at(5)).unwrap().ids, ["f1", "i1", "i2", "i3"]);
+        // From 6:00 on, f2; i2 (taken during its copy) holds nothing after it.
+        assert_eq!(history.to_instant(at(6)).unwrap().ids, ["f2", "i3"]);
+        assert_eq!(history.to_backup(history.members()[4].id).unwrap().ids, ["f2", "i3"]);
+        assert_eq!(history.to_backup(history.members()[3].id).unwrap().ids, ["f1", "i1", "i2"]);
     }
 
     #[test]

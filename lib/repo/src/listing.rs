@@ -12,7 +12,7 @@ use super::catalog;
 use super::snapshot::{self, Summary};
 use super::storage::{concurrently, Listed};
 use super::Repository;
-use crate::chain::{History, Member};
+use crate::chain::{consistent_time, History, Member};
 use crate::error::{Error, ErrorKind, Result};
 use crate::units::stored_time;
 
@@ -280,11 +280,11 @@ impl Listing {
         let bases = matching
             .iter()
             .map(|(_, s)| s)
-            .filter(|s| s.begin.backup_kind().is_base() && stored_time(&s.begin.started).is_some_and(|t| t <= until));
+            .filter(|s| s.begin.backup_kind().is_base() && consistent_time(s).is_some_and(|t| t <= until));
         let keys: BTreeSet<(&str, &str, &str)> = bases.clone().map(history_of).collect();
         refuse_several_groups(bases)?;
         let Some(key) = keys.into_iter().next() else {
-            return Err(Error::other(format!("no full backup started at or before {until} (see `repo snapshots`)")));
+            return Err(Error::other(format!("no full backup consistent at or before {until} (see `repo snapshots`)")));
         };
         let chain = history(&self.readable, key).to_instant(until)?.whole()?;
         if let Some(last) = chain.ids.last() {
@@ -437,7 +437,10 @@ pub fn history<'a>(snapshots: &'a [(String, Summary)], key: (&str, &str, &str)) 
     let members = snapshots
         .iter()
         .filter(|(_, s)| history_of(s) == key)
-        .filter_map(|(id, summary)| Some(Member { id, summary, started: stored_time(&summary.begin.started)? }))
+        .filter_map(|(id, summary)| {
+            let started = stored_time(&summary.begin.started)?;
+            Some(Member { id, summary, started, consistent: consistent_time(summary)? })
+        })
         .collect();
     History::new(members)
 }

@@ -160,9 +160,11 @@ impl Restore<'_> {
         if let Until::Time(until) = self.options.until {
             if stored_time(&begin.started).is_some_and(|started| started > until) {
                 return Err(Error::usage(format!(
-                    "the full backup started at {}, after --until {}; fetch an older chain",
+                    "the full backup started at {}, after --until {}; fetch the chain for that time instead: \
+                     fetch REPO --until '{}' --engine mysql (it chooses a full consistent by then)",
                     begin.started,
-                    until.format(UTC_FORMAT)
+                    until.format(UTC_FORMAT),
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )));
             }
         }
@@ -466,8 +468,10 @@ impl Consumer for Restore<'_> {
                 if stored_time(consistent).is_some_and(|at| at > *until) {
                     return Err(Error::usage(format!(
                         "the physical full backup is consistent only from {consistent}, when its copy ended, after \
-                         --until {}; fetch an older chain",
-                        until.format(UTC_FORMAT)
+                         --until {}; fetch the chain for that time instead: fetch REPO --until '{}' --engine mysql \
+                         (it chooses a full consistent by then)",
+                        until.format(UTC_FORMAT),
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     )));
                 }
             }
