@@ -165,10 +165,13 @@ fn watch(mut wake: std::fs::File) {
     }
     let Ok(caught) = Signal::try_from(i32::from(byte[0])) else { return };
     // From here on, what registers is stopped at once (see stop_on_signal).
-    let processes = {
+    // The directories as they are now: the main thread may end a
+    // registration (its error path dropping a working directory it cannot
+    // fully remove itself) while the processes are stopped.
+    let (processes, mut dirs) = {
         let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
         registered.stopping = true;
-        registered.processes.clone()
+        (registered.processes.clone(), registered.dirs.clone())
     };
     for (_, pid, grace) in processes {
         stop(nix::unistd::Pid::from_raw(pid), grace);
@@ -179,11 +182,15 @@ fn watch(mut wake: std::fs::File) {
     }
     // The main thread may still be writing into a directory, or making and
     // registering one (a temporary server's, as the signal came): each round
-    // takes the registrations as they are now.
-    for _ in 0..5 {
-        let dirs = REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).dirs.clone();
+    // adds the registrations made since.
+    for _ in 0..20 {
+        for registration in REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).dirs.iter() {
+            if !dirs.contains(registration) {
+                dirs.push(registration.clone());
+            }
+        }
         let mut left = false;
-        for (_, dir) in dirs {
+        for (_, dir) in &dirs {
             left |= crate::workdir::remove_tree(&dir).is_err() || dir.exists();
         }
         if !left {

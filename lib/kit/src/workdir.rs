@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 /// Removes a file or a whole tree. Directories are made writable first, so
 /// read-only ones restored from a stream do not stop it; symlinks are never
 /// followed; mount points are left as they are. Returns the mount points
-/// left (the directories above them stay too); any failed removal is an error.
+/// left (the directories above them stay too); any failed removal is an error,
+/// but what vanishes meanwhile (another thread removing the same tree, as a
+/// signal's cleanup and an error path may at once) is not.
 pub fn remove_tree(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -34,19 +36,34 @@ fn remove_dir_tree(path: &Path, device: u64, left: &mut Vec<PathBuf>) -> std::io
         left.push(path.to_path_buf());
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    for child in std::fs::read_dir(path)? {
+    let entries = match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .and_then(|()| std::fs::read_dir(path))
+    {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for child in entries {
         let child = child?.path();
-        if std::fs::symlink_metadata(&child)?.is_dir() {
-            remove_dir_tree(&child, device, left)?;
-        } else {
-            std::fs::remove_file(&child)?;
-        }
+        let removed = match std::fs::symlink_metadata(&child) {
+            Ok(meta) if meta.is_dir() => remove_dir_tree(&child, device, left),
+            Ok(_) => std::fs::remove_file(&child),
+            Err(e) => Err(e),
+        };
+        vanished_is_removed(removed)?;
     }
     if left.iter().any(|mount| mount.starts_with(path)) {
         return Ok(());
     }
-    std::fs::remove_dir(path)
+    vanished_is_removed(std::fs::remove_dir(path))
+}
+
+/// A removal whose target was already gone succeeded.
+fn vanished_is_removed(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// True when the directory at `path` is the root of a mount: on another
